@@ -1,0 +1,45 @@
+# armbench-segmentation: install, run, test. Works on a fresh machine with Python 3.11.
+PYTHON ?= python3
+POETRY ?= $(shell command -v poetry 2>/dev/null || echo $(HOME)/.local/bin/poetry)
+OUT ?= runs/demo
+
+.PHONY: install poetry browser analyze test test-fast lint-requirements tools clean
+
+## install: Poetry (if missing) and the project with its dev tools into .venv
+install: poetry
+	$(POETRY) config virtualenvs.in-project true --local
+	$(POETRY) install --no-interaction
+
+poetry:
+	@command -v poetry >/dev/null 2>&1 || [ -x "$(HOME)/.local/bin/poetry" ] || \
+		(echo "Poetry not found: installing it with pip" && $(PYTHON) -m pip install --user --quiet poetry)
+
+## browser: Debian's Chromium + ChromeDriver for the dashboard test (needs root or sudo)
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
+		echo "chromium and chromedriver present"; \
+	else \
+		SUDO=$$( [ "$$(id -u)" = 0 ] && echo "" || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver; \
+	fi
+
+## analyze: the main job on the default (synthetic) data; prints where the dashboard is
+analyze: install
+	$(POETRY) run armbench analyze --synthetic --out $(OUT)
+
+## test: everything CI runs: unit, end-to-end, browser, and the Tensorleap checks
+test: install browser
+	$(POETRY) run python tools/sync_requirements.py --check
+	$(POETRY) run pytest -q
+	$(POETRY) run test
+
+## test-fast: unit tests only (no model, no browser)
+test-fast:
+	$(POETRY) run pytest -q -m "not e2e"
+
+## tools: the torch virtualenv for fine-tuning / export / golden fixtures (not runtime)
+tools:
+	bash tools/setup_venv.sh
+
+clean:
+	rm -rf .venv .pytest_cache .hypothesis
