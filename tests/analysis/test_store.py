@@ -1,0 +1,150 @@
+"""ResultsStore: round trips, resume bookkeeping, atomic batches, artifacts, run keys."""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from armbench_segmentation.analysis.store import (
+    ResultsStore,
+    StoredSample,
+    make_run_key,
+)
+
+
+def _ok(split, sid, seq, value, dim=4):
+    return StoredSample(split=split, sample_id=sid, status="ok", seq=seq, image_id=seq + 1,
+                        file_name=f"{sid}.jpg", row={"loss": value, "tp": np.int64(seq), "flag": True,
+                                                     "nan_field": float("nan"), "name": sid},
+                        embedding=np.full(dim, value, np.float32),
+                        predictions=[{"class_index": 0, "score": 0.9, "bbox": [1, 2, 3, 4],
+                                      "segmentation": {"size": [8, 8], "counts": "abc"}}])
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = ResultsStore(tmp_path / "results.sqlite")
+    s.start_run("run-a", {"model_sha256": "m"})
+    yield s
+    s.close()
+
+
+def test_round_trip_frame_embeddings_predictions(store):
+    store.put_samples([_ok("val", "b", 1, 0.5), _ok("train", "a", 0, 0.25), _ok("val", "a", 0, 0.75)])
+    frame = store.frame()
+    assert list(frame["split"]) == ["train", "val", "val"]
+    assert list(frame["sample_id"]) == ["a", "a", "b"]
+    assert frame["nan_field"].isna().all()  # NaN never stored as a number: JSON null
+    assert frame["tp"].tolist() == [0, 0, 1]
+    emb = store.embeddings(frame)
+    assert emb.dtype == np.float32 and emb.shape == (3, 4)
+    np.testing.assert_array_equal(emb[:, 0], [0.25, 0.75, 0.5])
+    # other key forms, order follows the keys
+    np.testing.assert_array_equal(store.embeddings(["val/b", ("train", "a")])[:, 0], [0.5, 0.25])
+    preds = list(store.predictions("val"))
+    assert [p[0] for p in preds] == ["a", "b"] and preds[0][3][0]["score"] == 0.9
+    with pytest.raises(KeyError, match="nope"):
+        store.embeddings([("val", "nope")])
+
+
+def test_frame_restricted_to_keys(store):
+    store.put_samples([_ok("train", f"s{i}", i, i / 10) for i in range(5)])
+    frame = store.frame(keys=[("train", "s3"), ("train", "s1"), ("train", "missing")])
+    assert frame["sample_id"].tolist() == ["s3", "s1"]
+
+
+def test_errors_are_not_finished_and_retries_overwrite(store):
+    store.put_samples([StoredSample("train", "bad", "error", error="corrupt jpeg", file_name="bad.jpg"),
+                       _ok("train", "good", 0, 0.1)])
+    assert store.finished() == {("train", "good")}
+    assert store.errors()["error"].tolist() == ["corrupt jpeg"]
+    assert store.counts() == {"train": {"ok": 1, "error": 1}}
+    assert len(store.frame()) == 1
+    store.put_samples([_ok("train", "bad", 1, 0.2)])  # fixed image, retried
+    assert store.finished() == {("train", "good"), ("train", "bad")}
+    assert store.write_counts()[("train", "bad")] == 2
+    assert store.write_counts()[("train", "good")] == 1
+
+
+def test_runs_are_separate_and_reset(tmp_path):
+    path = tmp_path / "r.sqlite"
+    with ResultsStore(path, run_key="one") as s:
+        s.put_samples([_ok("train", "a", 0, 0.1)])
+    with ResultsStore(path, run_key="two") as s:
+        assert s.finished() == set()
+        s.put_samples([_ok("train", "b", 0, 0.1)])
+        assert s.runs() == ["one", "two"]
+    with ResultsStore(path, run_key="one") as s:
+        assert s.finished() == {("train", "a")}
+        assert s.reset_run() == 1
+        assert s.finished() == set()
+
+
+def test_batch_is_atomic(store):
+    bad = StoredSample("train", "x", "ok", row={"arr": object()})
+    with pytest.raises(TypeError, match="arr"):
+        store.put_samples([_ok("train", "a", 0, 0.1), bad])
+    assert store.finished() == set()
+
+
+def test_artifacts_round_trip(store):
+    assert store.get_artifact("projection", "k") is None
+    xy = np.arange(6, dtype=np.float32).reshape(3, 2)
+    store.put_artifact("projection", "k", xy)
+    np.testing.assert_array_equal(store.get_artifact("projection", "k"), xy)
+    store.put_artifact("clusters", "k", {"labels": np.array([1, 2]), "k": 2})
+    assert store.get_artifact("clusters", "k") == {"labels": [1, 2], "k": 2}
+    store.put_artifact("blob", "k", b"\x00\x01")
+    assert store.get_artifact("blob", "k") == b"\x00\x01"
+
+
+def test_run_key_changes_with_each_input():
+    base = make_run_key("model", "config", "data")
+    assert base == make_run_key("model", "config", "data")
+    assert len({base, make_run_key("model2", "config", "data"), make_run_key("model", "config2", "data"),
+                make_run_key("model", "config", "data2")}) == 4
+    with pytest.raises(ValueError, match="model_sha256"):
+        make_run_key("", "config", "data")
+
+
+def test_file_sha256_cache_notices_changes(store, tmp_path):
+    f = tmp_path / "train.json"
+    f.write_text("{}")
+    first = store.file_sha256(f)
+    assert store.file_sha256(f) == first
+    f.write_text('{"images": []}')
+    os.utime(f, ns=(1, 1))  # a different mtime and size
+    assert store.file_sha256(f) != first
+
+
+def _writer(path, ready):
+    s = ResultsStore(path, run_key="k")
+    for i in range(10_000):
+        s.put_samples([_ok("train", f"s{i}", i, float(i))])
+        if i == 20:
+            ready.set()
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+def test_sigkill_during_writes_keeps_committed_rows(tmp_path):
+    path = tmp_path / "k.sqlite"
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    proc = ctx.Process(target=_writer, args=(path, ready))
+    proc.start()
+    assert ready.wait(60)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
+    with ResultsStore(path, run_key="k") as s:
+        frame = s.frame()
+        n = len(frame)
+        assert n > 20
+        # every committed row is whole: consecutive ids, embedding matches the row
+        assert sorted(frame["tp"]) == list(range(n))
+        emb = s.embeddings(frame)
+        assert all(math.isclose(e, v) for e, v in zip(emb[:, 0], frame["loss"]))
