@@ -1,0 +1,442 @@
+"""Population map: a 2-D projection of per-sample embeddings.
+
+The map is fitted on the labeled samples (train + val) and the unlabeled ones are
+*transformed* into it, so new samples land on an existing map without a refit. For very
+large populations the fit uses a random subset (``max_fit`` rows) and every other row is
+transformed, which keeps memory and time bounded (PCA on 44k x 512 takes seconds).
+
+Methods sit behind a name registry (``PROJECTIONS``); optional dependencies are imported
+only when their method is used, and a missing one raises :class:`ProjectionUnavailable`
+that says what to install and which method to use instead.
+
+Pre-processing (all methods): non-finite values are replaced by the column mean of the fit
+rows, features are centred and scaled by their standard deviation (features with a
+near-zero spread are left unscaled instead of being blown up), then
+
+- ``pca``: 2 principal components of that standardized space (randomized SVD);
+- ``umap`` / ``tsne``: first reduced to ``min(50, D)`` principal components (the usual
+  de-noising step, and it makes the neighbour search cheap), then the non-linear method.
+
+Example:
+    >>> xy = project(frame, embeddings, method="pca", seed=0)   # (n, 2) float32
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from armbench_segmentation.errors import ArmbenchError
+
+logger = logging.getLogger(__name__)
+
+LABELED_SPLITS = ("train", "val")
+DEFAULT_MAX_FIT = 20_000
+_PRE_PCA_DIMS = 50
+
+
+class ArtifactCache(Protocol):
+    """What the analysis engine's cache offers (both calls are optional to implement well)."""
+
+    def get_artifact(self, name: str, key: str) -> Any: ...
+
+    def put_artifact(self, name: str, key: str, value: Any) -> None: ...
+
+
+class ProjectionUnavailable(ArmbenchError):
+    """A projection method needs an optional package that is not installed."""
+
+
+# --------------------------------------------------------------------------------------
+# Shared pre-processing (also used by clustering and selection)
+# --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Standardizer:
+    """Column-wise centring and scaling learned on the fit rows."""
+
+    mean: np.ndarray  # (D,) float64
+    scale: np.ndarray  # (D,) float64, 1 where the spread is ~0
+
+    @classmethod
+    def fit(cls, x: np.ndarray) -> "Standardizer":
+        """``x`` (n, D) with NaN allowed (ignored per column)."""
+        with np.errstate(all="ignore"):
+            mean = np.nanmean(x, axis=0, dtype=np.float64) if len(x) else np.zeros(x.shape[1])
+            std = np.nanstd(x, axis=0, dtype=np.float64) if len(x) else np.ones(x.shape[1])
+        mean = np.where(np.isfinite(mean), mean, 0.0)
+        std = np.where(np.isfinite(std), std, 0.0)
+        positive = std[std > 0]
+        floor = 1e-3 * float(np.median(positive)) if positive.size else 0.0
+        scale = np.where(std > max(floor, 1e-12), std, 1.0)
+        return cls(mean=mean, scale=scale)
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        """(n, D) -> (n, D) float32; non-finite entries become 0 (the column mean)."""
+        out = (np.asarray(x, dtype=np.float64) - self.mean) / self.scale
+        out[~np.isfinite(out)] = 0.0
+        return out.astype(np.float32)
+
+
+def check_embeddings(embeddings: Any, n_rows: int | None = None) -> np.ndarray:
+    """Validate and return embeddings as (n, D) float32 (non-finite values counted + warned)."""
+    emb = np.asarray(embeddings)
+    if emb.ndim != 2:
+        raise ValueError(f"embeddings must be a 2-D array (n_samples, n_features), got shape {emb.shape}; "
+                         "reshape with embeddings.reshape(len(embeddings), -1)")
+    if n_rows is not None and emb.shape[0] != n_rows:
+        raise ValueError(f"embeddings have {emb.shape[0]} rows but the frame has {n_rows}; "
+                         "they must be aligned row by row with the frame")
+    if not np.issubdtype(emb.dtype, np.number):
+        raise ValueError(f"embeddings must be numeric, got dtype {emb.dtype}")
+    emb = emb.astype(np.float32, copy=False)
+    bad = ~np.isfinite(emb)
+    if bad.any():
+        rows = int(bad.any(axis=1).sum())
+        logger.warning("embeddings: %d of %d rows hold NaN/inf values; they are replaced by the column mean",
+                       rows, emb.shape[0])
+    return emb
+
+
+def labeled_mask(frame: Any, n: int) -> np.ndarray:
+    """(n,) bool: rows whose split is train or val; all True when the frame has no split column."""
+    if frame is None or "split" not in getattr(frame, "columns", ()):
+        return np.ones(n, dtype=bool)
+    return frame["split"].astype(str).isin(LABELED_SPLITS).to_numpy()
+
+
+def fit_rows(candidates: np.ndarray, max_fit: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices used to fit: ``candidates`` (bool mask), subsampled to ``max_fit`` rows (sorted)."""
+    idx = np.flatnonzero(candidates)
+    if idx.size == 0:
+        idx = np.arange(candidates.size)
+    if idx.size > max_fit:
+        logger.info("fitting on a random subset of %d of %d rows; the other %d are transformed",
+                    max_fit, idx.size, idx.size - max_fit)
+        idx = np.sort(rng.choice(idx, size=max_fit, replace=False))
+    return idx
+
+
+def reduce_embeddings(embeddings: np.ndarray, fit_index: np.ndarray | None = None,
+                      n_components: int = _PRE_PCA_DIMS, seed: int = 0) -> np.ndarray:
+    """Standardize and reduce to at most ``n_components`` principal components.
+
+    Args:
+        embeddings: (n, D) float.
+        fit_index: rows used to learn the scaling and the components (default: all).
+        n_components: upper bound on the output width.
+    Returns:
+        (n, d) float32 with d = min(n_components, D, n_fit).
+    """
+    emb = check_embeddings(embeddings)
+    n, dim = emb.shape
+    if n == 0:
+        return np.zeros((0, min(n_components, dim)), dtype=np.float32)
+    fit_index = np.arange(n) if fit_index is None else np.asarray(fit_index)
+    std = Standardizer.fit(emb[fit_index])
+    z = std.transform(emb)  # (n, D)
+    d = int(min(n_components, dim, len(fit_index)))
+    if d >= dim:
+        return z
+    from sklearn.decomposition import PCA
+
+    pca = PCA(n_components=d, svd_solver="randomized", random_state=seed).fit(z[fit_index])
+    return pca.transform(z).astype(np.float32)  # (n, d)
+
+
+# --------------------------------------------------------------------------------------
+# Registry
+# --------------------------------------------------------------------------------------
+
+Mapper = Callable[[np.ndarray, np.ndarray, int, dict], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class ProjectionMethod:
+    """One entry of the registry.
+
+    ``run(z_fit, z_rest, seed, params) -> (xy_fit, xy_rest)`` gets standardized inputs.
+    ``requires`` lists importable module names, checked before running; ``install`` is the
+    hint shown when one is missing. ``can_transform=False`` means the method cannot place
+    new points, so it is fitted on every row at once (and the result says so).
+    """
+
+    name: str
+    run: Mapper
+    requires: tuple[str, ...] = ()
+    install: str = ""
+    can_transform: bool = True
+    description: str = ""
+
+    def check_available(self) -> None:
+        for module in self.requires:
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                raise ProjectionUnavailable(
+                    f"projection {self.name!r} needs the optional package {module!r}, which cannot be "
+                    f"imported ({exc}). Fix: {self.install or 'pip install ' + module}, "
+                    f"or use --projection pca (fast, no extra dependency)."
+                ) from None
+
+
+PROJECTIONS: dict[str, ProjectionMethod] = {}
+
+
+def register_projection(method: ProjectionMethod, *, replace: bool = False) -> ProjectionMethod:
+    """Add a method to :data:`PROJECTIONS` (``replace=True`` to override an existing name)."""
+    if method.name in PROJECTIONS and not replace:
+        raise ValueError(f"projection {method.name!r} is already registered; pass replace=True to override")
+    PROJECTIONS[method.name] = method
+    return method
+
+
+def get_projection(name: str) -> ProjectionMethod:
+    """Look up a method by name (case-insensitive); unknown names list the valid ones."""
+    key = str(name).strip().lower()
+    if key not in PROJECTIONS:
+        raise ValueError(f"unknown projection method {name!r}; valid: {sorted(PROJECTIONS)}")
+    return PROJECTIONS[key]
+
+
+def _pre_pca(z_fit: np.ndarray, z_rest: np.ndarray, seed: int, dims: int = _PRE_PCA_DIMS):
+    d = min(dims, z_fit.shape[1], z_fit.shape[0])
+    if d >= z_fit.shape[1]:
+        return z_fit, z_rest
+    from sklearn.decomposition import PCA
+
+    pca = PCA(n_components=d, svd_solver="randomized", random_state=seed).fit(z_fit)
+    return pca.transform(z_fit).astype(np.float32), pca.transform(z_rest).astype(np.float32) if len(z_rest) else \
+        np.zeros((0, d), np.float32)
+
+
+def _run_pca(z_fit, z_rest, seed, params):
+    from sklearn.decomposition import PCA
+
+    dims = min(2, z_fit.shape[1], z_fit.shape[0])
+    pca = PCA(n_components=dims, svd_solver="randomized" if min(z_fit.shape) > 10 else "full",
+              random_state=seed).fit(z_fit)
+    xy_fit, xy_rest = pca.transform(z_fit), pca.transform(z_rest) if len(z_rest) else np.zeros((0, dims))
+    return _pad2(xy_fit), _pad2(xy_rest)
+
+
+def _run_umap(z_fit, z_rest, seed, params):
+    import umap  # noqa: PLC0415  (optional; ~20 s of JIT on first import)
+
+    z_fit, z_rest = _pre_pca(z_fit, z_rest, seed)
+    kwargs = {"n_neighbors": 15, "min_dist": 0.1, "metric": "euclidean"}
+    kwargs.update(params)
+    reducer = umap.UMAP(n_components=2, random_state=seed, **kwargs).fit(z_fit)
+    xy_rest = reducer.transform(z_rest) if len(z_rest) else np.zeros((0, 2))
+    return reducer.embedding_, xy_rest
+
+
+def _run_opentsne(z_fit, z_rest, seed, params):
+    import openTSNE  # noqa: PLC0415
+
+    z_fit, z_rest = _pre_pca(z_fit, z_rest, seed)
+    kwargs = {"perplexity": 30, "n_jobs": 2}
+    kwargs.update(params)
+    kwargs["perplexity"] = min(kwargs["perplexity"], max(2.0, (len(z_fit) - 1) / 3))
+    emb = openTSNE.TSNE(n_components=2, random_state=seed, **kwargs).fit(z_fit)
+    xy_rest = emb.transform(z_rest) if len(z_rest) else np.zeros((0, 2))
+    return np.asarray(emb), np.asarray(xy_rest)
+
+
+def _run_sklearn_tsne(z_fit, z_rest, seed, params):
+    from sklearn.manifold import TSNE
+
+    if len(z_rest):  # never reached through fit_projection (can_transform=False), kept for direct use
+        raise ValueError("sklearn's TSNE cannot place new points; fit on all rows (z_rest must be empty)")
+    z_fit, _ = _pre_pca(z_fit, z_rest, seed)
+    kwargs = {"perplexity": 30.0, "init": "pca"}
+    kwargs.update(params)
+    kwargs["perplexity"] = float(min(kwargs["perplexity"], max(1.0, (len(z_fit) - 1) / 3)))
+    xy = TSNE(n_components=2, random_state=seed, **kwargs).fit_transform(z_fit)
+    return xy, np.zeros((0, 2))
+
+
+def _pad2(xy: np.ndarray) -> np.ndarray:
+    """Pad (n, d<2) to (n, 2) with zeros (degenerate inputs: one feature or one row)."""
+    xy = np.asarray(xy)
+    if xy.shape[1] < 2:
+        xy = np.hstack([xy, np.zeros((len(xy), 2 - xy.shape[1]))])
+    return xy
+
+
+def _module_available(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def _register_defaults() -> None:
+    register_projection(ProjectionMethod("pca", _run_pca, description="PCA, 2 components (fast default)"))
+    register_projection(ProjectionMethod(
+        "umap", _run_umap, requires=("umap",), install="pip install umap-learn",
+        description="UMAP (umap-learn); new points transformed into the fitted map"))
+    register_projection(ProjectionMethod(
+        "tsne", _dispatch_tsne, description="t-SNE: openTSNE when installed (transforms new points), "
+        "else scikit-learn's TSNE fitted on all rows"))
+
+
+def _dispatch_tsne(z_fit, z_rest, seed, params):
+    return (_run_opentsne if _module_available("openTSNE") else _run_sklearn_tsne)(z_fit, z_rest, seed, params)
+
+
+# --------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Projection:
+    """A built map and how it was built."""
+
+    xy: np.ndarray  # (n, 2) float32
+    method: str
+    seed: int
+    n_fit: int  # rows the method was fitted on
+    n_transformed: int  # rows placed into the fitted map afterwards
+    fitted_on: str  # "labeled", "all rows", ...
+    key: str  # cache key
+    notes: tuple[str, ...] = field(default=())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "seed": self.seed, "n_fit": self.n_fit,
+                "n_transformed": self.n_transformed, "fitted_on": self.fitted_on,
+                "key": self.key, "notes": list(self.notes)}
+
+
+def embeddings_digest(embeddings: np.ndarray) -> str:
+    """Short content hash of an embedding matrix (shape, dtype and bytes)."""
+    emb = np.ascontiguousarray(embeddings)
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{emb.shape}|{emb.dtype}".encode())
+    h.update(memoryview(emb).cast("B"))
+    return h.hexdigest()
+
+
+def projection_key(embeddings: np.ndarray, fit_candidates: np.ndarray, method: str, seed: int,
+                   max_fit: int, params: dict | None) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(embeddings_digest(embeddings).encode())
+    h.update(np.packbits(fit_candidates.astype(bool)).tobytes())
+    h.update(repr((method, seed, max_fit, sorted((params or {}).items()), _method_variant(method))).encode())
+    return h.hexdigest()
+
+
+def _method_variant(method: str) -> str:
+    if method == "tsne":
+        return "openTSNE" if _module_available("openTSNE") else "sklearn"
+    return ""
+
+
+def fit_projection(frame: Any, embeddings: Any, method: str = "pca", seed: int = 0, cache: Any = None,
+                   max_fit: int = DEFAULT_MAX_FIT, params: dict | None = None) -> Projection:
+    """Build the population map and describe how (see module docstring).
+
+    Args:
+        frame: per-sample DataFrame aligned with ``embeddings`` (uses its ``split`` column;
+            None = fit on all rows).
+        embeddings: (n, D) float.
+        method: a name in :data:`PROJECTIONS` (``pca``, ``umap``, ``tsne``).
+        seed: random seed (subset choice and the method's own randomness).
+        cache: optional object with ``get_artifact(name, key)`` / ``put_artifact(name, key, value)``.
+        max_fit: at most this many rows are used to fit; the others are transformed.
+        params: extra keyword arguments for the method (e.g. ``{"n_neighbors": 30}`` for UMAP).
+    Returns:
+        :class:`Projection` with ``xy`` (n, 2) float32, finite.
+    Raises:
+        ValueError: bad shapes or unknown method. ProjectionUnavailable: optional package missing.
+    """
+    if max_fit < 2:
+        raise ValueError(f"max_fit must be >= 2, got {max_fit}")
+    spec = get_projection(method)
+    n = len(frame) if frame is not None else None
+    emb = check_embeddings(embeddings, n)
+    n = emb.shape[0]
+    params = dict(params or {})
+    candidates = labeled_mask(frame, n)
+    key = projection_key(emb, candidates, spec.name, seed, max_fit, params)
+    if n == 0:
+        return Projection(np.zeros((0, 2), np.float32), spec.name, seed, 0, 0, "nothing", key)
+    cached = _cache_get(cache, key)
+    if cached is not None:
+        return cached
+    spec.check_available()
+
+    rng = np.random.default_rng(seed)
+    notes: list[str] = []
+    can_transform = spec.can_transform and not (spec.name == "tsne" and not _module_available("openTSNE"))
+    if can_transform:
+        fit_index = fit_rows(candidates, max_fit, rng)
+        fitted_on = "labeled (train+val)" if candidates.any() else "all rows (no labeled rows)"
+        if len(fit_index) < candidates.sum():
+            fitted_on += f", random subset of {len(fit_index)}"
+    else:
+        fit_index = np.arange(n)
+        fitted_on = "all rows"
+        msg = (f"{spec.name}: scikit-learn's TSNE cannot place new points, so the map was fitted on all {n} "
+               "rows at once (labeled and unlabeled); pip install openTSNE to fit on labeled data and "
+               "transform the rest")
+        notes.append(msg)
+        logger.warning(msg)
+        if n > max_fit:
+            logger.warning("%s on %d rows will be slow; consider --projection pca", spec.name, n)
+    if len(fit_index) < 3 and spec.name != "pca":
+        notes.append(f"only {len(fit_index)} rows to fit: fell back to PCA")
+        spec = get_projection("pca")
+
+    rest = np.ones(n, dtype=bool)
+    rest[fit_index] = False
+    std = Standardizer.fit(emb[fit_index])
+    z_fit, z_rest = std.transform(emb[fit_index]), std.transform(emb[rest])
+    xy_fit, xy_rest = spec.run(z_fit, z_rest, seed, params)
+    xy = np.zeros((n, 2), dtype=np.float32)
+    xy[fit_index] = np.asarray(xy_fit, dtype=np.float32)
+    xy[rest] = np.asarray(xy_rest, dtype=np.float32)
+    if not np.isfinite(xy).all():
+        bad = int((~np.isfinite(xy)).any(axis=1).sum())
+        logger.warning("%s produced %d non-finite coordinates; they are set to 0", spec.name, bad)
+        xy[~np.isfinite(xy)] = 0.0
+    result = Projection(xy, spec.name, seed, int(len(fit_index)), int(rest.sum()), fitted_on, key, tuple(notes))
+    _cache_put(cache, key, result)
+    return result
+
+
+def project(frame: Any, embeddings: Any, method: str = "pca", seed: int = 0, cache: Any = None,
+            **kwargs: Any) -> np.ndarray:
+    """(n, 2) float32 map coordinates; see :func:`fit_projection` for the arguments."""
+    return fit_projection(frame, embeddings, method=method, seed=seed, cache=cache, **kwargs).xy
+
+
+def _cache_get(cache: Any, key: str) -> Projection | None:
+    if cache is None or not hasattr(cache, "get_artifact"):
+        return None
+    try:
+        value = cache.get_artifact("projection", key)
+    except KeyError:
+        return None
+    if isinstance(value, Projection):
+        return value
+    if isinstance(value, dict) and "xy" in value:  # a cache that stores plain data
+        meta = value.get("meta", {})
+        return Projection(np.asarray(value["xy"], np.float32), meta.get("method", "?"), meta.get("seed", 0),
+                          meta.get("n_fit", 0), meta.get("n_transformed", 0), meta.get("fitted_on", "?"), key,
+                          tuple(meta.get("notes", ())))
+    if isinstance(value, np.ndarray) and value.ndim == 2 and value.shape[1] == 2:
+        return Projection(value.astype(np.float32), "cached", 0, 0, 0, "cached", key)
+    return None
+
+
+def _cache_put(cache: Any, key: str, result: Projection) -> None:
+    if cache is None or not hasattr(cache, "put_artifact"):
+        return
+    cache.put_artifact("projection", key, {"xy": result.xy, "meta": result.as_dict()})
+
+
+_register_defaults()
