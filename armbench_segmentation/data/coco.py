@@ -1,0 +1,511 @@
+"""ARMBench (mix-object-tote layout) COCO loading: splits, images and ground truth.
+
+Layout expected under ``root``::
+
+    images/*.jpg   train.json   val.json   test.json
+
+* Categories are mapped to model class indices by *name* (``config.class_names`` order);
+  COCO category ids are never used arithmetically.
+* Splits: train <- train.json, val <- val.json, unlabeled <- test.json (labels ignored).
+  Images are ranked by a seeded hash of their sample id and the first ``n`` are taken,
+  so growing ``n`` keeps every earlier pick and the returned order is a stable prefix.
+* Ground truth at model resolution is rasterized directly from letterboxed polygons
+  (every polygon of an instance); RLE masks (compressed, uncompressed, iscrowd) are
+  decoded at the original size and resized with the letterbox.
+* Image paths are confined to ``root/images`` (symlinks resolved).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+from armbench_segmentation.config import DataConfig
+from armbench_segmentation.data.image import decode_image_scaled, reduced_size
+from armbench_segmentation.data.letterbox import Letterbox
+from armbench_segmentation.errors import DatasetError, SampleError
+from armbench_segmentation.structures import Instances
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "unlabeled")
+SPLIT_FILES = {"train": "train.json", "val": "val.json", "unlabeled": "test.json"}
+IMAGES_DIR = "images"
+LABELED_SPLITS = ("train", "val")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of a split. ``sample_id`` is the image file stem (unique in its split)."""
+
+    sample_id: str
+    split: str
+    image_id: int
+    file_name: str
+    width: int
+    height: int
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return self.height, self.width
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedSample:
+    """A sample ready for the model.
+
+    Attributes:
+        sample: the Sample.
+        image: (S, S, 3) uint8 RGB letterboxed model input.
+        letterbox: the original -> model transform.
+        gt: model-frame ground truth with masks (S, S); None for the unlabeled split.
+    """
+
+    sample: Sample
+    image: np.ndarray
+    letterbox: Letterbox
+    gt: Instances | None
+
+
+def dataset_help(root: Path) -> str:
+    """How to get a usable dataset: appended to every 'dataset missing' error."""
+    return (
+        f"Put the ARMBench segmentation 'mix-object-tote' folder (holding images/, train.json, val.json "
+        f"and test.json) at {root}, or point to it with --dataset DIR or the ARMBENCH_DATASET environment "
+        f"variable (ARMBench is available on request from Amazon: https://armbench.s3.amazonaws.com). "
+        f"To run without it, generate the synthetic ARMBench-like dataset with 'armbench synth --out DIR' "
+        f"and pass '--dataset DIR', or use 'armbench analyze --synthetic'."
+    )
+
+
+def sample_id_from_file_name(file_name: str) -> str:
+    """Image file stem, independent of the OS path separator used in the JSON."""
+    return PurePosixPath(str(file_name).replace("\\", "/")).stem
+
+
+def _rank_key(seed: int, sample_id: str) -> bytes:
+    return hashlib.blake2b(f"{seed}\x00{sample_id}".encode("utf-8"), digest_size=8).digest()
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def valid_polygons(segmentation: Any) -> list[list[float]]:
+    """Polygons of a COCO list segmentation with >= 3 finite points (others dropped).
+
+    Degenerate parts must be removed before pycocotools, which takes a 4-number list
+    for a *box*.
+    """
+    out = []
+    if not isinstance(segmentation, (list, tuple)):
+        return out
+    for poly in segmentation:
+        if isinstance(poly, (list, tuple)) and len(poly) >= 6 and len(poly) % 2 == 0 and all(_is_number(v) for v in poly):
+            out.append([float(v) for v in poly])
+    return out
+
+
+def rle_from_segmentation(segmentation: dict, sample_id: str = "") -> dict:
+    """A COCO RLE dict (compressed string/bytes or uncompressed counts list) -> compressed RLE."""
+    size = segmentation.get("size")
+    counts = segmentation.get("counts")
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, int) for v in size)):
+        raise ValueError(f"RLE 'size' must be [height, width], got {size!r}")
+    h, w = size
+    if isinstance(counts, list):
+        if sum(counts) != h * w:
+            raise ValueError(f"uncompressed RLE counts sum to {sum(counts)}, expected {h}*{w}={h * w}")
+        return mask_utils.frPyObjects(segmentation, h, w)
+    if isinstance(counts, str):
+        return {"size": [h, w], "counts": counts.encode("ascii")}
+    if isinstance(counts, bytes):
+        return {"size": [h, w], "counts": counts}
+    raise ValueError(f"RLE 'counts' must be a list or a string, got {type(counts).__name__}")
+
+
+def _bbox_xyxy(ann: dict) -> np.ndarray | None:
+    bbox = ann.get("bbox")
+    if isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(_is_number(v) for v in bbox) and bbox[2] > 0 and bbox[3] > 0:
+        x, y, w, h = (float(v) for v in bbox)
+        return np.array([x, y, x + w, y + h], dtype=np.float64)
+    return None
+
+
+class ArmbenchDataset:
+    """An ARMBench-layout folder and the splits configured in ``config``."""
+
+    def __init__(self, root: Path, config: DataConfig):
+        root = Path(root).expanduser()
+        self.config = config
+        if root.is_dir() and not (root / IMAGES_DIR).is_dir() and (root / "mix-object-tote" / IMAGES_DIR).is_dir():
+            log.info("using %s (the mix-object-tote folder inside %s)", root / "mix-object-tote", root)
+            root = root / "mix-object-tote"
+        if not root.is_dir():
+            raise DatasetError(f"dataset folder {root} does not exist. " + dataset_help(root))
+        missing = [name for name in (IMAGES_DIR, *SPLIT_FILES.values()) if not (root / name).exists()]
+        if missing:
+            raise DatasetError(f"dataset folder {root} is incomplete: missing {', '.join(missing)}. " + dataset_help(root))
+        if not (root / IMAGES_DIR).is_dir():
+            raise DatasetError(f"{root / IMAGES_DIR} is not a folder. " + dataset_help(root))
+        self.root = root
+        self._images_dir = (root / IMAGES_DIR).resolve()
+        self._coco: dict[str, COCO] = {}
+        self._samples: dict[str, list[Sample]] = {}
+        self._category_maps: dict[str, dict[int, int]] = {}
+
+    def __repr__(self) -> str:  # pragma: no cover
+        return f"ArmbenchDataset({str(self.root)!r})"
+
+    # ------------------------------------------------------------------ COCO files
+    @staticmethod
+    def _check_split(split: str) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+
+    def split_path(self, split: str) -> Path:
+        self._check_split(split)
+        return self.root / SPLIT_FILES[split]
+
+    def coco(self, split: str) -> COCO:
+        """The split's COCO file, loaded once (pycocotools index, no stdout chatter)."""
+        self._check_split(split)
+        if split not in self._coco:
+            self._coco[split] = load_coco(self.split_path(split), require_annotations=split in LABELED_SPLITS)
+        return self._coco[split]
+
+    def category_map(self, split: str) -> dict[int, int]:
+        """COCO category id -> model class index, matched by name.
+
+        Raises:
+            DatasetError: a configured class name has no category in the file (the
+                message lists the names that exist). Not raised for the unlabeled split,
+                whose labels are ignored.
+        """
+        if split not in self._category_maps:
+            self._category_maps[split] = category_map_by_name(
+                self.coco(split).dataset.get("categories", []), self.config.class_names,
+                source=str(self.split_path(split)), strict=split in LABELED_SPLITS,
+            )
+        return self._category_maps[split]
+
+    # ------------------------------------------------------------------ samples
+    def samples(self, split: str) -> list[Sample]:
+        """The split's selected samples, ranked by a seeded hash of the sample id.
+
+        Deterministic for a given seed; ``samples`` with a larger size starts with the
+        samples of a smaller size (stable prefix).
+        """
+        self._check_split(split)
+        if split not in self._samples:
+            self._samples[split] = self._select(split)
+        return list(self._samples[split])
+
+    def all_samples(self, split: str) -> list[Sample]:
+        """Every valid image of the split file, in ranked order (ignores the size)."""
+        return self._ranked(split)
+
+    def _ranked(self, split: str) -> list[Sample]:
+        coco = self.coco(split)
+        images = coco.dataset.get("images", [])
+        samples: list[Sample] = []
+        bad: list[str] = []
+        by_id: dict[str, list[str]] = {}
+        for img in images:
+            if not isinstance(img, dict):
+                bad.append(repr(img)[:40])
+                continue
+            image_id, file_name = img.get("id"), img.get("file_name")
+            width, height = img.get("width"), img.get("height")
+            if not (isinstance(image_id, int) and isinstance(file_name, str) and file_name
+                    and isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0):
+                bad.append(f"id={image_id!r} file_name={file_name!r}")
+                continue
+            sid = sample_id_from_file_name(file_name)
+            by_id.setdefault(sid, []).append(file_name)
+            samples.append(Sample(sid, split, image_id, file_name, width, height))
+        duplicates = {sid: names for sid, names in by_id.items() if len(names) > 1}
+        if duplicates:
+            shown = "; ".join(f"{sid!r}: {names}" for sid, names in list(duplicates.items())[:10])
+            raise DatasetError(
+                f"{self.split_path(split)}: sample ids (image file stems) must be unique, but {len(duplicates)} "
+                f"are shared by several images: {shown}" + (" ..." if len(duplicates) > 10 else "")
+            )
+        if bad:
+            log.warning("%s: skipped %d of %d image entries lacking a valid id/file_name/width/height, e.g. %s",
+                        self.split_path(split), len(bad), len(images), ", ".join(bad[:5]))
+        seed = int(self.config.seed)
+        samples.sort(key=lambda s: (_rank_key(seed, s.sample_id), s.sample_id))
+        return samples
+
+    def _select(self, split: str) -> list[Sample]:
+        ranked = self._ranked(split)
+        size = self.config.split_size(split)
+        if size is None:
+            return ranked
+        if size > len(ranked):
+            log.warning("%s: %d images requested for split %r, the file has %d; using all of them",
+                        self.split_path(split).name, size, split, len(ranked))
+        return ranked[:size]
+
+    # ------------------------------------------------------------------ per-sample access
+    def annotations(self, sample: Sample) -> list[dict]:
+        """Raw COCO annotation dicts of the sample, in file order (all polygons kept).
+
+        Empty for the unlabeled split (its labels are ignored).
+        """
+        if sample.split not in LABELED_SPLITS:
+            return []
+        return list(self.coco(sample.split).imgToAnns.get(sample.image_id, []))
+
+    def image_path(self, sample: Sample) -> Path:
+        """The image file, resolved (symlinks followed) and confined to ``root/images``.
+
+        Raises:
+            SampleError: the file name points outside the images folder.
+        """
+        raw = sample.file_name
+        if "\x00" in raw:
+            raise SampleError(sample.sample_id, f"file_name {raw!r} contains a NUL byte")
+        rel = raw.replace("\\", "/")
+        candidate = (self._images_dir / rel).resolve()
+        if not candidate.exists() and rel.startswith(IMAGES_DIR + "/"):  # file_name given relative to root
+            alt = (self.root / rel).resolve()
+            if alt.exists():
+                candidate = alt
+        if not candidate.is_relative_to(self._images_dir):
+            raise SampleError(
+                sample.sample_id,
+                f"file_name {raw!r} resolves to {candidate}, outside the dataset images folder "
+                f"{self._images_dir}; refusing to read it",
+            )
+        return candidate
+
+    def load_image(self, sample: Sample, target_size: int | None = None) -> np.ndarray:
+        """RGB uint8 image; with ``target_size`` (and ``config.reduced_decode``) possibly a
+        1/2, 1/4 or 1/8 decode whose long side is still >= target_size.
+
+        Raises:
+            SampleError: missing/corrupt file, path outside the dataset, or a decoded size
+                that differs from the COCO width/height.
+        """
+        path = self.image_path(sample)
+        decoded = decode_image_scaled(path, target_size if self.config.reduced_decode else None, sample.sample_id)
+        if decoded.full_hw != sample.hw or decoded.image.shape[:2] != reduced_size(sample.hw, decoded.factor):
+            got_h, got_w = decoded.full_hw
+            raise SampleError(
+                sample.sample_id,
+                f"image {path.name} is {got_w}x{got_h} (width x height, EXIF orientation applied) but "
+                f"{SPLIT_FILES[sample.split]} says {sample.width}x{sample.height}; fix the COCO entry or the file",
+            )
+        return decoded.image
+
+    def ground_truth(self, sample: Sample, letterbox: Letterbox | None = None) -> Instances:
+        """Ground truth of a labeled sample.
+
+        Args:
+            letterbox: when given, boxes and masks are in its model frame
+                ``(out_h, out_w)``; otherwise in the original frame (full-size masks:
+                ``N * H * W`` bytes).
+        Returns:
+            Instances with masks, ``ids`` = COCO annotation ids, ``extras["iscrowd"]``
+            (N,) bool. Annotations are in file order.
+        Raises:
+            ValueError: for the unlabeled split (its labels are ignored).
+        """
+        if sample.split not in LABELED_SPLITS:
+            raise ValueError(f"split {sample.split!r} is unlabeled: its labels are ignored, there is no ground truth")
+        return annotations_to_instances(
+            self.annotations(sample), self.category_map(sample.split), sample, letterbox, self.config.max_instances,
+        )
+
+    def load(self, sample: Sample) -> LoadedSample:
+        """Decode (reduced when possible) + letterbox + ground truth at model resolution."""
+        letterbox = Letterbox.compute(sample.hw, self.config.image_size)
+        image = letterbox.apply_image(self.load_image(sample, self.config.image_size))
+        gt = self.ground_truth(sample, letterbox) if sample.split in LABELED_SPLITS else None
+        return LoadedSample(sample, image, letterbox, gt)
+
+
+# ---------------------------------------------------------------------- module functions
+def load_coco(path: Path, require_annotations: bool = True) -> COCO:
+    """Read and index a COCO JSON with pycocotools.
+
+    Raises:
+        DatasetError: unreadable/invalid JSON or a missing ``images``/``categories`` list.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        raise DatasetError(f"COCO file {path} not found. " + dataset_help(path.parent)) from None
+    except OSError as exc:
+        raise DatasetError(f"cannot read COCO file {path}: {exc.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"COCO file {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise DatasetError(f"COCO file {path} must hold a JSON object with 'images', 'annotations', 'categories'")
+    for key in ("images", "categories") + (("annotations",) if require_annotations else ()):
+        if not isinstance(data.get(key), list):
+            raise DatasetError(f"COCO file {path} has no '{key}' list (keys present: {sorted(data)})")
+    data.setdefault("annotations", [])
+    data["annotations"] = [a for a in data["annotations"] if isinstance(a, dict) and "image_id" in a]
+    for i, ann in enumerate(data["annotations"]):
+        ann.setdefault("id", -(i + 1))  # pycocotools indexes by id; keep id-less annotations addressable
+    data["images"] = [img for img in data["images"] if isinstance(img, dict) and "id" in img]
+    data["categories"] = [c for c in data["categories"] if isinstance(c, dict) and "id" in c]
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def category_map_by_name(categories: list[dict], class_names: tuple[str, ...] | list[str], source: str = "COCO file",
+                         strict: bool = True) -> dict[int, int]:
+    """COCO category id -> index in ``class_names``, matched by name (case-insensitive
+    fallback). Categories with other names are left out.
+
+    Raises:
+        DatasetError: (strict) a class name has no category; the message lists those present.
+    """
+    exact = {c.get("name"): c["id"] for c in categories}
+    folded: dict[str, list[int]] = {}
+    for c in categories:
+        folded.setdefault(str(c.get("name", "")).casefold(), []).append(c["id"])
+    out: dict[int, int] = {}
+    missing = []
+    for index, name in enumerate(class_names):
+        ids = [c["id"] for c in categories if c.get("name") == name] if name in exact else folded.get(name.casefold(), [])
+        if not ids:
+            missing.append(name)
+        for cid in ids:
+            out[int(cid)] = index
+    if missing and strict:
+        present = ", ".join(f"{c.get('name')!r} (id {c['id']})" for c in categories) or "none"
+        raise DatasetError(
+            f"{source} has no category named {', '.join(map(repr, missing))}; its categories are: {present}. "
+            f"Set data.class_names to names that exist (in model class order)."
+        )
+    return out
+
+
+def _empty_gt(frame: tuple[int, int]) -> Instances:
+    empty = Instances.empty(frame)
+    return Instances(empty.boxes, empty.class_ids, frame, masks=empty.masks, extras={"iscrowd": np.zeros(0, bool)})
+
+
+def annotations_to_instances(
+    annotations: list[dict],
+    category_map: dict[int, int],
+    sample: Sample,
+    letterbox: Letterbox | None = None,
+    max_instances: int | None = None,
+) -> Instances:
+    """COCO annotations of one image -> Instances in the model frame (letterbox given) or
+    the original frame.
+
+    Polygons are transformed first and rasterized directly in the target frame (every
+    polygon of an instance, merged); RLE is decoded at the original size and resized.
+    An instance whose mask vanishes in the target frame (sub-pixel object) keeps the
+    pixel at its box centre, so every GT instance has a non-empty mask.
+    """
+    frame = (letterbox.out_h, letterbox.out_w) if letterbox is not None else sample.hw
+    fh, fw = frame
+    rles: list[dict] = []
+    boxes: list[np.ndarray] = []
+    class_ids: list[int] = []
+    ids: list[int] = []
+    crowd: list[bool] = []
+    unknown: dict[Any, int] = {}
+    no_geometry: list[Any] = []
+    bad_rle: list[str] = []
+    for ann in annotations:
+        cls = category_map.get(ann.get("category_id"))  # type: ignore[arg-type]
+        if cls is None:
+            unknown[ann.get("category_id")] = unknown.get(ann.get("category_id"), 0) + 1
+            continue
+        seg = ann.get("segmentation")
+        box = _bbox_xyxy(ann)
+        if isinstance(seg, dict):
+            try:
+                rle = rle_from_segmentation(seg, sample.sample_id)
+            except ValueError as exc:
+                bad_rle.append(f"{ann.get('id')}: {exc}")
+                continue
+            if tuple(rle["size"]) != sample.hw:
+                bad_rle.append(f"{ann.get('id')}: RLE size {list(rle['size'])} != image {list(sample.hw)}")
+                continue
+            if box is None:
+                x, y, w, h = mask_utils.toBbox(rle).tolist()
+                box = np.array([x, y, x + w, y + h]) if w > 0 and h > 0 else None
+            if letterbox is not None:
+                full = mask_utils.decode(rle).astype(bool)  # (H, W) original size
+                small = letterbox.masks_to_model(full[None])[0]  # (S, S)
+                rle = mask_utils.encode(np.asfortranarray(small.view(np.uint8)))
+        else:
+            polys = valid_polygons(seg)
+            if not polys:
+                no_geometry.append(ann.get("id"))
+                continue
+            if box is None:
+                pts = np.concatenate([np.asarray(p).reshape(-1, 2) for p in polys])
+                box = np.concatenate([pts.min(axis=0), pts.max(axis=0)])
+            if letterbox is not None:
+                polys = [letterbox.polygon_to_model(p).tolist() for p in polys]
+            rle = mask_utils.merge(mask_utils.frPyObjects(polys, fh, fw))
+        if box is None:
+            no_geometry.append(ann.get("id"))
+            continue
+        box = np.clip(box, 0, [sample.width, sample.height, sample.width, sample.height])
+        rles.append(rle)
+        boxes.append(box)
+        class_ids.append(cls)
+        ids.append(int(ann.get("id", -1)))
+        crowd.append(bool(ann.get("iscrowd", 0)))
+    if unknown:
+        log.warning("sample %s: skipped %d annotations whose category id is not one of the classes %s: %s",
+                    sample.sample_id, sum(unknown.values()), list(category_map), unknown)
+    if no_geometry:
+        log.warning("sample %s: skipped %d annotations without a usable polygon (>= 3 points) or box: ids %s",
+                    sample.sample_id, len(no_geometry), no_geometry[:20])
+    if bad_rle:
+        log.warning("sample %s: skipped %d annotations with invalid RLE: %s", sample.sample_id, len(bad_rle), bad_rle[:5])
+    if not rles:
+        return _empty_gt(frame)
+    if max_instances is not None and len(rles) > max_instances:
+        log.warning("sample %s: %d ground-truth instances, keeping the first %d (data.max_instances)",
+                    sample.sample_id, len(rles), max_instances)
+        rles, boxes, class_ids, ids, crowd = (x[:max_instances] for x in (rles, boxes, class_ids, ids, crowd))
+        if not rles:
+            return _empty_gt(frame)
+    masks = np.ascontiguousarray(mask_utils.decode(rles).transpose(2, 0, 1)).view(bool)  # (N, fh, fw)
+    boxes_arr = np.stack(boxes)  # (N, 4) original frame
+    if letterbox is not None:
+        boxes_arr = letterbox.boxes_to_model(boxes_arr)
+    boxes_arr = boxes_arr.astype(np.float32)
+    empty = ~masks.reshape(len(masks), -1).any(axis=1)
+    for i in np.flatnonzero(empty):  # sub-pixel instance: keep its centre pixel
+        cx = int(np.clip((boxes_arr[i, 0] + boxes_arr[i, 2]) / 2, 0, fw - 1))
+        cy = int(np.clip((boxes_arr[i, 1] + boxes_arr[i, 3]) / 2, 0, fh - 1))
+        masks[i, cy, cx] = True
+    return Instances(
+        boxes=boxes_arr,
+        class_ids=np.asarray(class_ids, np.int64),
+        image_size=frame,
+        masks=masks,
+        ids=np.asarray(ids, np.int64),
+        extras={"iscrowd": np.asarray(crowd, bool)},
+    )
