@@ -119,7 +119,8 @@ class Instances:
         """(N,) int64 pixel count of each mask."""
         if self.masks is None:
             raise ValueError("these Instances have no masks")
-        return self.masks.reshape(len(self), -1).sum(axis=1, dtype=np.int64)
+        h, w = self.image_size
+        return self.masks.reshape(len(self), h * w).sum(axis=1, dtype=np.int64)  # explicit size: reshape(0, -1) fails
 
     def box_areas(self) -> np.ndarray:
         """(N,) float32 box areas in pixels."""
