@@ -83,7 +83,7 @@ def dataset_help(root: Path) -> str:
     return (
         f"Put the ARMBench segmentation 'mix-object-tote' folder (holding images/, train.json, val.json "
         f"and test.json) at {root}, or point to it with --dataset DIR or the ARMBENCH_DATASET environment "
-        f"variable (ARMBench is available on request from Amazon: https://armbench.s3.amazonaws.com). "
+        f"variable (ARMBench is available on request from its authors, see arXiv 2303.16382). "
         f"To run without it, generate the synthetic ARMBench-like dataset with 'armbench synth --out DIR' "
         f"and pass '--dataset DIR', or use 'armbench analyze --synthetic'."
     )
