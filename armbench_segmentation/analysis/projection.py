@@ -316,7 +316,7 @@ def embeddings_digest(embeddings: np.ndarray) -> str:
     emb = np.ascontiguousarray(embeddings)
     h = hashlib.blake2b(digest_size=16)
     h.update(f"{emb.shape}|{emb.dtype}".encode())
-    h.update(memoryview(emb).cast("B"))
+    h.update(emb.tobytes() if emb.size == 0 else memoryview(emb).cast("B"))
     return h.hexdigest()
 
 
@@ -415,28 +415,27 @@ def project(frame: Any, embeddings: Any, method: str = "pca", seed: int = 0, cac
 
 
 def _cache_get(cache: Any, key: str) -> Projection | None:
+    """The store keeps arrays (.npy) and JSON apart: coordinates under "projection", the
+    description under "projection_meta"; a missing or unreadable entry is a miss."""
     if cache is None or not hasattr(cache, "get_artifact"):
         return None
     try:
-        value = cache.get_artifact("projection", key)
+        xy = cache.get_artifact("projection", key)
+        meta = cache.get_artifact("projection_meta", key) or {}
     except KeyError:
         return None
-    if isinstance(value, Projection):
-        return value
-    if isinstance(value, dict) and "xy" in value:  # a cache that stores plain data
-        meta = value.get("meta", {})
-        return Projection(np.asarray(value["xy"], np.float32), meta.get("method", "?"), meta.get("seed", 0),
-                          meta.get("n_fit", 0), meta.get("n_transformed", 0), meta.get("fitted_on", "?"), key,
-                          tuple(meta.get("notes", ())))
-    if isinstance(value, np.ndarray) and value.ndim == 2 and value.shape[1] == 2:
-        return Projection(value.astype(np.float32), "cached", 0, 0, 0, "cached", key)
-    return None
+    if not isinstance(xy, np.ndarray) or xy.ndim != 2 or xy.shape[1] != 2 or not isinstance(meta, dict):
+        return None
+    return Projection(xy.astype(np.float32), str(meta.get("method", "cached")), int(meta.get("seed", 0)),
+                      int(meta.get("n_fit", 0)), int(meta.get("n_transformed", 0)),
+                      str(meta.get("fitted_on", "cached")), key, tuple(meta.get("notes", ())))
 
 
 def _cache_put(cache: Any, key: str, result: Projection) -> None:
     if cache is None or not hasattr(cache, "put_artifact"):
         return
-    cache.put_artifact("projection", key, {"xy": result.xy, "meta": result.as_dict()})
+    cache.put_artifact("projection", key, np.ascontiguousarray(result.xy))
+    cache.put_artifact("projection_meta", key, result.as_dict())
 
 
 _register_defaults()
