@@ -1,0 +1,252 @@
+"""YOLOv5-seg post-processing in numpy, reproducing yolov5's own code path.
+
+Mirrors ``yolov5.utils.general.non_max_suppression(..., nm=32)`` (best class per anchor,
+class-aware NMS through a class offset, at most ``max_detections``) followed by
+``yolov5.utils.segment.general.process_mask(..., upsample=True)`` (the default of
+``segment/predict.py``): ``sigmoid(coeffs @ protos)`` cropped to the box at prototype
+resolution, bilinearly upsampled (``align_corners=False``) to the input size and
+thresholded. ``tests/fixtures/decode_golden.npz`` (made by ``tools/make_decode_fixtures.py``
+with yolov5 itself) pins the equivalence.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import cv2
+import numpy as np
+
+from armbench_segmentation.config import ModelConfig
+from armbench_segmentation.data.letterbox import Letterbox
+from armbench_segmentation.structures import Instances
+
+log = logging.getLogger(__name__)
+
+MAX_WH = 7680  # yolov5's class offset for class-aware NMS (pixels)
+MAX_NMS = 30000  # yolov5: at most this many boxes enter NMS
+
+
+# ---------------------------------------------------------------------------- NMS
+def xywh_to_xyxy(xywh: np.ndarray) -> np.ndarray:
+    """(N, 4) centre x, y, width, height -> (N, 4) x1, y1, x2, y2 (same dtype)."""
+    xy, half = xywh[:, :2], xywh[:, 2:4] / 2
+    return np.concatenate([xy - half, xy + half], axis=1)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy NMS with torchvision's semantics (float32 IoU, suppress when IoU > threshold).
+
+    Args:
+        boxes: (K, 4) float32 xyxy.
+        scores: (K,) float32.
+    Returns:
+        (M,) int64 indices of kept boxes, by decreasing score.
+    """
+    boxes = np.asarray(boxes, dtype=np.float32)
+    order = np.argsort(-np.asarray(scores, dtype=np.float32), kind="stable")
+    x1, y1, x2, y2 = (np.ascontiguousarray(boxes[order, k]) for k in range(4))
+    areas = (x2 - x1) * (y2 - y1)
+    thr = float(iou_threshold)
+    keep: list[int] = []
+    rest = np.arange(len(order))
+    # one iteration per *kept* box, each vectorized over the remaining candidates
+    while rest.size:
+        i, rest = rest[0], rest[1:]
+        keep.append(i)
+        if not rest.size:
+            break
+        w = np.maximum(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), np.float32(0))
+        h = np.maximum(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), np.float32(0))
+        inter = w * h
+        iou = inter / (areas[i] + areas[rest] - inter)
+        rest = rest[~(iou.astype(np.float64) > thr)]  # NaN (0/0) keeps, as in torchvision
+    return order[np.asarray(keep, dtype=np.int64)]
+
+
+def _select(detections: np.ndarray, nc: int, config: ModelConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Confidence filter, best class, class-aware NMS, cap. Returns boxes, scores, classes, coeffs."""
+    conf_thr = float(config.conf_threshold)
+    x = detections[detections[:, 4] > conf_thr]  # (K, 5+nc+nm) objectness candidates
+    cls_scores = x[:, 5 : 5 + nc] * x[:, 4:5]  # (K, nc) conf = obj * cls
+    j = np.argmax(cls_scores, axis=1) if len(x) else np.zeros(0, np.int64)
+    conf = cls_scores[np.arange(len(x)), j]
+    good = conf > conf_thr
+    x, j, conf = x[good], j[good], conf[good]
+    if len(x) > MAX_NMS:
+        log.warning("decode: %d candidates above conf_threshold=%.3g, only the best %d enter NMS", len(x), conf_thr, MAX_NMS)
+    order = np.argsort(-conf, kind="stable")[:MAX_NMS]
+    x, j, conf = x[order], j[order], conf[order]
+    boxes = xywh_to_xyxy(x[:, :4])  # (K, 4) float32
+    offset = (j.astype(np.float32) * np.float32(MAX_WH))[:, None]
+    keep = nms(boxes + offset, conf, config.iou_threshold)
+    cap = int(config.max_detections)
+    if len(keep) > cap:
+        log.warning("decode: %d detections after NMS, keeping the %d best (model.max_detections); "
+                    "raise model.max_detections to keep more", len(keep), cap)
+        keep = keep[:cap]
+    return boxes[keep], conf[keep], j[keep].astype(np.int64), x[keep, 5 + nc :]
+
+
+# ---------------------------------------------------------------------------- masks
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    out = np.negative(x)
+    np.exp(out, out=out)
+    out += np.float32(1)
+    np.reciprocal(out, out=out)
+    return out
+
+
+def _crop_ranges(boxes: np.ndarray, mh: int, mw: int, ih: int, iw: int) -> np.ndarray:
+    """(N, 4) int64 [r0, r1, c0, c1): prototype pixels kept by yolov5's ``crop_mask``
+    (column c kept when x1 * mw / iw <= c < x2 * mw / iw)."""
+    db = boxes.astype(np.float32, copy=True)
+    db[:, [0, 2]] *= np.float32(mw / iw)
+    db[:, [1, 3]] *= np.float32(mh / ih)
+    c = np.ceil(db)  # integer k satisfies k >= v  <=>  k >= ceil(v);  k < v  <=>  k < ceil(v)
+    c0 = np.clip(c[:, 0], 0, mw)
+    c1 = np.clip(c[:, 2], 0, mw)
+    r0 = np.clip(c[:, 1], 0, mh)
+    r1 = np.clip(c[:, 3], 0, mh)
+    return np.stack([r0, np.maximum(r1, r0), c0, np.maximum(c1, c0)], axis=1).astype(np.int64)
+
+
+def masks_from_protos(coeffs: np.ndarray, protos: np.ndarray, boxes: np.ndarray, input_hw: tuple[int, int],
+                      mask_threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """yolov5 ``process_mask(..., upsample=True)``.
+
+    Args:
+        coeffs: (N, nm) float32 raw mask coefficients.
+        protos: (nm, h, w) float32 prototypes.
+        boxes: (N, 4) float32 xyxy in input pixels.
+        input_hw: (H, W) model input size.
+    Returns:
+        masks (N, H, W) bool and proto_probs (N, h, w) float32 (sigmoid, zero outside the box).
+    """
+    nm, mh, mw = protos.shape
+    ih, iw = (int(v) for v in input_hw)
+    n = len(coeffs)
+    probs = np.zeros((n, mh, mw), np.float32)
+    masks = np.zeros((n, ih, iw), bool)
+    if n == 0:
+        return masks, probs
+    ranges = _crop_ranges(boxes, mh, mw, ih, iw)
+    sy, sx = ih // mh, iw // mw
+    integer_scale = sy * mh == ih and sx * mw == iw
+    thr = np.float32(mask_threshold)
+    for k in range(n):  # kept detections only (<= max_detections); work is limited to the box
+        r0, r1, c0, c1 = ranges[k]
+        if r1 <= r0 or c1 <= c0:
+            continue
+        region = protos[:, r0:r1, c0:c1].reshape(nm, -1)  # (nm, hb*wb)
+        probs[k, r0:r1, c0:c1] = _sigmoid(coeffs[k] @ region).reshape(r1 - r0, c1 - c0)
+        if integer_scale:
+            # one zero row/column of margin makes the local bilinear resize equal the global one
+            e0, e1, f0, f1 = max(r0 - 1, 0), min(r1 + 1, mh), max(c0 - 1, 0), min(c1 + 1, mw)
+            up = cv2.resize(probs[k, e0:e1, f0:f1], ((f1 - f0) * sx, (e1 - e0) * sy), interpolation=cv2.INTER_LINEAR)
+            masks[k, e0 * sy : e1 * sy, f0 * sx : f1 * sx] = up > thr
+        else:
+            masks[k] = cv2.resize(probs[k], (iw, ih), interpolation=cv2.INTER_LINEAR) > thr
+    return masks, probs
+
+
+# ---------------------------------------------------------------------------- public API
+def decode(detections: np.ndarray, protos: np.ndarray, input_hw: tuple[int, int], config: ModelConfig) -> Instances:
+    """Raw outputs of one image -> model-frame predictions.
+
+    Args:
+        detections: (A, 5 + nc + nm) float32 (``output0`` row of one image).
+        protos: (nm, h, w) float32 (``output1`` row of one image).
+        input_hw: (H, W) of the model input.
+        config: thresholds (conf_threshold, iou_threshold, max_detections, mask_threshold).
+    Returns:
+        Instances in the (H, W) input frame with scores; masks (N, H, W) bool;
+        extras["coeffs"] (N, nm) float32; extras["proto_probs"] (N, h, w) float32.
+    """
+    detections = np.asarray(detections, dtype=np.float32)
+    protos = np.asarray(protos, dtype=np.float32)
+    if detections.ndim != 2 or protos.ndim != 3:
+        raise ValueError(f"decode takes one image: detections (A, 5+nc+nm) and protos (nm, h, w), "
+                         f"got {detections.shape} and {protos.shape}")
+    nm, mh, mw = protos.shape
+    nc = detections.shape[1] - 5 - nm
+    if nc < 1:
+        raise ValueError(f"detections have {detections.shape[1]} columns; with {nm} mask coefficients that leaves no class")
+    ih, iw = (int(v) for v in input_hw)
+    boxes, scores, classes, coeffs = _select(detections, nc, config)
+    masks, probs = masks_from_protos(coeffs, protos, boxes, (ih, iw), config.mask_threshold)
+    return Instances(boxes=boxes, class_ids=classes, image_size=(ih, iw), masks=masks, scores=scores,
+                     extras={"coeffs": np.ascontiguousarray(coeffs, dtype=np.float32), "proto_probs": probs})
+
+
+def decode_batch(raw, input_hw: tuple[int, int], config: ModelConfig) -> list[Instances]:
+    """``decode`` for every image of a ``RawOutputs`` batch."""
+    return [decode(raw.detections[i], raw.protos[i], input_hw, config) for i in range(len(raw.detections))]
+
+
+def _check_frame(pred: Instances, letterbox: Letterbox) -> None:
+    if tuple(pred.image_size) != (letterbox.out_h, letterbox.out_w):
+        raise ValueError(f"predictions are in a {pred.image_size} frame but the letterbox maps from "
+                         f"{(letterbox.out_h, letterbox.out_w)}; pass the letterbox of this image")
+
+
+def to_original(pred: Instances, letterbox: Letterbox) -> Instances:
+    """Model-frame predictions -> original resolution (boxes clipped; masks nearest-resized).
+
+    Memory: N * orig_h * orig_w bytes of masks. For many instances on big originals use
+    ``masks_to_original_rle`` which handles one instance at a time.
+    """
+    _check_frame(pred, letterbox)
+    masks = None if pred.masks is None else letterbox.masks_to_original(pred.masks)
+    return Instances(boxes=letterbox.boxes_to_original(pred.boxes), class_ids=pred.class_ids,
+                     image_size=(letterbox.orig_h, letterbox.orig_w), masks=masks, scores=pred.scores,
+                     ids=pred.ids, extras=pred.extras)
+
+
+def _nearest_sources(n_out: int, n_src: int) -> np.ndarray:
+    """cv2.INTER_NEAREST source index of each output pixel: floor(dst * src / out)."""
+    ifx = 1.0 / (n_out / n_src)  # as cv2 computes it
+    idx = np.floor(np.arange(n_out, dtype=np.float64) * ifx).astype(np.int64)
+    return np.minimum(idx, n_src - 1)
+
+
+def masks_to_original_rle(masks: np.ndarray, letterbox: Letterbox) -> list[dict]:
+    """Model-frame masks -> COCO RLEs at original resolution, one instance at a time.
+
+    Same pixels as ``Letterbox.masks_to_original`` (nearest), but only the columns the
+    mask touches are resized, and the run lengths are computed from those columns, so a
+    2448x2048 original never needs a full-size array per instance.
+
+    Args:
+        masks: (N, out_h, out_w) bool.
+    Returns:
+        N dicts ``{"size": [H, W], "counts": str}`` (compressed COCO RLE, JSON-ready).
+    """
+    from pycocotools import mask as mask_utils
+
+    masks = np.asarray(masks, dtype=bool)
+    lb = letterbox
+    H, W = lb.orig_h, lb.orig_w
+    crop = masks[:, lb.pad_y : lb.pad_y + lb.new_h, lb.pad_x : lb.pad_x + lb.new_w]  # (N, new_h, new_w)
+    ys = _nearest_sources(H, lb.new_h)  # (H,) source row of each original row
+    xs = _nearest_sources(W, lb.new_w)  # (W,)
+    out = []
+    for m in crop:
+        cols = np.flatnonzero(m.any(axis=0))
+        if cols.size == 0:
+            counts = [H * W]
+        else:
+            X0 = int(np.searchsorted(xs, cols[0], side="left"))
+            X1 = int(np.searchsorted(xs, cols[-1], side="right"))
+            block = m[:, xs[X0:X1]][ys]  # (H, X1-X0) original columns X0..X1
+            flat = block.T.reshape(-1)  # column-major pixels [a, b) of the full image
+            a, b = X0 * H, X1 * H
+            inner = np.flatnonzero(flat[1:] != flat[:-1]) + 1 + a  # value changes inside [a, b)
+            head = [a] if flat[0] else []  # zeros before a (possibly none: first count 0)
+            tail = [b] if flat[-1] and b < H * W else []
+            bounds = np.concatenate([[0], head, inner, tail, [H * W]]).astype(np.int64)
+            counts = np.diff(bounds)
+        rle = mask_utils.frPyObjects({"size": [H, W], "counts": [int(c) for c in counts]}, H, W)
+        rle["counts"] = rle["counts"].decode("ascii") if isinstance(rle["counts"], bytes) else rle["counts"]
+        out.append(rle)
+    return out
+

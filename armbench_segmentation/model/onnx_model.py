@@ -1,0 +1,297 @@
+"""The ONNX Runtime session around a YOLOv5-seg export: loading, I/O checks, provider choice.
+
+Any standard YOLOv5-seg export is accepted: static (1x3x640x640) or dynamic in
+batch/height/width, with or without an extra ``embedding`` output. Outputs are told apart
+by rank (3-D detections ``(N, A, 5 + nc + nm)``, 4-D prototypes ``(N, nm, h, w)``, 2-D
+embedding ``(N, D)``), with the usual names (``output0``, ``output1``, ``embedding``) only
+breaking ties.
+
+Provider choice (``ModelConfig.device``):
+  * ``"cpu"``: CPU only.
+  * ``"cuda"``: CUDA demanded; a ``ModelError`` says why when it cannot load.
+  * ``"auto"``: CUDA only when it can actually run here (the ``onnxruntime-gpu`` build
+    offers it, a CUDA driver and a GPU are present, and the session really gets the CUDA
+    provider); otherwise CPU, without ONNX Runtime's loud "missing CUDA libraries" log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import io
+import logging
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from armbench_segmentation.config import ModelConfig
+from armbench_segmentation.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+_ORT_DEFAULT_SEVERITY = 2  # onnxruntime's own default (warning)
+_FIX = "point --model (or ARMBENCH_MODEL, or model.path in the config) at a YOLOv5-seg ONNX export"
+
+
+@dataclass(frozen=True)
+class RawOutputs:
+    """Raw model outputs of a batch.
+
+    Attributes:
+        detections: (N, A, 5 + nc + nm) float32: cx, cy, w, h (input pixels), objectness,
+            class scores (sigmoided), nm raw mask coefficients.
+        protos: (N, nm, h, w) float32 mask prototypes.
+        embedding: (N, D) float32 or None when the export has no embedding output.
+    """
+
+    detections: np.ndarray
+    protos: np.ndarray
+    embedding: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.detections)
+
+
+# ---------------------------------------------------------------------------- providers
+def _cuda_driver_has_device() -> tuple[bool, str]:
+    """(True, "") when the CUDA driver loads and sees at least one GPU, else (False, why)."""
+    try:
+        lib = ctypes.CDLL("libcuda.so.1") if os.name != "nt" else ctypes.WinDLL("nvcuda.dll")  # type: ignore[attr-defined]
+    except OSError:
+        return False, "no CUDA driver (libcuda) on this machine"
+    try:
+        if lib.cuInit(0) != 0:
+            return False, "the CUDA driver failed to initialise (cuInit)"
+        count = ctypes.c_int(0)
+        if lib.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value < 1:
+            return False, "the CUDA driver sees no GPU"
+    except (AttributeError, OSError) as exc:  # pragma: no cover - exotic driver builds
+        return False, f"cannot query the CUDA driver: {exc}"
+    return True, ""
+
+
+def cuda_unavailable_reason() -> str | None:
+    """None when a CUDA session is worth trying here, else why not (cheap, no ORT logs)."""
+    import onnxruntime as ort
+
+    if CUDA not in ort.get_available_providers():
+        return f"this onnxruntime build ({ort.get_device()}) has no CUDA provider; install onnxruntime-gpu"
+    ok, why = _cuda_driver_has_device()
+    return None if ok else why
+
+
+@contextlib.contextmanager
+def _quiet_ort():
+    """Silence ONNX Runtime's default logger (where provider-load failures are printed)."""
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(4)
+    try:
+        yield
+    finally:
+        ort.set_default_logger_severity(_ORT_DEFAULT_SEVERITY)
+
+
+def _preload_cuda_libraries() -> None:
+    """Let onnxruntime find CUDA/cuDNN from nvidia-* wheels, if any (it prints; we don't)."""
+    import onnxruntime as ort
+
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    sink = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            preload()
+    except Exception as exc:  # noqa: BLE001 - best effort only
+        log.debug("onnxruntime.preload_dlls failed: %s", exc)
+
+
+# ---------------------------------------------------------------------------- model
+class SegmentationModel:
+    """A YOLOv5-seg ONNX export ready to run.
+
+    Attributes:
+        path: the ONNX file.
+        input_name: name of the image input.
+        input_hw: (H, W) for a static-size export, None when height/width are dynamic.
+        static_batch: the fixed batch size of a static export, None when dynamic.
+        num_classes: nc, derived from the detections' last dimension (5 + nc + nm).
+        num_mask_coeffs: nm, the prototype channel count.
+        has_embedding: whether the export has a 2-D embedding output.
+        providers: the providers the session really uses.
+        session: the ``onnxruntime.InferenceSession``.
+    """
+
+    def __init__(self, path: Path | str, config: ModelConfig, class_names: Sequence[str]):
+        import onnxruntime as ort
+
+        self.path = Path(path).expanduser()
+        self.config = config
+        self.class_names = tuple(class_names)
+        if not self.path.is_file():
+            raise ModelError(f"model file {self.path} does not exist; {_FIX}")
+        if not os.access(self.path, os.R_OK):
+            raise ModelError(f"model file {self.path} is not readable; fix its permissions or {_FIX}")
+
+        device = str(config.device).strip().lower()
+        if device not in ("auto", "cpu", "cuda"):
+            raise ModelError(f"model.device must be 'auto', 'cpu' or 'cuda', got {config.device!r}")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if config.num_threads is not None:
+            if int(config.num_threads) < 0:
+                raise ModelError(f"model.num_threads must be >= 0 (0 = onnxruntime default), got {config.num_threads}")
+            options.intra_op_num_threads = int(config.num_threads)
+        self.session = self._create_session(ort, options, device)
+        self.providers = list(self.session.get_providers())
+        self._inspect_io()
+
+    # ------------------------------------------------------------------ session
+    def _open(self, ort, options, providers: list[str]):
+        try:
+            return ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"cannot load ONNX model {self.path}: {msg}; {_FIX}") from None
+
+    def _create_session(self, ort, options, device: str):
+        if device == "cpu":
+            return self._open(ort, options, [CPU])
+        why = cuda_unavailable_reason()
+        if why is not None:
+            if device == "cuda":
+                raise ModelError(f"model.device is 'cuda' but CUDA cannot be used: {why}. Use --device cpu/auto or ARMBENCH_DEVICE=auto")
+            log.debug("CUDA not used: %s", why)
+            return self._open(ort, options, [CPU])
+        _preload_cuda_libraries()
+        with _quiet_ort():
+            session = self._open(ort, options, [CUDA, CPU])
+        if CUDA in session.get_providers():
+            return session
+        message = ("a GPU is present but onnxruntime's CUDA provider failed to load (CUDA/cuDNN libraries "
+                   "matching this onnxruntime-gpu build are missing)")
+        if device == "cuda":
+            raise ModelError(f"model.device is 'cuda' but {message}. Install them, or use --device cpu/auto")
+        log.warning("%s; running on CPU", message)
+        return session
+
+    def _inspect_io(self) -> None:
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1 or len(inputs[0].shape) != 4:
+            got = [(i.name, i.shape) for i in inputs]
+            raise ModelError(f"{self.path}: expected one image input (N, 3, H, W), got {got}; {_FIX}")
+        inp = inputs[0]
+        self.input_name = inp.name
+        n, c, h, w = inp.shape
+        if isinstance(c, int) and c != 3:
+            raise ModelError(f"{self.path}: the input {inp.name!r} has {c} channels, expected 3 (RGB)")
+        self.static_batch = n if isinstance(n, int) and n > 0 else None
+        self.input_hw = (h, w) if isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0 else None
+
+        outputs = self.session.get_outputs()
+        by_rank: dict[int, list] = {}
+        for o in outputs:
+            by_rank.setdefault(len(o.shape), []).append(o)
+        described = [(o.name, o.shape) for o in outputs]
+
+        def pick(rank: int, preferred: str, what: str, required: bool):
+            cands = by_rank.get(rank, [])
+            if not cands:
+                if required:
+                    raise ModelError(f"{self.path}: no {rank}-D {what} output; outputs are {described}. "
+                                     f"A YOLOv5-seg export has output0 (N, A, 5+nc+32) and output1 (N, 32, H/4, W/4); {_FIX}")
+                return None
+            if len(cands) == 1:
+                return cands[0]
+            named = [o for o in cands if o.name == preferred]
+            if len(named) == 1:
+                return named[0]
+            raise ModelError(f"{self.path}: several {rank}-D outputs {[o.name for o in cands]} and none named "
+                             f"{preferred!r}; cannot tell which is the {what}")
+
+        det, proto = pick(3, "output0", "detections", True), pick(4, "output1", "mask prototypes", True)
+        emb = pick(2, "embedding", "embedding", False)
+        nm, last = proto.shape[1], det.shape[2]
+        if not isinstance(nm, int) or not isinstance(last, int):
+            raise ModelError(f"{self.path}: prototype channels ({nm}) and detection width ({last}) must be fixed numbers")
+        nc = last - 5 - nm
+        if nc < 1:
+            raise ModelError(f"{self.path}: detections have {last} columns, protos {nm} channels: that leaves "
+                             f"{nc} classes (5 + nc + nm columns expected); not a YOLOv5-seg export")
+        if nc != len(self.class_names):
+            raise ModelError(
+                f"{self.path} predicts {nc} classes but {len(self.class_names)} class names are configured "
+                f"(data.class_names = {list(self.class_names)}). Use a model trained for these classes "
+                f"(e.g. the shipped models/armbench-yolov5s-seg.onnx) or set data.class_names to the model's {nc} names"
+            )
+        self.num_classes = nc
+        self.num_mask_coeffs = nm
+        self._out_names = [det.name, proto.name] + ([emb.name] if emb is not None else [])
+        self.has_embedding = emb is not None
+        self.embedding_dim = emb.shape[1] if emb is not None and isinstance(emb.shape[1], int) else None
+
+    # ------------------------------------------------------------------ info
+    @cached_property
+    def sha256(self) -> str:
+        """Hex SHA-256 of the model file (read in 1 MiB chunks)."""
+        digest = hashlib.sha256()
+        with open(self.path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    @property
+    def on_cuda(self) -> bool:
+        return CUDA in self.providers
+
+    def __repr__(self) -> str:  # pragma: no cover - debugging aid
+        return (f"SegmentationModel({self.path.name}, nc={self.num_classes}, nm={self.num_mask_coeffs}, "
+                f"input_hw={self.input_hw}, embedding={self.has_embedding}, providers={self.providers})")
+
+    # ------------------------------------------------------------------ running
+    @staticmethod
+    def to_input(images: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) uint8 RGB (or one (H, W, 3) image) -> (N, 3, H, W) float32 in 0..1."""
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[None]
+        if images.ndim != 4 or images.shape[3] != 3:
+            raise ValueError(f"expected (N, H, W, 3) RGB images, got shape {images.shape}")
+        out = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32)  # (N, 3, H, W)
+        if images.dtype == np.uint8:
+            out *= np.float32(1 / 255)
+        return out
+
+    def run(self, batch: np.ndarray) -> RawOutputs:
+        """Run N letterboxed images.
+
+        Args:
+            batch: (N, 3, H, W) float32 in 0..1 (see ``to_input``).
+        Returns:
+            RawOutputs with N rows. A static batch-1 export is run once per image.
+        """
+        batch = np.asarray(batch)
+        if batch.ndim != 4 or batch.shape[1] != 3:
+            raise ValueError(f"expected a (N, 3, H, W) batch, got shape {batch.shape}; use SegmentationModel.to_input")
+        if self.input_hw is not None and tuple(batch.shape[2:]) != tuple(self.input_hw):
+            raise ValueError(f"this model takes {self.input_hw[0]}x{self.input_hw[1]} inputs (static export), "
+                             f"got {batch.shape[2]}x{batch.shape[3]}; set data.image_size to {self.input_hw[0]}")
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        n = len(batch)
+        if n == 0:
+            raise ValueError("empty batch")
+        step = self.static_batch or n
+        if n % step:  # fixed batch > 1: pad the last chunk, drop the padding rows afterwards
+            batch = np.concatenate([batch, np.zeros((step - n % step, *batch.shape[1:]), np.float32)])
+        parts = [self.session.run(self._out_names, {self.input_name: batch[i : i + step]}) for i in range(0, len(batch), step)]
+        outs = [(np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k])[:n] for k in range(len(self._out_names))]
+        emb = outs[2].astype(np.float32, copy=False) if self.has_embedding else None
+        return RawOutputs(outs[0].astype(np.float32, copy=False), outs[1].astype(np.float32, copy=False), emb)
