@@ -17,14 +17,14 @@ import numpy as np
 
 from armbench_segmentation.commands._common import add_settings_arguments, open_dataset, settings_from_args
 from armbench_segmentation.data.coco import (
-    LABELED_SPLITS, SPLIT_FILES, SPLITS, category_map_by_name, sample_id_from_file_name,
+    LABELED_SPLITS, PROBLEM_KINDS, SPLIT_FILES, SPLITS, Sample, category_map_by_name, check_annotation,
+    sample_id_from_file_name,
 )
 from armbench_segmentation.errors import SampleError
 
 MAX_EXAMPLES = 20
 HIST_BINS = ((0, 0), (1, 4), (5, 9), (10, 19), (20, 49), (50, None))
 AREA_QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
-BOUNDS_TOLERANCE = 1.0  # pixels a box/polygon may stick out before it is a problem
 
 PROBLEM_HELP = {
     "missing_image_file": "image listed in the COCO file but not found under images/",
@@ -34,11 +34,7 @@ PROBLEM_HELP = {
     "missing_class_name": "a configured class name has no category in the file",
     "unknown_category": "annotation category id not among the configured classes",
     "unknown_image_id": "annotation refers to an image id not in 'images'",
-    "degenerate_polygon": "polygon with < 3 points, odd/non-numeric coordinates or zero area",
-    "no_geometry": "annotation without a usable polygon or RLE",
-    "invalid_rle": "RLE with a bad size/counts or a size different from the image",
-    "invalid_bbox": "bbox missing, non-numeric or with non-positive width/height",
-    "out_of_bounds": "bbox or polygon extends outside the image",
+    **PROBLEM_KINDS,
 }
 
 
@@ -59,12 +55,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- analysis
-def _polygon_area(poly: list[float]) -> float:
-    pts = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
-    x, y = pts[:, 0], pts[:, 1]
-    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2.0)
-
-
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -86,55 +76,11 @@ class _Problems:
 def _check_annotation(ann: dict, img: dict | None, split: str, problems: _Problems) -> float | None:
     """Record the annotation's problems; return its area in pixels when measurable."""
     where = {"split": split, "image_id": ann.get("image_id"), "annotation_id": ann.get("id")}
-    seg = ann.get("segmentation")
-    area: float | None = None
     width = img.get("width") if img else None
     height = img.get("height") if img else None
-    has_size = _is_number(width) and _is_number(height)
-    outside: list[str] = []
-    if isinstance(seg, dict):
-        from pycocotools import mask as mask_utils
-
-        from armbench_segmentation.data.coco import rle_from_segmentation
-
-        try:
-            rle = rle_from_segmentation(seg)
-            if has_size and list(rle["size"]) != [height, width]:
-                raise ValueError(f"RLE size {list(rle['size'])} != image [{height}, {width}]")
-            area = float(mask_utils.area(rle))
-        except (ValueError, TypeError) as exc:
-            problems.add("invalid_rle", **where, detail=str(exc))
-    elif isinstance(seg, list) and seg:
-        total, good = 0.0, 0
-        for i, poly in enumerate(seg):
-            ok = isinstance(poly, list) and len(poly) >= 6 and len(poly) % 2 == 0 and all(_is_number(v) for v in poly)
-            poly_area = _polygon_area(poly) if ok else 0.0
-            if not ok or poly_area <= 0:
-                n_pts = len(poly) // 2 if isinstance(poly, list) else 0
-                problems.add("degenerate_polygon", **where, detail=f"polygon {i}: {n_pts} points, area {poly_area:g}")
-                continue
-            good += 1
-            total += poly_area
-            if has_size:
-                pts = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
-                if (pts.min() < -BOUNDS_TOLERANCE or pts[:, 0].max() > width + BOUNDS_TOLERANCE
-                        or pts[:, 1].max() > height + BOUNDS_TOLERANCE):
-                    outside.append(f"polygon {i}")
-        if good:
-            area = total
-        else:
-            problems.add("no_geometry", **where, detail="no valid polygon")
-    else:
-        problems.add("no_geometry", **where, detail=f"segmentation is {type(seg).__name__}")
-    bbox = ann.get("bbox")
-    if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox) and bbox[2] > 0 and bbox[3] > 0):
-        problems.add("invalid_bbox", **where, detail=f"bbox {bbox!r}")
-    elif has_size:
-        x, y, w, h = bbox
-        if x < -BOUNDS_TOLERANCE or y < -BOUNDS_TOLERANCE or x + w > width + BOUNDS_TOLERANCE or y + h > height + BOUNDS_TOLERANCE:
-            outside.append(f"bbox {bbox}")
-    if outside:  # one problem per annotation
-        problems.add("out_of_bounds", **where, detail=f"{' and '.join(outside)} outside the {width}x{height} image")
+    found, area = check_annotation(ann, width, height)
+    for kind, detail in found:
+        problems.add(kind, **where, detail=detail)
     return area
 
 
@@ -183,8 +129,6 @@ def summarize(dataset) -> dict[str, Any]:
             stems.setdefault(sample_id_from_file_name(file_name), []).append(file_name)
             if file_name in present:
                 continue
-            from armbench_segmentation.data.coco import Sample
-
             sample = Sample(sample_id_from_file_name(file_name), split, image_id, file_name, int(img["width"]), int(img["height"]))
             try:
                 exists = dataset.image_path(sample).is_file()

@@ -143,6 +143,77 @@ def _bbox_xyxy(ann: dict) -> np.ndarray | None:
     return None
 
 
+# ---------------------------------------------------------------------- annotation checks
+BOUNDS_TOLERANCE = 1.0  # pixels a box/polygon may stick out of the image before it is a problem
+PROBLEM_KINDS = {
+    "degenerate_polygon": "polygon with < 3 points, odd/non-numeric coordinates or zero area",
+    "no_geometry": "annotation without a usable polygon or RLE",
+    "invalid_rle": "RLE with a bad size/counts or a size different from the image",
+    "invalid_bbox": "bbox missing, non-numeric or with non-positive width/height",
+    "out_of_bounds": "bbox or polygon extends outside the image",
+}
+
+
+def polygon_area(poly: list[float]) -> float:
+    """Shoelace area of a flat ``[x1, y1, x2, y2, ...]`` polygon."""
+    pts = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
+    x, y = pts[:, 0], pts[:, 1]
+    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2.0)
+
+
+def check_annotation(ann: dict, width: int | None, height: int | None) -> tuple[list[tuple[str, str]], float | None]:
+    """Problems of one COCO annotation (kinds in ``PROBLEM_KINDS``) and its area in
+    original pixels when measurable (sum of valid polygon areas, or RLE pixel count).
+
+    Cheap: no rasterization of polygons.
+    """
+    problems: list[tuple[str, str]] = []
+    seg = ann.get("segmentation")
+    area: float | None = None
+    has_size = _is_number(width) and _is_number(height)
+    outside: list[str] = []
+    if isinstance(seg, dict):
+        try:
+            rle = rle_from_segmentation(seg)
+            if has_size and list(rle["size"]) != [height, width]:
+                raise ValueError(f"RLE size {list(rle['size'])} != image [{height}, {width}]")
+            area = float(mask_utils.area(rle))
+        except (ValueError, TypeError) as exc:
+            problems.append(("invalid_rle", str(exc)))
+    elif isinstance(seg, list) and seg:
+        total, good = 0.0, 0
+        for i, poly in enumerate(seg):
+            ok = isinstance(poly, (list, tuple)) and len(poly) >= 6 and len(poly) % 2 == 0 and all(_is_number(v) for v in poly)
+            poly_area = polygon_area(poly) if ok else 0.0
+            if not ok or poly_area <= 0:
+                n_pts = len(poly) // 2 if isinstance(poly, (list, tuple)) else 0
+                problems.append(("degenerate_polygon", f"polygon {i}: {n_pts} points, area {poly_area:g}"))
+                continue
+            good += 1
+            total += poly_area
+            if has_size:
+                pts = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
+                if (pts.min() < -BOUNDS_TOLERANCE or pts[:, 0].max() > width + BOUNDS_TOLERANCE
+                        or pts[:, 1].max() > height + BOUNDS_TOLERANCE):
+                    outside.append(f"polygon {i}")
+        if good:
+            area = total
+        else:
+            problems.append(("no_geometry", "no valid polygon"))
+    else:
+        problems.append(("no_geometry", f"segmentation is {type(seg).__name__}"))
+    bbox = ann.get("bbox")
+    if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(_is_number(v) for v in bbox) and bbox[2] > 0 and bbox[3] > 0):
+        problems.append(("invalid_bbox", f"bbox {bbox!r}"))
+    elif has_size:
+        x, y, w, h = bbox
+        if x < -BOUNDS_TOLERANCE or y < -BOUNDS_TOLERANCE or x + w > width + BOUNDS_TOLERANCE or y + h > height + BOUNDS_TOLERANCE:
+            outside.append(f"bbox {list(bbox)}")
+    if outside:  # one problem per annotation
+        problems.append(("out_of_bounds", f"{' and '.join(outside)} outside the {width}x{height} image"))
+    return problems, area
+
+
 class ArmbenchDataset:
     """An ARMBench-layout folder and the splits configured in ``config``."""
 

@@ -1,0 +1,227 @@
+"""Per-sample metadata: flat scalars describing an image and its ground truth.
+
+Everything is computed at model resolution from a ``LoadedSample`` (the letterboxed
+image and the model-frame GT masks the loader already made): no full-resolution masks,
+no re-decoding. Values are int/float/str/bool/None; never NaN (None when undefined, e.g.
+object statistics of an image without objects, or any GT field of an unlabeled sample).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+
+from armbench_segmentation.data.coco import LoadedSample, check_annotation
+
+Scalar = int | float | str | bool | None
+
+# OpenCV hue is 0..179 (degrees / 2)
+YELLOW_HUE = (12, 40)
+BLUE_HUE = (90, 135)
+MIN_SATURATION = 60
+MIN_VALUE = 40
+MIN_COLORED_SHARE = 0.2   # share of saturated pixels needed to call a colour
+BORDER_FRACTION = 0.1     # border ring used for the tote colour when there is no tote annotation
+
+GT_FIELDS = (
+    "n_annotations", "n_instances", "n_objects", "n_totes", "n_crowd", "dropped_annotations",
+    "object_area_mean", "object_area_std", "object_area_min", "object_area_max",
+    "small_object_count", "small_object_share",
+    "occluded_object_count", "occluded_object_share", "mean_box_overlaps", "max_box_overlaps",
+    "mean_visible_fraction", "min_visible_fraction", "multi_polygon_objects",
+    "tote_area_share", "background_share", "annotation_problems",
+)
+
+
+def _num(value: Any) -> float | None:
+    """float, or None when not finite."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (H, W) float32 Rec. 601 luma."""
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
+
+
+def image_statistics(image: np.ndarray) -> dict[str, float | None]:
+    """Brightness (mean luma), contrast (luma std), sharpness (variance of the Laplacian)
+    and colorfulness (Hasler & Suesstrunk 2003) of an (H, W, 3) uint8 RGB image."""
+    if image.size == 0:
+        return {"brightness": None, "contrast": None, "sharpness": None, "colorfulness": None}
+    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    lap = cv2.Laplacian(gray, cv2.CV_64F)
+    rgb = image.astype(np.float32)
+    rg = rgb[..., 0] - rgb[..., 1]
+    yb = 0.5 * (rgb[..., 0] + rgb[..., 1]) - rgb[..., 2]
+    colorfulness = math.hypot(float(rg.std()), float(yb.std())) + 0.3 * math.hypot(float(rg.mean()), float(yb.mean()))
+    luma = gray.astype(np.float32)
+    return {
+        "brightness": _num(luma.mean()),
+        "contrast": _num(luma.std()),
+        "sharpness": _num(lap.var()),
+        "colorfulness": _num(colorfulness),
+    }
+
+
+def classify_color(pixels: np.ndarray) -> tuple[str, float | None]:
+    """("yellow" | "blue" | "other", median hue in degrees or None) of (K, 3) uint8 RGB pixels."""
+    if len(pixels) == 0:
+        return "other", None
+    hsv = cv2.cvtColor(pixels.reshape(-1, 1, 3), cv2.COLOR_RGB2HSV).reshape(-1, 3)
+    colored = (hsv[:, 1] >= MIN_SATURATION) & (hsv[:, 2] >= MIN_VALUE)
+    if colored.mean() < MIN_COLORED_SHARE:
+        return "other", None
+    hue = float(np.median(hsv[colored, 0]))
+    if YELLOW_HUE[0] <= hue <= YELLOW_HUE[1]:
+        name = "yellow"
+    elif BLUE_HUE[0] <= hue <= BLUE_HUE[1]:
+        name = "blue"
+    else:
+        name = "other"
+    return name, hue * 2.0
+
+
+def _box_overlap_counts(boxes: np.ndarray) -> np.ndarray:
+    """(N,) number of *other* boxes each (N, 4) xyxy box intersects with positive area."""
+    n = len(boxes)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    x1 = np.maximum(boxes[:, None, 0], boxes[None, :, 0])
+    y1 = np.maximum(boxes[:, None, 1], boxes[None, :, 1])
+    x2 = np.minimum(boxes[:, None, 2], boxes[None, :, 2])
+    y2 = np.minimum(boxes[:, None, 3], boxes[None, :, 3])
+    inter = (x2 > x1) & (y2 > y1)  # (N, N)
+    np.fill_diagonal(inter, False)
+    return inter.sum(axis=1).astype(np.int64)
+
+
+def sample_metadata(
+    loaded: LoadedSample,
+    annotations: list[dict],
+    small_area_fraction: float = 0.005,
+    class_names: Sequence[str] = ("Object", "Tote"),
+) -> dict[str, Scalar]:
+    """Flat metadata of one sample (>= 20 scalar fields, never NaN).
+
+    Args:
+        loaded: the LoadedSample (model-resolution image and GT; ``gt`` None = unlabeled).
+        annotations: the sample's raw COCO annotations (``ArmbenchDataset.annotations``).
+        small_area_fraction: an object whose mask covers less than this share of the image
+            is "small" (``settings.metrics.small_area_fraction``).
+        class_names: model class order (``settings.data.class_names``); "Object" and
+            "Tote" are looked up by name.
+    Returns:
+        dict of int/float/str/bool/None. Areas are fractions of the image (the
+        un-padded content of the model input).
+    """
+    sample, lb, gt = loaded.sample, loaded.letterbox, loaded.gt
+    x1, y1, x2, y2 = lb.content_box()
+    content = loaded.image[y1:y2, x1:x2]  # (new_h, new_w, 3)
+    content_px = float(lb.new_h * lb.new_w)
+    meta: dict[str, Scalar] = {
+        "sample_id": sample.sample_id,
+        "split": sample.split,
+        "file_name": sample.file_name,
+        "orig_width": int(sample.width),
+        "orig_height": int(sample.height),
+        "aspect_ratio": _num(sample.width / sample.height),
+        "labeled": gt is not None,
+    }
+    meta.update(image_statistics(content))
+    meta.update({key: None for key in GT_FIELDS})
+
+    names = list(class_names)
+    obj_cls = names.index("Object") if "Object" in names else None
+    tote_cls = names.index("Tote") if "Tote" in names else None
+
+    # ------------------------------------------------------------ tote colour region
+    tote_region: np.ndarray | None = None  # (new_h, new_w) bool
+    objects_union = np.zeros((lb.new_h, lb.new_w), bool)
+    if gt is not None and gt.masks is not None and len(gt):
+        masks = gt.masks[:, y1:y2, x1:x2]  # (N, new_h, new_w)
+        if obj_cls is not None and (gt.class_ids == obj_cls).any():
+            objects_union = masks[gt.class_ids == obj_cls].any(axis=0)
+        if tote_cls is not None and (gt.class_ids == tote_cls).any():
+            tote_region = masks[gt.class_ids == tote_cls].any(axis=0)
+    if tote_region is not None and (tote_region & ~objects_union).any():
+        color_pixels = content[tote_region & ~objects_union]
+        meta["tote_color_source"] = "tote"
+    else:
+        b = max(1, int(round(BORDER_FRACTION * min(lb.new_h, lb.new_w))))
+        ring = np.ones((lb.new_h, lb.new_w), bool)
+        ring[b:-b, b:-b] = False
+        ring &= ~objects_union
+        color_pixels = content[ring]
+        meta["tote_color_source"] = "border"
+    meta["tote_color"], meta["tote_hue"] = classify_color(color_pixels)
+
+    if gt is None:
+        return meta
+
+    # ------------------------------------------------------------ counts
+    is_obj = gt.class_ids == obj_cls if obj_cls is not None else np.zeros(len(gt), bool)
+    is_tote = gt.class_ids == tote_cls if tote_cls is not None else np.zeros(len(gt), bool)
+    n_obj = int(is_obj.sum())
+    gt_ids = set(gt.ids.tolist())
+    object_ids = set(gt.ids[is_obj].tolist())
+    meta.update({
+        "n_annotations": len(annotations),
+        "n_instances": len(gt),
+        "n_objects": n_obj,
+        "n_totes": int(is_tote.sum()),
+        "n_crowd": int(np.asarray(gt.extras.get("iscrowd", np.zeros(len(gt), bool))).sum()),
+        "dropped_annotations": int(sum(1 for a in annotations if a.get("id") not in gt_ids)),
+    })
+
+    # ------------------------------------------------------------ object sizes
+    if n_obj:
+        areas = gt.mask_areas()[is_obj] / content_px  # (n_obj,)
+        small = areas < small_area_fraction
+        meta.update({
+            "object_area_mean": _num(areas.mean()),
+            "object_area_std": _num(areas.std()),
+            "object_area_min": _num(areas.min()),
+            "object_area_max": _num(areas.max()),
+            "small_object_count": int(small.sum()),
+            "small_object_share": _num(small.mean()),
+        })
+        overlaps = _box_overlap_counts(gt.boxes[is_obj])
+        meta.update({
+            "occluded_object_count": int((overlaps > 0).sum()),
+            "occluded_object_share": _num((overlaps > 0).mean()),
+            "mean_box_overlaps": _num(overlaps.mean()),
+            "max_box_overlaps": int(overlaps.max()),
+        })
+    else:
+        meta.update({"small_object_count": 0, "occluded_object_count": 0})
+
+    # ------------------------------------------------------------ annotation-level facts
+    visible, multi = [], 0
+    for ann in annotations:
+        if ann.get("id") not in object_ids:
+            continue
+        attrs = ann.get("attributes")
+        vf = attrs.get("visible_fraction") if isinstance(attrs, dict) else None
+        if isinstance(vf, (int, float)) and not isinstance(vf, bool) and math.isfinite(vf):
+            visible.append(float(vf))
+        seg = ann.get("segmentation")
+        if isinstance(seg, list) and sum(1 for p in seg if isinstance(p, (list, tuple)) and len(p) >= 6) > 1:
+            multi += 1
+    meta["mean_visible_fraction"] = _num(np.mean(visible)) if visible else None
+    meta["min_visible_fraction"] = _num(np.min(visible)) if visible else None
+    meta["multi_polygon_objects"] = multi
+    # annotations with at least one problem (degenerate polygon, no geometry, bad RLE/bbox, out of bounds)
+    meta["annotation_problems"] = int(sum(1 for a in annotations if check_annotation(a, sample.width, sample.height)[0]))
+
+    # ------------------------------------------------------------ coverage
+    region = tote_region if tote_region is not None else np.ones((lb.new_h, lb.new_w), bool)
+    region_px = int(region.sum())
+    meta["tote_area_share"] = _num(tote_region.sum() / content_px) if tote_region is not None else None
+    meta["background_share"] = _num((region & ~objects_union).sum() / region_px) if region_px else None
+    return meta
