@@ -215,3 +215,22 @@ def tiny_config():
     from armbench_segmentation.config import DataConfig
 
     return DataConfig(train_size=None, val_size=None, unlabeled_size=None, seed=0, image_size=640)
+
+
+def exif_jpeg_bytes(rgb: np.ndarray, orientation: int, quality: int = 95) -> bytes:
+    """JPEG bytes of ``rgb`` (stored as is) carrying an EXIF APP1 orientation tag (1..8)."""
+    import struct
+
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    data = buf.tobytes()
+    ifd = struct.pack(">H", 1) + struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack(">I", 0)
+    payload = b"Exif\x00\x00" + b"MM\x00\x2a" + struct.pack(">I", 8) + ifd
+    app1 = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+    return data[:2] + app1 + data[2:]  # right after SOI
+
+
+@pytest.fixture
+def make_exif_jpeg():
+    """``make_exif_jpeg(rgb, orientation, quality=95) -> bytes``: a JPEG with an EXIF orientation tag."""
+    return exif_jpeg_bytes

@@ -23,6 +23,7 @@ import io
 import json
 import logging
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -96,6 +97,13 @@ def sample_id_from_file_name(file_name: str) -> str:
 
 def _rank_key(seed: int, sample_id: str) -> bytes:
     return hashlib.blake2b(f"{seed}\x00{sample_id}".encode("utf-8"), digest_size=8).digest()
+
+
+def _rle_decode(rle):
+    """pycocotools decode without its numpy-2 ``__array__(copy=...)`` DeprecationWarning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*__array__.*")
+        return mask_utils.decode(rle)
 
 
 def _is_number(v: Any) -> bool:
@@ -523,7 +531,7 @@ def annotations_to_instances(
                 x, y, w, h = mask_utils.toBbox(rle).tolist()
                 box = np.array([x, y, x + w, y + h]) if w > 0 and h > 0 else None
             if letterbox is not None:
-                full = mask_utils.decode(rle).astype(bool)  # (H, W) original size
+                full = _rle_decode(rle).astype(bool)  # (H, W) original size
                 small = letterbox.masks_to_model(full[None])[0]  # (S, S)
                 rle = mask_utils.encode(np.asfortranarray(small.view(np.uint8)))
         else:
@@ -562,7 +570,7 @@ def annotations_to_instances(
         rles, boxes, class_ids, ids, crowd = (x[:max_instances] for x in (rles, boxes, class_ids, ids, crowd))
         if not rles:
             return _empty_gt(frame)
-    masks = np.ascontiguousarray(mask_utils.decode(rles).transpose(2, 0, 1)).view(bool)  # (N, fh, fw)
+    masks = np.ascontiguousarray(_rle_decode(rles).transpose(2, 0, 1)).view(bool)  # (N, fh, fw)
     boxes_arr = np.stack(boxes)  # (N, 4) original frame
     if letterbox is not None:
         boxes_arr = letterbox.boxes_to_model(boxes_arr)

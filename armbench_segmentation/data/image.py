@@ -216,6 +216,8 @@ def decode_bytes(data: bytes, target_size: int | None = None, sample_id: str = "
     buf = np.frombuffer(data, dtype=np.uint8)
     header = read_jpeg_header(data)
     if header is not None:
+        if b"\xff\xd9" not in data[-4096:]:  # libjpeg would decode a truncated file with gray filler
+            raise SampleError(sample_id, f"image file {name} is truncated (no JPEG end marker)")
         factor = choose_reduction((header.height, header.width), target_size)
         flag = _REDUCED_FLAG.get(factor, cv2.IMREAD_COLOR) | cv2.IMREAD_IGNORE_ORIENTATION
         img = cv2.imdecode(buf, flag)

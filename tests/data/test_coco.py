@@ -1,0 +1,325 @@
+"""ARMBench COCO loader: categories by name, splits, GT at model resolution, confinement, errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import random
+
+import cv2
+import numpy as np
+import pytest
+
+from armbench_segmentation.config import DataConfig
+from armbench_segmentation.data.coco import ArmbenchDataset, category_map_by_name
+from armbench_segmentation.errors import DatasetError, SampleError
+from armbench_segmentation.structures import masks_to_boxes
+
+# tiny_dataset: 200x160 images -> letterbox to 640: scale 3.2, pad_y 64 (pad_x 0)
+S, PAD_Y = 3.2, 64
+
+
+def model_rect(x1, y1, x2, y2, size=640):
+    """Expected model-frame mask of an original-pixel rectangle of the 200x160 fixture images."""
+    m = np.zeros((size, size), bool)
+    m[int(y1 * S) + PAD_Y : int(y2 * S) + PAD_Y, int(x1 * S) : int(x2 * S)] = True
+    return m
+
+
+def by_id(samples):
+    return {s.sample_id: s for s in samples}
+
+
+@pytest.fixture
+def ds(tiny_dataset, tiny_config):
+    return ArmbenchDataset(tiny_dataset.root, tiny_config)
+
+
+def test_splits_and_ids(ds, tiny_dataset):
+    for split, n in tiny_dataset.expected["images"].items():
+        samples = ds.samples(split)
+        assert len(samples) == n
+        assert {s.sample_id for s in samples} == tiny_dataset.expected["sample_ids"][split]
+        assert all(s.split == split for s in samples)
+    s = by_id(ds.samples("val"))["val_portrait"]
+    assert (s.width, s.height, s.image_id, s.file_name) == (120, 200, 11, "val_portrait.jpg")
+
+
+def test_category_mapping_by_name_not_id(ds):
+    # train.json lists Tote first with id 3, Object with id 7
+    assert ds.category_map("train") == {7: 0, 3: 1}
+    assert ds.category_map("val") == {2: 0, 1: 1}
+    gt = ds.ground_truth(by_id(ds.samples("train"))["train_a"])
+    assert gt.ids.tolist() == [101, 102, 103, 104, 105, 106]
+    assert gt.class_ids.tolist() == [1, 0, 0, 0, 0, 0]  # Tote=1, Object=0
+
+
+def test_category_map_missing_name_lists_existing():
+    cats = [{"id": 5, "name": "Box"}, {"id": 6, "name": "Tote"}]
+    with pytest.raises(DatasetError, match=r"'Object'.*'Box' \(id 5\).*'Tote' \(id 6\)"):
+        category_map_by_name(cats, ("Object", "Tote"), source="x.json")
+    assert category_map_by_name([{"id": 9, "name": "object"}, {"id": 4, "name": "TOTE"}], ("Object", "Tote")) == {9: 0, 4: 1}
+
+
+def test_missing_class_in_split_file_is_dataset_error(tiny_dataset, tiny_config):
+    data = tiny_dataset.json("val.json")
+    data["categories"] = [{"id": 1, "name": "Tote"}, {"id": 2, "name": "Thing"}]
+    tiny_dataset.write_json("val.json", data)
+    ds = ArmbenchDataset(tiny_dataset.root, tiny_config)
+    with pytest.raises(DatasetError, match="Object.*'Thing'"):
+        ds.load(ds.samples("val")[0])
+
+
+def test_gt_model_resolution_polygons_multipolygon_and_rle(ds):
+    sample = by_id(ds.samples("train"))["train_a"]
+    loaded = ds.load(sample)
+    gt = loaded.gt
+    assert loaded.image.shape == (640, 640, 3) and loaded.image.dtype == np.uint8
+    assert gt.image_size == (640, 640) and gt.masks.shape == (6, 640, 640)
+    m = dict(zip(gt.ids.tolist(), gt.masks))
+    assert (m[102] == model_rect(20, 20, 60, 60)).all()
+    # two polygons -> one instance whose mask is their union
+    assert (m[103] == (model_rect(100, 20, 120, 40) | model_rect(140, 20, 160, 40))).all()
+    # compressed RLE and uncompressed iscrowd RLE, decoded then letterboxed
+    assert (m[104] == model_rect(20, 100, 50, 130)).all()
+    assert (m[105] == model_rect(70, 100, 90, 140)).all()
+    assert gt.extras["iscrowd"].tolist() == [False, False, False, False, True, False]
+    # boxes from the annotation bbox, transformed, consistent with masks
+    np.testing.assert_allclose(gt.boxes[gt.ids == 103][0], [320, 128, 512, 192])
+    assert np.abs(masks_to_boxes(gt.masks) - gt.boxes).max() <= 1.0
+    # padding rows stay empty
+    assert not gt.masks[:, :PAD_Y].any() and not gt.masks[:, 640 - PAD_Y :].any()
+
+
+def test_gt_original_frame_exact_areas(ds, tiny_dataset):
+    gt = ds.ground_truth(by_id(ds.samples("train"))["train_a"])
+    assert gt.image_size == (160, 200) and gt.masks.shape == (6, 160, 200)
+    areas = dict(zip(gt.ids.tolist(), gt.mask_areas().tolist()))
+    for ann_id, area in tiny_dataset.expected["train_a_object_areas"].items():
+        assert areas[ann_id] == area
+    np.testing.assert_allclose(gt.boxes[gt.ids == 102][0], [20, 20, 60, 60])
+
+
+def test_empty_gt_and_unlabeled(ds):
+    loaded = ds.load(by_id(ds.samples("train"))["train_b"])  # RGBA PNG, no annotations
+    assert len(loaded.gt) == 0
+    assert loaded.gt.masks.shape == (0, 640, 640) and loaded.gt.boxes.shape == (0, 4)
+    assert loaded.image.shape == (640, 640, 3)
+    for sample in ds.samples("unlabeled"):
+        loaded = ds.load(sample)
+        assert loaded.gt is None
+        assert ds.annotations(sample) == []  # labels in test.json are ignored
+    with pytest.raises(ValueError, match="unlabeled"):
+        ds.ground_truth(ds.samples("unlabeled")[0])
+
+
+def test_portrait_letterbox(ds):
+    loaded = ds.load(by_id(ds.samples("val"))["val_portrait"])  # 120x200 -> 384x640, pad_x 128
+    lb = loaded.letterbox
+    assert (lb.new_w, lb.new_h, lb.pad_x, lb.pad_y) == (384, 640, 128, 0)
+    obj = loaded.gt[loaded.gt.ids == 212]
+    np.testing.assert_allclose(obj.boxes[0], [20 * 3.2 + 128, 64, 60 * 3.2 + 128, 320])
+    assert obj.mask_areas()[0] == 40 * 80 * 3.2 * 3.2
+    assert (loaded.image[:, :128] == 114).all()  # gray padding
+
+
+def test_degenerate_polygon_dropped_with_warning_and_clipped_box(ds, caplog):
+    with caplog.at_level(logging.WARNING):
+        gt = ds.ground_truth(by_id(ds.samples("train"))["train_c"])
+    assert 121 not in gt.ids.tolist() and "121" in caplog.text
+    np.testing.assert_allclose(gt.boxes[gt.ids == 122][0], [180, 140, 200, 160])  # clipped to the image
+
+
+def test_max_instances_cap_warns_with_counts(tiny_dataset, tiny_config, caplog):
+    ds = ArmbenchDataset(tiny_dataset.root, dataclasses.replace(tiny_config, max_instances=4))
+    with caplog.at_level(logging.WARNING):
+        gt = ds.load(by_id(ds.samples("train"))["train_a"]).gt
+    assert len(gt) == 4 and gt.ids.tolist() == [101, 102, 103, 104]
+    assert "6 ground-truth instances, keeping the first 4" in caplog.text
+
+
+# ---------------------------------------------------------------------- selection
+def _many_images_dataset(root, n=60, shuffle_seed=None):
+    (root / "images").mkdir(parents=True)
+    images = [{"id": i, "file_name": f"img_{i:03d}.jpg", "width": 20, "height": 10} for i in range(n)]
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(images)
+    data = {"images": images, "annotations": [], "categories": [{"id": 1, "name": "Tote"}, {"id": 2, "name": "Object"}]}
+    for name in ("train.json", "val.json", "test.json"):
+        (root / name).write_text(json.dumps(data))
+    return root
+
+
+def test_selection_deterministic_and_stable_when_growing(tmp_path):
+    root = _many_images_dataset(tmp_path / "a")
+    picks = {}
+    for n in (5, 10, 30, None):
+        ds = ArmbenchDataset(root, DataConfig(train_size=n, seed=3))
+        picks[n] = [s.sample_id for s in ds.samples("train")]
+        again = ArmbenchDataset(root, DataConfig(train_size=n, seed=3))
+        assert [s.sample_id for s in again.samples("train")] == picks[n]  # deterministic
+    assert len(picks[5]) == 5 and len(picks[None]) == 60
+    assert picks[10][:5] == picks[5] and picks[30][:10] == picks[10] and picks[None][:30] == picks[30]
+    assert picks[None] != sorted(picks[None])  # ranked by hash, not by name
+    # independent of the order of images in the JSON
+    shuffled = _many_images_dataset(tmp_path / "b", shuffle_seed=1)
+    assert [s.sample_id for s in ArmbenchDataset(shuffled, DataConfig(train_size=10, seed=3)).samples("train")] == picks[10]
+    # another seed, another selection
+    assert [s.sample_id for s in ArmbenchDataset(root, DataConfig(train_size=10, seed=4)).samples("train")] != picks[10]
+    # 0 is allowed and empty
+    assert ArmbenchDataset(root, DataConfig(val_size=0)).samples("val") == []
+
+
+def test_duplicate_sample_ids_rejected(tmp_path):
+    root = _many_images_dataset(tmp_path / "d", n=3)
+    data = json.loads((root / "train.json").read_text())
+    data["images"].append({"id": 99, "file_name": "sub/img_001.png", "width": 20, "height": 10})
+    (root / "train.json").write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=r"'img_001'.*img_001.jpg.*sub/img_001.png"):
+        ArmbenchDataset(root, DataConfig()).samples("train")
+
+
+# ---------------------------------------------------------------------- folder problems
+def test_missing_dataset_message_says_what_to_do(tmp_path):
+    with pytest.raises(DatasetError) as info:
+        ArmbenchDataset(tmp_path / "nowhere", DataConfig())
+    msg = str(info.value)
+    for needle in ("mix-object-tote", "images/", "train.json", "test.json", "--dataset", "ARMBENCH_DATASET",
+                   "armbench synth --out DIR", "armbench analyze --synthetic"):
+        assert needle in msg
+
+
+def test_incomplete_dataset_names_missing_parts(tiny_dataset):
+    (tiny_dataset.root / "val.json").unlink()
+    with pytest.raises(DatasetError, match="missing val.json"):
+        ArmbenchDataset(tiny_dataset.root, DataConfig())
+
+
+def test_parent_folder_with_mix_object_tote_is_accepted(tiny_dataset, tiny_config):
+    parent = tiny_dataset.root.parent / "armbench-segmentation-0.1"
+    parent.mkdir()
+    tiny_dataset.root.rename(parent / "mix-object-tote")
+    ds = ArmbenchDataset(parent, tiny_config)
+    assert ds.root.name == "mix-object-tote" and len(ds.samples("val")) == 2
+
+
+def test_invalid_json_is_dataset_error(tiny_dataset, tiny_config):
+    (tiny_dataset.root / "train.json").write_text("{not json")
+    ds = ArmbenchDataset(tiny_dataset.root, tiny_config)
+    with pytest.raises(DatasetError, match="train.json is not valid JSON"):
+        ds.samples("train")
+    (tiny_dataset.root / "train.json").write_text(json.dumps({"annotations": []}))
+    with pytest.raises(DatasetError, match="no 'images' list"):
+        ArmbenchDataset(tiny_dataset.root, tiny_config).samples("train")
+
+
+# ---------------------------------------------------------------------- per-sample errors
+def _set_file_name(tiny_dataset, sample_id, new_name):
+    data = tiny_dataset.json("val.json")
+    for img in data["images"]:
+        if img["file_name"].startswith(sample_id):
+            img["file_name"] = new_name
+    tiny_dataset.write_json("val.json", data)
+
+
+def _secret(tmp_path):
+    secret = tmp_path / "secret.jpg"
+    ok, buf = cv2.imencode(".jpg", np.zeros((160, 200, 3), np.uint8))
+    secret.write_bytes(buf.tobytes())
+    return secret
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink"])
+def test_path_traversal_rejected(tiny_dataset, tiny_config, tmp_path, kind):
+    secret = _secret(tmp_path)  # a perfectly readable image outside images/
+    if kind == "dotdot":
+        name = "../../secret.jpg"
+    elif kind == "absolute":
+        name = str(secret)
+    else:
+        os.symlink(secret, tiny_dataset.root / "images" / "link.jpg")
+        name = "link.jpg"
+    _set_file_name(tiny_dataset, "val_a", name)
+    ds = ArmbenchDataset(tiny_dataset.root, tiny_config)
+    samples = by_id(ds.samples("val"))
+    bad = next(s for sid, s in samples.items() if sid != "val_portrait")
+    with pytest.raises(SampleError, match="outside the dataset images folder") as info:
+        ds.load(bad)
+    assert info.value.sample_id == bad.sample_id
+    assert ds.load(samples["val_portrait"]).gt is not None  # the other sample still loads
+
+
+def test_symlink_inside_images_is_fine(tiny_dataset, tiny_config):
+    os.symlink(tiny_dataset.root / "images" / "val_a.jpg", tiny_dataset.root / "images" / "alias.jpg")
+    _set_file_name(tiny_dataset, "val_a", "alias.jpg")
+    ds = ArmbenchDataset(tiny_dataset.root, tiny_config)
+    assert len(ds.load(by_id(ds.samples("val"))["alias"]).gt) == 3
+
+
+def test_missing_and_corrupt_images(tiny_dataset, tiny_config):
+    (tiny_dataset.root / "images" / "train_a.jpg").unlink()
+    (tiny_dataset.root / "images" / "train_c.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg \xff\xd9")
+    ds = ArmbenchDataset(tiny_dataset.root, tiny_config)
+    samples = by_id(ds.samples("train"))
+    with pytest.raises(SampleError, match="train_a.jpg"):
+        ds.load(samples["train_a"])
+    with pytest.raises(SampleError, match="train_c.jpg"):
+        ds.load(samples["train_c"])
+    assert ds.load(samples["train_b"]).image.shape == (640, 640, 3)
+
+
+def test_size_mismatch_names_both_sizes(tiny_dataset, tiny_config):
+    data = tiny_dataset.json("val.json")
+    data["images"][0]["width"] = 210
+    tiny_dataset.write_json("val.json", data)
+    ds = ArmbenchDataset(tiny_dataset.root, tiny_config)
+    with pytest.raises(SampleError, match=r"200x160.*210x160"):
+        ds.load(by_id(ds.samples("val"))["val_a"])
+
+
+def test_exif_rotated_image_uses_oriented_size(tiny_dataset, tiny_config, make_exif_jpeg):
+    """A stored 200x160 JPEG with orientation 6 is a 160x200 (w x h) image; COCO describes that."""
+    stored = np.zeros((160, 200, 3), np.uint8)
+    stored[:, :20] = 255  # white band on the stored left edge -> top edge after rotating 90 deg clockwise
+    (tiny_dataset.root / "images" / "rot.jpg").write_bytes(make_exif_jpeg(stored, 6))
+    data = tiny_dataset.json("val.json")
+    data["images"].append({"id": 50, "file_name": "rot.jpg", "width": 160, "height": 200})
+    data["annotations"].append({"id": 500, "image_id": 50, "category_id": 2, "iscrowd": 0,
+                                "segmentation": [[0, 0, 160, 0, 160, 20, 0, 20]], "bbox": [0, 0, 160, 20]})
+    data["images"].append({"id": 51, "file_name": "rot_wrong.jpg", "width": 200, "height": 160})
+    (tiny_dataset.root / "images" / "rot_wrong.jpg").write_bytes(make_exif_jpeg(stored, 6))
+    tiny_dataset.write_json("val.json", data)
+    ds = ArmbenchDataset(tiny_dataset.root, tiny_config)
+    samples = by_id(ds.samples("val"))
+    loaded = ds.load(samples["rot"])
+    band = loaded.gt.masks[0]  # the annotated band must be white in the oriented image
+    assert loaded.image[band].mean() > 240 and loaded.image[~band & (loaded.image != 114).any(-1)].mean() < 20
+    with pytest.raises(SampleError, match=r"160x200.*200x160"):
+        ds.load(samples["rot_wrong"])
+
+
+def test_reduced_decode_used_for_large_images(tmp_path, make_exif_jpeg):
+    root = tmp_path / "big"
+    (root / "images").mkdir(parents=True)
+    img = np.zeros((1040, 1300, 3), np.uint8)
+    img[100:300, 200:600] = (250, 250, 0)
+    cv2.imwrite(str(root / "images" / "big.jpg"), img[:, :, ::-1])
+    data = {"images": [{"id": 1, "file_name": "big.jpg", "width": 1300, "height": 1040}],
+            "categories": [{"id": 1, "name": "Tote"}, {"id": 2, "name": "Object"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 2, "iscrowd": 0, "bbox": [200, 100, 400, 200],
+                             "segmentation": [[200, 100, 600, 100, 600, 300, 200, 300]]}]}
+    for name in ("train.json", "val.json", "test.json"):
+        (root / name).write_text(json.dumps(data))
+    ds = ArmbenchDataset(root, DataConfig())
+    sample = ds.samples("train")[0]
+    assert ds.load_image(sample, 640).shape == (520, 650, 3)  # 1/2 decode
+    assert ds.load_image(sample).shape == (1040, 1300, 3)
+    full = ArmbenchDataset(root, DataConfig(reduced_decode=False))
+    assert full.load_image(sample, 640).shape == (1040, 1300, 3)
+    a, b = ds.load(sample), full.load(sample)
+    assert np.abs(a.image.astype(int) - b.image).mean() < 2  # same model input either way
+    assert (a.gt.masks == b.gt.masks).all()
+    inside = a.gt.masks[0]
+    assert a.image[inside].mean(axis=0)[:2].min() > 230
