@@ -28,6 +28,7 @@ output does not depend on the number of worker processes.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -55,6 +56,8 @@ MIN_VISIBLE_FRACTION = 0.08
 """Items whose visible area is below this fraction of their full area are dropped."""
 MIN_SIZE = 64
 """Smallest accepted image width/height."""
+MIN_OBJECTS = 3
+"""A tote shows at least this many annotated objects (the pile is re-drawn otherwise)."""
 
 CATEGORIES = [
     {"id": 1, "name": "Tote", "supercategory": "container"},
@@ -152,7 +155,7 @@ def mask_to_polygons(mask: np.ndarray, x0: int = 0, y0: int = 0) -> list[list[fl
                 continue
             pts[:, 0] += x0 + xoff
             pts[:, 1] += y0
-            polygons.append([round(float(v), 2) for v in pts.ravel()])
+            polygons.append(pts.ravel().tolist())  # integers or halves: exact in 2 decimals
     return polygons
 
 
@@ -595,7 +598,7 @@ class _Placed:
     def texture(self) -> np.ndarray:
         """(h, w, 3) float32 texture in patch coordinates."""
         if "tex" not in self.shared:
-            canvas = self.template.paint()
+            canvas = np.clip(self.template.paint(), 0, 255).astype(np.uint8)
             if self.matrix is None:
                 tex = canvas
             else:
@@ -682,63 +685,69 @@ def _fill_quad(img: np.ndarray, quad: np.ndarray, value: int) -> None:
 
 
 def _render_tote_and_background(rng: np.random.Generator, tote: _Tote, tote_mask: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8: background, rim, shaded walls, floor."""
+    """(H, W, 3) uint8: conveyor background, rim with lip, shaded ribbed walls, floor.
+
+    Sharp structure comes from a region-code map coloured through a LUT; smooth lighting
+    (vignette, wall depth, dirt) from a 1/8-resolution field; all full-frame work is in
+    uint8 OpenCV calls.
+    """
     height, width = tote_mask.shape
-    region = np.zeros((height, width), np.uint8)  # 0 bg, 1 rim, 2..5 walls, 6 floor
-    region[tote_mask] = 1
+    s = min(width, height)
+    # region codes: 0 background, 1 rim, 2..5 walls, 6 floor, 7..10 ribs on wall i, 11 rim lip
+    region = np.zeros((height, width), np.uint8)
+    _fill_quad(region, tote.outline, 1)
     for i in range(4):
         j = (i + 1) % 4
         wall = np.array([tote.inner[i], tote.inner[j], tote.floor[j], tote.floor[i]])
         _fill_quad(region, wall, 2 + i)
+    n_ribs = int(rng.integers(6, 14))
+    thick = max(1, int(0.004 * s))
+    for i in range(4):
+        j = (i + 1) % 4
+        for t in np.linspace(0.08, 0.92, n_ribs):
+            a = tote.inner[i] + (tote.inner[j] - tote.inner[i]) * t
+            b = tote.floor[i] + (tote.floor[j] - tote.floor[i]) * t
+            cv2.line(region, (int(a[0]), int(a[1])), (int(b[0]), int(b[1])), 7 + i, thick)
     _fill_quad(region, tote.floor, 6)
-    region[~tote_mask] = 0
+    cv2.polylines(region, [np.round(tote.inner * 16).astype(np.int32)], True, 11, max(1, int(0.003 * s)), cv2.LINE_8, shift=4)
+    np.multiply(region, tote_mask.view(np.uint8), out=region)
 
     if tote.color == "yellow":
         base = np.array([rng.uniform(215, 240), rng.uniform(170, 200), rng.uniform(20, 60)], np.float32)
     else:
         base = np.array([rng.uniform(25, 50), rng.uniform(75, 105), rng.uniform(150, 185)], np.float32)
     light = rng.uniform(0, 2 * np.pi)
-    lut = np.zeros((7, 3), np.float32)
+    lut = np.zeros((256, 3), np.float32)
     bg = rng.uniform(45, 95)
     lut[0] = np.array([bg, bg, bg * rng.uniform(0.95, 1.08)], np.float32)
-    lut[1] = np.clip(base * rng.uniform(1.02, 1.12), 0, 255)
+    lut[1] = base * rng.uniform(1.02, 1.12)
     for i in range(4):  # wall normals point up, right, down, left in image terms
         facing = math.cos(light - (i * np.pi / 2 + np.pi / 2))
         lut[2 + i] = base * (0.78 + 0.14 * facing)
+        lut[7 + i] = lut[2 + i] * 0.86
     lut[6] = base * rng.uniform(0.88, 0.96)
-    img = lut[region]  # (H, W, 3) float32
+    lut[11] = lut[1] * 1.12
+    lut_u8 = np.clip(lut, 0, 255).astype(np.uint8).reshape(256, 1, 3)
+    img = cv2.LUT(cv2.merge([region, region, region]), lut_u8)  # (H, W, 3) uint8
 
-    # smooth lighting: vignette, wall depth and dirt at 1/8 resolution
+    # smooth lighting at 1/8 resolution: vignette, darker towards the floor edge, dirt
     sh, sw = max(2, height // 8), max(2, width // 8)
     small_floor = np.zeros((sh, sw), np.uint8)
     _fill_quad(small_floor, tote.floor / 8.0, 1)
     depth = cv2.distanceTransform(1 - small_floor, cv2.DIST_L2, 3)
     wall_w = max(1.0, float(np.linalg.norm(tote.inner - tote.floor, axis=1).mean()) / 8.0)
     yy, xx = np.mgrid[0:sh, 0:sw].astype(np.float32)
-    vign = 1.0 - 0.18 * (((xx / sw - 0.5) ** 2 + (yy / sh - 0.5) ** 2) * 2.0)
-    shade_small = vign * (0.9 + 0.1 * np.clip(depth / wall_w, 0, 1)) * (1.0 + 0.05 * _lowfreq(rng, sh, sw, sw / 6))
-    shade = cv2.resize(shade_small, (width, height), interpolation=cv2.INTER_LINEAR)
-    img *= shade[..., None]
-
-    # conveyor belt texture outside the tote, moulded ribs on the walls, rim lip
-    belt = 1.0 + 0.08 * np.sin(np.arange(height, dtype=np.float32) * (2 * np.pi / rng.uniform(8, 30)))
+    vign = 1.0 - 0.36 * ((xx / sw - 0.5) ** 2 + (yy / sh - 0.5) ** 2)
+    shade = vign * (0.9 + 0.1 * np.clip(depth / wall_w, 0, 1)) * (1.0 + 0.05 * _lowfreq(rng, sh, sw, sw / 6))
+    shade_u8 = np.clip(shade * 128.0, 0, 255).astype(np.uint8)
+    shade_u8 = cv2.resize(shade_u8, (width, height), interpolation=cv2.INTER_LINEAR)
+    # conveyor belt ridges outside the tote
+    belt = (128.0 * (1.0 + 0.08 * np.sin(np.arange(height, dtype=np.float32) * (2 * np.pi / rng.uniform(8, 30))))).astype(np.uint8)
     outside = region == 0
-    img[outside] *= np.broadcast_to(belt[:, None], (height, width))[outside][:, None]
-    lines = np.zeros((height, width), np.uint8)
-    n_ribs = int(rng.integers(6, 14))
-    thick = max(1, int(0.004 * min(width, height)))
-    for i in range(4):
-        j = (i + 1) % 4
-        for t in np.linspace(0.08, 0.92, n_ribs):
-            a = tote.inner[i] + (tote.inner[j] - tote.inner[i]) * t
-            b = tote.floor[i] + (tote.floor[j] - tote.floor[i]) * t
-            cv2.line(lines, (int(a[0]), int(a[1])), (int(b[0]), int(b[1])), 1, thick)
-    rib = (lines > 0) & (region >= 2) & (region <= 5)
-    img[rib] *= 0.86
-    lip = np.zeros((height, width), np.uint8)
-    cv2.polylines(lip, [np.round(tote.inner * 16).astype(np.int32)], True, 1, max(1, int(0.003 * min(width, height))), cv2.LINE_8, shift=4)
-    img[(lip > 0) & tote_mask] *= 1.12
-    return np.clip(img, 0, 255).astype(np.uint8)
+    belt_full = np.broadcast_to(belt[:, None], (height, width))
+    factor = np.where(outside, belt_full, np.uint8(128))
+    shade_u8 = cv2.multiply(shade_u8, factor, scale=1.0 / 128)
+    return cv2.multiply(img, cv2.merge([shade_u8, shade_u8, shade_u8]), scale=1.0 / 128)
 
 
 # --------------------------------------------------------------------------- items
@@ -757,7 +766,7 @@ def _place_items(rng: np.random.Generator, tote: _Tote, opening: np.ndarray) -> 
     n = _sample_count(rng)
     fw = float(np.linalg.norm(tote.floor[1] - tote.floor[0]))
     fh = float(np.linalg.norm(tote.floor[3] - tote.floor[0]))
-    size = min(fw, fh) * float(np.clip((14.0 / n) ** 0.4, 0.5, 1.3))
+    size = min(fw, fh) * float(np.clip((14.0 / n) ** 0.4, 0.55, 1.3)) * 1.15
     tote_angle = math.degrees(math.atan2(tote.floor[1, 1] - tote.floor[0, 1], tote.floor[1, 0] - tote.floor[0, 0]))
 
     # twin groups: 2-4 identical items side by side, high in the pile
@@ -772,13 +781,22 @@ def _place_items(rng: np.random.Generator, tote: _Tote, opening: np.ndarray) -> 
         slots.insert(int(rng.integers(len(slots) // 2, len(slots) + 1)), g)
 
     placed: list[_Placed] = []
+    uv: list[tuple[float, float]] = []
     for slot in slots:
         if slot is None:
             kind = str(rng.choice(OBJECT_KINDS, p=_KIND_PROBS))
         else:
             kind = str(rng.choice(["box", "book", "bottle", "pouch", "twotone"], p=[0.35, 0.2, 0.2, 0.1, 0.15]))
         template = _make_template(rng, kind, size * (0.8 if slot is not None else 1.0))
-        centre = _quad_point(tote.floor, rng.uniform(-0.05, 1.05), rng.uniform(-0.05, 1.05))
+        if slot is not None:  # twins: well inside the tote so the copies are not cut by the rim
+            u, v = rng.uniform(0.2, 0.8), rng.uniform(0.2, 0.8)
+        elif uv and rng.random() < 0.45:  # pile onto an earlier item
+            u0, v0 = uv[int(rng.integers(len(uv)))]
+            u, v = float(np.clip(u0 + rng.normal(0, 0.15), -0.05, 1.05)), float(np.clip(v0 + rng.normal(0, 0.15), -0.05, 1.05))
+        else:
+            u, v = rng.uniform(-0.05, 1.05), rng.uniform(-0.05, 1.05)
+        uv.append((u, v))
+        centre = _quad_point(tote.floor, u, v)
         if rng.random() < 0.45:
             angle = tote_angle + rng.choice([0.0, 90.0]) + rng.normal(0, 4)
         else:
@@ -835,13 +853,46 @@ def _shadow(img: np.ndarray, item: _Placed, offset: tuple[float, float], blur: f
         return
     small[ya:yb, xa:xb] = msmall[ya - sy : yb - sy, xa - sx : xb - sx]
     small = cv2.GaussianBlur(small, (0, 0), max(blur / f, 0.5))
-    alpha = cv2.resize(small, (ex1 - ex0, ey1 - ey0), interpolation=cv2.INTER_LINEAR)
-    patch = img[ey0:ey1, ex0:ex1].astype(np.float32)
-    patch *= (1.0 - strength * alpha)[..., None]
-    img[ey0:ey1, ex0:ex1] = patch.astype(np.uint8)
+    keep = np.clip((1.0 - strength * small) * 255.0, 0, 255).astype(np.uint8)
+    keep = cv2.resize(keep, (ex1 - ex0, ey1 - ey0), interpolation=cv2.INTER_LINEAR)
+    patch = img[ey0:ey1, ex0:ex1]
+    cv2.multiply(patch, cv2.merge([keep, keep, keep]), dst=patch, scale=1.0 / 255)
 
 
 # --------------------------------------------------------------------------- render
+
+
+def _visible_items(items: list[_Placed], width: int, height: int) -> list[tuple[_Placed, np.ndarray, list[list[float]], float]]:
+    """Decide visibility top of the pile first; returns (item, visible mask, polygons, fraction) bottom-up.
+
+    Fragments under ``MIN_FRAGMENT_FRACTION`` of the image are removed from an item's
+    region; items whose remaining visible fraction is under ``MIN_VISIBLE_FRACTION`` are
+    dropped entirely. Removed pixels stay uncovered, so items below (or the tote) own them.
+    """
+    min_fragment = MIN_FRAGMENT_FRACTION * width * height
+    covered = np.zeros((height, width), bool)
+    kept: list[tuple[_Placed, np.ndarray, list[list[float]], float]] = []
+    for item in reversed(items):
+        h, w = item.mask.shape
+        full_area = int(np.count_nonzero(item.mask))
+        view = covered[item.y0 : item.y0 + h, item.x0 : item.x0 + w]
+        vis = item.mask & ~view
+        if full_area == 0 or np.count_nonzero(vis) < min_fragment:
+            continue
+        _, comp, stats, _ = cv2.connectedComponentsWithStats(vis.view(np.uint8), connectivity=8)
+        small = stats[:, cv2.CC_STAT_AREA] < min_fragment
+        small[0] = True  # background label
+        if small[1:].any():
+            vis = ~small[comp]
+        vis_area = int(np.count_nonzero(vis))
+        fraction = vis_area / full_area
+        if vis_area == 0 or fraction < MIN_VISIBLE_FRACTION:
+            continue
+        polygons = mask_to_polygons(vis, item.x0, item.y0)
+        view |= vis
+        kept.append((item, vis, polygons, fraction))
+    kept.reverse()
+    return kept
 
 
 def render_tote(seed: int | np.random.SeedSequence, width: int = 2448, height: int = 2048) -> SynthImage:
@@ -863,59 +914,54 @@ def render_tote(seed: int | np.random.SeedSequence, width: int = 2448, height: i
     tote_mask = polygons_to_mask([tote_poly], height, width)
     opening = np.zeros((height, width), np.uint8)
     _fill_quad(opening, tote.inner, 1)
-    opening = (opening > 0) & tote_mask
+    opening = opening.view(bool) & tote_mask
 
-    items = _place_items(rng, tote, opening)
-
-    # visibility, top of the pile first
-    min_fragment = MIN_FRAGMENT_FRACTION * width * height
-    covered = np.zeros((height, width), bool)
-    kept: list[tuple[_Placed, np.ndarray, list[list[float]], float]] = []
-    for item in reversed(items):
-        h, w = item.mask.shape
-        full_area = int(np.count_nonzero(item.mask))
-        view = covered[item.y0 : item.y0 + h, item.x0 : item.x0 + w]
-        vis = item.mask & ~view
-        if full_area == 0 or np.count_nonzero(vis) < min_fragment:
-            continue
-        n_comp, comp, stats, _ = cv2.connectedComponentsWithStats(vis.astype(np.uint8), connectivity=8)
-        small = stats[:, cv2.CC_STAT_AREA] < min_fragment
-        small[0] = True  # background label
-        if small[1:].any():
-            vis = ~small[comp]
-        vis_area = int(np.count_nonzero(vis))
-        fraction = vis_area / full_area
-        if vis_area == 0 or fraction < MIN_VISIBLE_FRACTION:
-            continue
-        polygons = mask_to_polygons(vis, item.x0, item.y0)
-        view |= vis
-        kept.append((item, vis, polygons, fraction))
-    kept.reverse()
+    # a pile whose visible objects are too few (all hidden or cut by the rim) is re-drawn
+    for _attempt in range(5):
+        kept = _visible_items(_place_items(rng, tote, opening), width, height)
+        if len(kept) >= MIN_OBJECTS:
+            break
 
     label_map = tote_mask.astype(np.int32)
     instances = [SynthInstance(1, "Tote", "tote", [tote_poly], 1.0, None)]
     for k, (item, vis, polygons, fraction) in enumerate(kept, start=2):
         h, w = vis.shape
-        label_map[item.y0 : item.y0 + h, item.x0 : item.x0 + w][vis] = k
+        np.copyto(label_map[item.y0 : item.y0 + h, item.x0 : item.x0 + w], np.int32(k), where=vis)
         instances.append(SynthInstance(k, "Object", item.template.kind, polygons, round(fraction, 4), item.group))
 
-    # paint
+    # paint: tote, then every kept item bottom-up (shadow onto what is below, then itself)
     image = _render_tote_and_background(rng, tote, tote_mask)
     s = min(width, height)
     light = rng.uniform(0, 2 * np.pi)
-    for k, (item, vis, _, _) in enumerate(kept, start=2):
+    for item, vis, _, _ in kept:
         lift = rng.uniform(0.004, 0.012) * s
         _shadow(image, item, (lift * math.cos(light), lift * math.sin(light)), 0.008 * s, float(rng.uniform(0.25, 0.45)))
         h, w = vis.shape
-        own = label_map[item.y0 : item.y0 + h, item.x0 : item.x0 + w] == k
-        tex = item.texture()
         patch = image[item.y0 : item.y0 + h, item.x0 : item.x0 + w]
-        patch[own] = np.clip(tex[own], 0, 255).astype(np.uint8)
+        np.copyto(patch, item.texture(), where=vis[..., None])
 
-    # sensor grain (luminance), cheap: one int8 field for all channels
-    grain = np.clip(rng.standard_normal((height, width), dtype=np.float32) * rng.uniform(1.5, 3.5), -20, 20).astype(np.int16)
-    image = np.clip(image.astype(np.int16) + grain[..., None], 0, 255).astype(np.uint8)
+    _add_grain(rng, image)
     return SynthImage(image=image, label_map=label_map, instances=instances)
+
+
+@functools.lru_cache(maxsize=1)
+def _grain_tile() -> tuple[np.ndarray, np.ndarray]:
+    """Fixed (509, 631) Gaussian sensor-noise tile split into positive/negative uint8 parts."""
+    g = np.random.default_rng(20230316).standard_normal((509, 631)).astype(np.float32) * 2.5
+    g = np.clip(np.round(g), -12, 12)
+    return np.maximum(g, 0).astype(np.uint8), np.maximum(-g, 0).astype(np.uint8)
+
+
+def _add_grain(rng: np.random.Generator, image: np.ndarray) -> None:
+    """Add luminance sensor grain in place (a tiled noise field at a random offset)."""
+    height, width = image.shape[:2]
+    pos, neg = _grain_tile()
+    th, tw = pos.shape
+    oy, ox = int(rng.integers(th)), int(rng.integers(tw))
+    reps = (-(-(height + oy) // th), -(-(width + ox) // tw))
+    for part, op in ((pos, cv2.add), (neg, cv2.subtract)):
+        field_ = np.tile(part, reps)[oy : oy + height, ox : ox + width]
+        op(image, cv2.merge([field_, field_, field_]), dst=image)
 
 
 def _check_size(width: Any, height: Any) -> tuple[int, int]:
@@ -948,12 +994,13 @@ def image_ids(seed: int, count: int) -> list[str]:
 def _annotations_for(synth: SynthImage) -> list[dict[str, Any]]:
     """COCO annotation dicts (without ids) for one rendered tote."""
     height, width = synth.label_map.shape
+    pixels = np.bincount(synth.label_map.ravel(), minlength=max(i.label for i in synth.instances) + 1)
     out = []
     for inst in synth.instances:
         if inst.category == "Tote":
             area = float(mask_utils.area(mask_utils.merge(mask_utils.frPyObjects(inst.polygons, height, width))))
         else:
-            area = float(np.count_nonzero(synth.label_map == inst.label))
+            area = float(pixels[inst.label])
         out.append(
             {
                 "category_id": _CATEGORY_IDS[inst.category],
