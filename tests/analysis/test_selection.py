@@ -130,7 +130,7 @@ def test_label_exports_csv_coco_and_crops(tmp_path):
 
 def test_water_fill_is_even_and_exact():
     assert water_fill([10, 1, 10, 3], 8).tolist() == [3, 1, 2, 2]  # level 2, one left over to the largest
-    assert water_fill([10, 1, 10, 3], 3).tolist() == [1, 1, 1, 0] or water_fill([10, 1, 10, 3], 3).sum() == 3
+    assert water_fill([10, 1, 10, 3], 3).tolist() == [1, 0, 1, 1]  # fewer slots than strata: largest first
     assert (water_fill([5, 5, 5, 5], 4) == 1).all()  # every stratum gets one before any gets two
     assert water_fill([2, 2], 10).tolist() == [2, 2] and water_fill([5], 0).tolist() == [0]
 
