@@ -849,3 +849,26 @@ def write_pruned_coco(train_json: str | Path, out_path: str | Path, keep_ids: It
               "keep_ids_not_found": missing}
     logger.info("pruned COCO written to %s: %s", out_path, counts)
     return counts
+
+
+# --------------------------------------------------------------------------------------
+# Settings adapters (what analysis/engine.py calls)
+# --------------------------------------------------------------------------------------
+
+def pick_for_labeling(frame: pd.DataFrame, embeddings: Any, settings: Any, model_hash: str | None = None) -> LabelingResult:
+    """:func:`select_for_labeling` with ``settings.analysis.label_budget`` / ``label_strategy``
+    and ``settings.data.seed``."""
+    a = settings.analysis
+    return select_for_labeling(frame, embeddings, budget=int(a.label_budget), strategy=a.label_strategy,
+                               model_hash=model_hash, seed=int(settings.data.seed))
+
+
+def prune(frame: pd.DataFrame, embeddings: Any, settings: Any, cluster_labels: Any = None,
+          model_hash: str | None = None, **kwargs: Any) -> PruneResult:
+    """:func:`select_for_pruning` with ``settings.analysis.prune_keep_fraction``; cluster
+    labels default to the frame's ``cluster`` column when it has one."""
+    if cluster_labels is None and "cluster" in frame.columns:
+        cluster_labels = pd.to_numeric(frame["cluster"], errors="coerce").fillna(-1).to_numpy(np.int64)
+    return select_for_pruning(frame, embeddings, cluster_labels, keep_fraction=float(settings.analysis.prune_keep_fraction),
+                              n_clusters=int(settings.analysis.n_clusters), seed=int(settings.data.seed),
+                              model_hash=model_hash, **kwargs)
