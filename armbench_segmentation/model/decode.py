@@ -1,7 +1,8 @@
 """YOLOv5-seg post-processing in numpy, reproducing yolov5's own code path.
 
 Mirrors ``yolov5.utils.general.non_max_suppression(..., nm=32)`` (best class per anchor,
-class-aware NMS through a class offset, at most ``max_detections``) followed by
+class-aware NMS through a class offset, at most ``max_detections``; like yolov5, the mask
+coefficients are multiplied by objectness along with the class scores) followed by
 ``yolov5.utils.segment.general.process_mask(..., upsample=True)`` (the default of
 ``segment/predict.py``): ``sigmoid(coeffs @ protos)`` cropped to the box at prototype
 resolution, bilinearly upsampled (``align_corners=False``) to the input size and
@@ -84,7 +85,10 @@ def _select(detections: np.ndarray, nc: int, config: ModelConfig) -> tuple[np.nd
         log.warning("decode: %d detections after NMS, keeping the %d best (model.max_detections); "
                     "raise model.max_detections to keep more", len(keep), cap)
         keep = keep[:cap]
-    return boxes[keep], conf[keep], j[keep].astype(np.int64), x[keep, 5 + nc :]
+    # yolov5 multiplies every column from 5 on by objectness ("x[:, 5:] *= x[:, 4:5]"), mask
+    # coefficients included, and builds masks from those scaled coefficients: so do we.
+    coeffs = x[keep, 5 + nc :] * x[keep, 4:5]  # (N, nm)
+    return boxes[keep], conf[keep], j[keep].astype(np.int64), coeffs
 
 
 # ---------------------------------------------------------------------------- masks
@@ -160,7 +164,9 @@ def decode(detections: np.ndarray, protos: np.ndarray, input_hw: tuple[int, int]
         config: thresholds (conf_threshold, iou_threshold, max_detections, mask_threshold).
     Returns:
         Instances in the (H, W) input frame with scores; masks (N, H, W) bool;
-        extras["coeffs"] (N, nm) float32; extras["proto_probs"] (N, h, w) float32.
+        extras["coeffs"] (N, nm) float32: the coefficients the masks are made from (raw
+        coefficients times objectness, as yolov5 does); extras["proto_probs"] (N, h, w)
+        float32: sigmoid(coeffs @ protos), zero outside the box.
     """
     detections = np.asarray(detections, dtype=np.float32)
     protos = np.asarray(protos, dtype=np.float32)
