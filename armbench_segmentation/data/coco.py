@@ -334,7 +334,7 @@ class ArmbenchDataset:
         if size is None:
             return ranked
         if size > len(ranked):
-            log.warning("%s: %d images requested for split %r, the file has %d; using all of them",
+            log.info("%s: %d images requested for split %r, the file has %d; using all of them",
                         self.split_path(split).name, size, split, len(ranked))
         return ranked[:size]
 
