@@ -8,6 +8,13 @@ uncertainty   prediction-only uncertainty scores and entropy maps
 loss          YOLOv5-seg loss
 """
 
+from armbench_segmentation.metrics.evaluation import (
+    APResult,
+    CocoEvaluator,
+    DatasetEvaluation,
+    evaluate_coco_results,
+    validate_results,
+)
 from armbench_segmentation.metrics.matching import (
     BACKGROUND,
     COCO_IOU_THRESHOLDS,

@@ -111,7 +111,8 @@ def average_precision(
     ignored: np.ndarray,
     n_gt: int,
     recall_thresholds: np.ndarray = COCO_RECALL_THRESHOLDS,
-) -> np.ndarray | None:
+    return_recall: bool = False,
+):
     """COCO interpolated AP per IoU threshold from pooled detections of one class.
 
     Mirrors ``COCOeval.accumulate``: detections sorted by descending score (stable
@@ -125,15 +126,18 @@ def average_precision(
         ignored: (T, D) bool, detection ignored at threshold t.
         n_gt: number of non-ignored GT of the class.
         recall_thresholds: (R,) recall levels (COCO: 101 points).
+        return_recall: also return the (T,) final recall per threshold (COCO's AR input).
     Returns:
-        (T,) float64 AP per threshold, or None when ``n_gt == 0`` (class absent).
+        (T,) float64 AP per threshold, or None when ``n_gt == 0`` (class absent);
+        ``(ap, recall)`` with ``return_recall``.
     """
     if n_gt == 0:
-        return None
+        return (None, None) if return_recall else None
     matched = np.asarray(matched, bool)
     t, d = matched.shape
     if d == 0:
-        return np.zeros(t, np.float64)
+        zeros = np.zeros(t, np.float64)
+        return (zeros, zeros.copy()) if return_recall else zeros
     order = np.argsort(-np.asarray(scores, np.float64), kind="mergesort")
     matched, ignored = matched[:, order], np.asarray(ignored, bool)[:, order]
     tp = np.cumsum(matched & ~ignored, axis=1, dtype=np.float64)  # (T, D)
@@ -146,6 +150,8 @@ def average_precision(
         idx = np.searchsorted(recall[k], recall_thresholds, side="left")  # (R,)
         q = np.where(idx < d, precision[k, np.minimum(idx, d - 1)], 0.0)
         out[k] = q.mean()
+    if return_recall:
+        return out, recall[:, -1].copy()
     return out
 
 
