@@ -215,3 +215,27 @@ def test_prune_exports_and_pruned_coco(tmp_path):
     assert out["categories"] == coco["categories"] and out["info"] == coco["info"]
     with pytest.raises(DatasetError, match="train.json"):
         write_pruned_coco(tmp_path / "nope.json", tmp_path / "x.json", [])
+
+
+# ------------------------------------------------------------------ galleries (report.py)
+
+def test_gallery_ranks_by_count_then_loss_and_skips_unavailable_images(tmp_path):
+    from armbench_segmentation.analysis.report import build_gallery, worst_samples
+    from armbench_segmentation.errors import SampleError
+
+    frame = pd.DataFrame({"sample_id": ["a", "b", "c", "d", "e"], "over_segmented_count": [1, 3, 0, 3, None],
+                          "loss": [0.9, 0.2, 1.0, 0.5, 0.9]})
+    assert worst_samples(frame, "over", 10)["sample_id"].tolist() == ["d", "b", "a"]
+    assert worst_samples(frame, "under").empty  # column missing: no gallery, no error
+
+    def provider(sid, kind):
+        if sid == "b":
+            raise SampleError(sid, "image missing")
+        return np.full((50, 80, 3), 200, np.uint8)
+
+    g = build_gallery(frame, "over", provider, n=3, out_dir=tmp_path, max_side=40)
+    assert [it.sample_id for it in g.items] == ["d", "a"] and "1 samples skipped" in g.notes[0]
+    assert g.items[0].caption == "#1 d: 3 over-segmented, loss 0.50"
+    assert sorted(p.name for p in (tmp_path / "galleries" / "over").iterdir()) == ["01_d.jpg", "03_a.jpg"]
+    with pytest.raises(ValueError, match="gallery kind"):
+        worst_samples(frame, "sideways")

@@ -1,0 +1,567 @@
+"""Galleries of the worst over/under-segmented samples and the offline HTML dashboard.
+
+The dashboard is ONE self-contained HTML file: plotly.js is embedded from the installed
+``plotly`` package (no CDN), images are base64 data URIs (map thumbnails ~96 px), data is
+JSON in a ``<script type="application/json">`` block. Nothing is fetched at view time.
+
+Images come through callables supplied by the engine, so this module depends on no drawing
+code:
+
+- ``overlay_provider(sample_id, kind) -> (H, W, 3) uint8 RGB`` with ``kind`` "over" or
+  "under" (e.g. ``visualize.draw_comparison`` of GT vs prediction, error instances highlighted);
+- ``thumbnails``: ``{sample_id: JPEG/PNG bytes}`` or ``provider(sample_id) -> RGB image | bytes``.
+  With a provider only a capped subset is rendered (picks, galleries, then a random draw up to
+  ``max_thumbnails``); the cap is logged with counts.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from armbench_segmentation.errors import ArmbenchError
+
+logger = logging.getLogger(__name__)
+
+GALLERY_KINDS = {
+    "over": ("over_segmented_count", "Worst over-segmentation (one object split into several predictions)"),
+    "under": ("under_segmented_count", "Worst under-segmentation (several objects merged into one prediction)"),
+}
+THUMB_SIDE = 96
+DEFAULT_MAX_THUMBNAILS = 1000
+MAX_METRICS = 24
+MAX_TABLE_ROWS = 200
+PREFERRED_METRICS = ("loss", "over_segmented_count", "under_segmented_count", "f1", "precision", "recall",
+                     "mean_iou", "sample_ap", "ap", "yolo_loss_total", "tp", "fp", "fn", "n_pred", "mean_score")
+HIDDEN_NUMERIC = {"image_id", "width", "height", "map_x", "map_y", "cluster", "over_segmented", "under_segmented"}
+PANEL_FIELDS = ("loss", "over_segmented_count", "under_segmented_count", "f1", "mean_iou", "unc_mask_entropy",
+                "meta_n_objects", "meta_tote_color")
+
+
+# --------------------------------------------------------------------------------------
+# Galleries
+# --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GalleryItem:
+    sample_id: str
+    caption: str
+    image: bytes  # encoded JPEG/PNG
+    mime: str = "image/jpeg"
+    path: Path | None = None
+
+
+@dataclass(frozen=True)
+class Gallery:
+    kind: str  # "over" | "under"
+    title: str
+    items: list[GalleryItem] = field(default_factory=list)
+    notes: tuple[str, ...] = ()
+
+
+def worst_samples(frame: pd.DataFrame, kind: str, n: int = 12) -> pd.DataFrame:
+    """Labeled rows with at least one ``kind`` error, worst first (count desc, then loss desc).
+
+    Args:
+        kind: "over" or "under".
+    Returns:
+        up to ``n`` rows of ``frame`` (original index kept).
+    """
+    if kind not in GALLERY_KINDS:
+        raise ValueError(f"gallery kind must be one of {sorted(GALLERY_KINDS)}, got {kind!r}")
+    column = GALLERY_KINDS[kind][0]
+    if column not in frame.columns or len(frame) == 0:
+        return frame.iloc[:0]
+    count = pd.to_numeric(frame[column], errors="coerce").fillna(0)
+    loss = pd.to_numeric(frame["loss"], errors="coerce").fillna(-1) if "loss" in frame.columns else count * 0
+    ranked = pd.DataFrame({"count": count, "loss": loss}, index=frame.index)
+    ranked = ranked[ranked["count"] > 0].sort_values(["count", "loss"], ascending=False, kind="stable")
+    return frame.loc[ranked.index[:n]]
+
+
+def build_gallery(frame: pd.DataFrame, kind: str, overlay_provider: Callable[[str, str], Any], n: int = 12,
+                  out_dir: str | Path | None = None, max_side: int = 640, fmt: str = "jpg") -> Gallery:
+    """Render the ``n`` worst samples of ``kind`` through ``overlay_provider``.
+
+    Args:
+        overlay_provider: ``(sample_id, kind) -> (H, W, 3) uint8 RGB``; a sample whose provider
+            raises :class:`ArmbenchError` (missing image...) is skipped with a warning.
+        out_dir: when given, images are also written to ``out_dir/galleries/<kind>/``.
+        max_side: images are downscaled so their long side is at most this.
+        fmt: "jpg" or "png".
+    """
+    if fmt not in ("jpg", "png"):
+        raise ValueError(f"fmt must be 'jpg' or 'png', got {fmt!r}")
+    rows = worst_samples(frame, kind, n)
+    folder = Path(out_dir) / "galleries" / kind if out_dir is not None else None
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    items, skipped = [], []
+    column = GALLERY_KINDS[kind][0]
+    for rank, (_, row) in enumerate(rows.iterrows(), start=1):
+        sid = str(row.get("sample_id", row.name))
+        try:
+            image = overlay_provider(sid, kind)
+        except ArmbenchError as exc:
+            skipped.append(sid)
+            logger.warning("gallery %s: skipping %s (%s)", kind, sid, exc)
+            continue
+        data = encode_image(image, max_side=max_side, fmt=fmt)
+        loss = _num(row.get("loss"))
+        caption = f"#{rank} {sid}: {int(_num(row.get(column)) or 0)} {kind}-segmented" + (
+            f", loss {loss:.2f}" if loss is not None else "")
+        path = None
+        if folder is not None:
+            path = folder / f"{rank:02d}_{sid}.{fmt}"
+            path.write_bytes(data)
+        items.append(GalleryItem(sid, caption, data, "image/jpeg" if fmt == "jpg" else "image/png", path))
+    notes = (f"{len(skipped)} samples skipped (image unavailable): {', '.join(skipped[:5])}",) if skipped else ()
+    return Gallery(kind, GALLERY_KINDS[kind][1], items, notes)
+
+
+def encode_image(image: Any, max_side: int | None = None, fmt: str = "jpg", quality: int = 85) -> bytes:
+    """RGB uint8 (H, W, 3) (or (H, W) gray) -> JPEG/PNG bytes, downscaled to ``max_side``."""
+    import cv2
+
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    if img.ndim != 3 or img.shape[2] not in (3, 4) or img.size == 0:
+        raise ValueError(f"expected an RGB image (H, W, 3) uint8, got shape {img.shape}")
+    img = img[:, :, :3]
+    if img.dtype != np.uint8:
+        img = np.clip(img, 0, 255).astype(np.uint8)
+    h, w = img.shape[:2]
+    if max_side and max(h, w) > max_side:
+        s = max_side / max(h, w)
+        img = cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+    bgr = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2BGR)
+    ok, buf = (cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality]) if fmt == "jpg"
+               else cv2.imencode(".png", bgr))
+    if not ok:
+        raise ValueError("image encoding failed")
+    return buf.tobytes()
+
+
+def _data_uri(data: bytes, mime: str | None = None) -> str:
+    if mime is None:
+        mime = "image/png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "image/jpeg"
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+# --------------------------------------------------------------------------------------
+# Dashboard
+# --------------------------------------------------------------------------------------
+
+def _num(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _round(values: np.ndarray, digits: int = 4) -> list[float | None]:
+    out = []
+    for v in values:
+        if v is None or not np.isfinite(v):
+            out.append(None)
+        elif float(v).is_integer():
+            out.append(int(v))
+        else:
+            out.append(float(f"{v:.{digits}g}"))
+    return out
+
+
+def _metric_columns(frame: pd.DataFrame) -> list[str]:
+    numeric = [c for c in frame.columns if c not in HIDDEN_NUMERIC and pd.api.types.is_numeric_dtype(frame[c])
+               and not pd.api.types.is_bool_dtype(frame[c]) and frame[c].notna().any()]
+    ordered = [c for c in PREFERRED_METRICS if c in numeric]
+    ordered += [c for c in numeric if str(c).startswith("unc_") and c not in ordered]
+    ordered += [c for c in numeric if str(c).startswith("meta_") and c not in ordered]
+    ordered += [c for c in numeric if c not in ordered and not str(c).startswith("yolo_loss_")]
+    if len(ordered) > MAX_METRICS:
+        logger.info("dashboard: %d numeric columns, the first %d are offered for coloring", len(ordered), MAX_METRICS)
+    return ordered[:MAX_METRICS]
+
+
+def _thumbnail_uris(frame: pd.DataFrame, thumbnails: Any, priority: Sequence[str], max_thumbnails: int,
+                    seed: int = 0) -> dict[str, str]:
+    if thumbnails is None:
+        return {}
+    ids = frame["sample_id"].astype(str).tolist() if "sample_id" in frame.columns else []
+    if isinstance(thumbnails, Mapping):
+        return {str(k): _data_uri(bytes(v)) for k, v in thumbnails.items() if v is not None}
+    if not callable(thumbnails):
+        raise TypeError(f"thumbnails must be a dict sample_id -> bytes or a callable, got {type(thumbnails).__name__}")
+    wanted, seen = [], set()
+    for sid in list(priority) + list(np.random.default_rng(seed).permutation(ids)):
+        if sid not in seen:
+            seen.add(sid)
+            wanted.append(sid)
+    if len(wanted) > max_thumbnails:
+        logger.warning("dashboard: thumbnails for %d of %d samples (picks and galleries first; raise "
+                       "max_thumbnails for more, at ~4 KB each)", max_thumbnails, len(wanted))
+        wanted = wanted[:max_thumbnails]
+    out, failed = {}, 0
+    for sid in wanted:
+        try:
+            value = thumbnails(sid)
+        except ArmbenchError:
+            failed += 1
+            continue
+        if value is None:
+            continue
+        data = bytes(value) if isinstance(value, (bytes, bytearray, memoryview)) else \
+            encode_image(value, max_side=THUMB_SIDE, quality=80)
+        out[sid] = _data_uri(data)
+    if failed:
+        logger.warning("dashboard: %d thumbnails could not be made (image unavailable)", failed)
+    return out
+
+
+def _map_payload(frame: pd.DataFrame, map_xy: np.ndarray, thumbs: dict[str, str], insights: dict[int, str]) -> dict:
+    n = len(frame)
+    splits = frame["split"].astype(str).to_numpy() if "split" in frame.columns else np.full(n, "all")
+    split_names = [s for s in ("train", "val", "unlabeled") if s in set(splits)] + \
+                  sorted(set(splits) - {"train", "val", "unlabeled"})
+    code = {s: i for i, s in enumerate(split_names)}
+    clusters = (pd.to_numeric(frame["cluster"], errors="coerce").fillna(-1).astype(int).tolist()
+                if "cluster" in frame.columns else [0] * n)
+    metrics = {c: _round(pd.to_numeric(frame[c], errors="coerce").to_numpy(np.float64, na_value=np.nan))
+               for c in _metric_columns(frame)}
+    panel = {}
+    for c in PANEL_FIELDS:
+        if c in frame.columns and c not in metrics:
+            panel[c] = [None if pd.isna(v) else str(v) for v in frame[c]]
+    return {
+        "ids": frame["sample_id"].astype(str).tolist() if "sample_id" in frame.columns else [str(i) for i in range(n)],
+        "x": _round(map_xy[:, 0].astype(np.float64), 5), "y": _round(map_xy[:, 1].astype(np.float64), 5),
+        "split": [code[s] for s in splits], "splits": split_names, "cluster": clusters,
+        "clusters": sorted(set(clusters)), "insights": {str(k): v for k, v in insights.items()},
+        "metrics": metrics, "panel": panel, "panel_fields": [c for c in PANEL_FIELDS if c in metrics or c in panel],
+        "thumbs": thumbs,
+    }
+
+
+def _table(df: pd.DataFrame, columns: Sequence[str], headers: Sequence[str] | None = None, table_id: str = "",
+           row_attrs: Callable[[Any], str] | None = None, cell_html: dict[str, Callable[[Any], str]] | None = None) -> str:
+    headers = headers or columns
+    cell_html = cell_html or {}
+    parts = [f'<table id="{table_id}"><thead><tr>' + "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+             + "</tr></thead><tbody>"]
+    for _, row in df.iterrows():
+        attrs = row_attrs(row) if row_attrs else ""
+        cells = []
+        for c in columns:
+            v = row.get(c)
+            if c in cell_html:
+                cells.append(f"<td>{cell_html[c](row)}</td>")
+            elif isinstance(v, float):
+                cells.append("<td></td>" if not math.isfinite(v) else f"<td class=num>{v:.3g}</td>")
+            else:
+                cells.append(f"<td>{html.escape('' if v is None else str(v))}</td>")
+        parts.append(f"<tr {attrs}>" + "".join(cells) + "</tr>")
+    parts.append("</tbody></table>")
+    return "".join(parts)
+
+
+def _clusters_html(clusters: Any) -> str:
+    if clusters is None or not getattr(clusters, "summaries", None):
+        return "<p class=muted>No clusters computed.</p>"
+    rows = []
+    for s in clusters.summaries:
+        mix = ", ".join(f"{k} {v}" for k, v in sorted(s.split_counts.items()))
+        rows.append({"cluster": s.cluster_id, "size": s.size, "mix": mix, "mean_loss": s.mean_loss,
+                     "over": s.over_rate, "under": s.under_rate,
+                     "unc": next(iter(s.mean_uncertainty.values()), None) if s.mean_uncertainty else None,
+                     "insight": s.insight})
+    df = pd.DataFrame(rows)
+    unc_name = next((k for s in clusters.summaries for k in s.mean_uncertainty), "uncertainty")
+    pct = lambda c: (lambda r: "" if r[c] is None or pd.isna(r[c]) else f"{100 * r[c]:.0f}%")  # noqa: E731
+    return ("<p class=muted>Click a row to show only that cluster on the map.</p>"
+            + _table(df, ["cluster", "size", "mix", "mean_loss", "over", "under", "unc", "insight"],
+                     ["cluster", "size", "split mix", "mean loss", "over-seg.", "under-seg.", f"mean {unc_name}",
+                      "insight"], "cluster-table", row_attrs=lambda r: f'class=clickable data-cluster="{int(r["cluster"])}"',
+                     cell_html={"over": pct("over"), "under": pct("under")}))
+
+
+def _picks_html(label_picks: Any, thumbs: dict[str, str]) -> str:
+    if label_picks is None:
+        return "<p class=muted>No labeling picks.</p>"
+    p = label_picks.picks
+    if p.empty:
+        return "<p class=muted>No unlabeled samples to pick from.</p>"
+    prov = label_picks.provenance
+    head = (f"<p>{len(p)} picks, strategy <b>{html.escape(str(prov.get('strategy')))}</b> "
+            f"from {prov.get('n_candidates')} unlabeled samples ({prov.get('n_labeled')} labeled). "
+            + "; ".join(html.escape(n) for n in prov.get("notes", [])) + ".</p>")
+    shown = p.head(MAX_TABLE_ROWS)
+    more = f"<p class=muted>First {MAX_TABLE_ROWS} of {len(p)} shown; all are in the CSV.</p>" if len(p) > len(shown) else ""
+
+    def thumb(r):
+        uri = thumbs.get(str(r["sample_id"]))
+        return f'<img class=thumb src="{uri}" alt="">' if uri else ""
+
+    return head + _table(shown, ["rank", "thumb", "sample_id", "score", "reason"],
+                         ["rank", "", "sample", "score", "why"], "picks-table",
+                         cell_html={"thumb": thumb}) + more
+
+
+def _prune_html(prune_result: Any) -> str:
+    if prune_result is None:
+        return "<p class=muted>No pruning computed.</p>"
+    d, s, prov = prune_result.decisions, prune_result.summary, prune_result.provenance
+    if d.empty:
+        return "<p class=muted>No training samples to prune.</p>"
+    kept = int(d["keep"].sum())
+    n_bands = int(prov.get("n_bands", 0))
+    head = (f"<p>Keep <b>{kept}</b> of {len(d)} training images ({kept / len(d):.0%}; target "
+            f"{prov.get('keep_fraction')} per cluster, prefer <b>{html.escape(str(prov.get('prefer')))}</b>), "
+            f"drop {len(d) - kept}, of which {int(d['duplicate_of'].notna().sum())} near-duplicates. "
+            "Bands run from nearest to farthest from the cluster centroid.</p>")
+    s = s.copy()
+    cols, headers = ["cluster", "size", "kept", "dropped", "duplicates_dropped"], \
+        ["cluster", "size", "kept", "dropped", "near-dup. dropped"]
+    for b in range(n_bands):
+        if f"kept_band_{b}" in s:
+            s[f"band_{b}"] = s[f"kept_band_{b}"].astype(str) + " / " + s[f"size_band_{b}"].astype(str)
+            cols.append(f"band_{b}")
+            headers.append(f"band {b + 1} kept")
+    dropped = d[~d["keep"]].head(20)
+    return (head + _table(s, cols, headers, "prune-table")
+            + "<h3>Examples of dropped images</h3>"
+            + _table(dropped, ["sample_id", "cluster", "reason"], ["sample", "cluster", "why"], "prune-drop-table"))
+
+
+def _galleries_html(galleries: Any) -> str:
+    if not galleries:
+        return "<p class=muted>No galleries.</p>"
+    items = galleries.values() if isinstance(galleries, Mapping) else galleries
+    parts = []
+    for g in items:
+        parts.append(f"<h3>{html.escape(g.title)}</h3>")
+        if not g.items:
+            parts.append("<p class=muted>No sample with this error.</p>")
+            continue
+        parts.append(f'<div class=gallery id="gallery-{html.escape(g.kind)}">')
+        for it in g.items:
+            parts.append(f'<figure><img src="{_data_uri(it.image, it.mime)}" alt="{html.escape(it.sample_id)}">'
+                         f"<figcaption>{html.escape(it.caption)}</figcaption></figure>")
+        parts.append("</div>")
+        for note in g.notes:
+            parts.append(f"<p class=muted>{html.escape(note)}</p>")
+    return "".join(parts)
+
+
+def _script_json(obj: Any) -> str:
+    """JSON safe inside <script>: no '</' and no NaN."""
+    return json.dumps(obj, allow_nan=False, separators=(",", ":"), default=_json_default).replace("</", "<\\/")
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return str(v)
+
+
+def write_report(out_dir: str | Path, frame: pd.DataFrame, map_xy: Any, clusters: Any = None, label_picks: Any = None,
+                 prune_result: Any = None, galleries: Any = None, thumbnails: Any = None,
+                 provenance: Mapping[str, Any] | None = None, *, title: str = "ARMBench segmentation analysis",
+                 file_name: str = "dashboard.html", max_thumbnails: int = DEFAULT_MAX_THUMBNAILS, seed: int = 0) -> Path:
+    """Write the offline dashboard and return its path.
+
+    Args:
+        out_dir: folder (created).
+        frame: one row per sample (``sample_id``, ``split``, metrics, ``unc_*``, ``meta_*``;
+            an optional ``cluster`` column, else ``clusters.labels`` is used).
+        map_xy: (n, 2) map coordinates aligned with ``frame`` (or a ``Projection``).
+        clusters: ``clustering.ClusterResult`` or None.
+        label_picks: ``selection.LabelingResult`` or None.
+        prune_result: ``selection.PruneResult`` or None.
+        galleries: list (or dict) of :class:`Gallery`.
+        thumbnails: ``{sample_id: bytes}`` or ``provider(sample_id) -> RGB image | bytes`` or None.
+        provenance: run description shown at the bottom (model hash, settings, ...).
+    """
+    xy = np.asarray(getattr(map_xy, "xy", map_xy), dtype=np.float64)
+    if xy.shape != (len(frame), 2):
+        raise ValueError(f"map_xy must have shape ({len(frame)}, 2) aligned with the frame, got {xy.shape}")
+    frame = frame.reset_index(drop=True).copy()
+    if "cluster" not in frame.columns and clusters is not None and len(getattr(clusters, "labels", [])) == len(frame):
+        frame["cluster"] = np.asarray(clusters.labels)
+    insights = {s.cluster_id: s.insight for s in getattr(clusters, "summaries", None) or []}
+    priority = []
+    if label_picks is not None:
+        priority += label_picks.picks["sample_id"].astype(str).tolist()
+    for g in (galleries.values() if isinstance(galleries, Mapping) else galleries or []):
+        priority += [it.sample_id for it in g.items]
+    thumbs = _thumbnail_uris(frame, thumbnails, priority, max_thumbnails, seed)
+    payload = _map_payload(frame, xy, thumbs, insights)
+    import plotly.offline
+
+    counts = pd.Series(payload["split"]).map(dict(enumerate(payload["splits"]))).value_counts().to_dict()
+    summary = ", ".join(f"{v} {k}" for k, v in counts.items())
+    prov = dict(provenance or {})
+    if label_picks is not None:
+        prov.setdefault("labeling", label_picks.provenance)
+    if prune_result is not None:
+        prov.setdefault("pruning", prune_result.provenance)
+    page = _TEMPLATE.format(
+        title=html.escape(title), summary=html.escape(summary or "no samples"),
+        plotly_js=plotly.offline.get_plotlyjs(), data=_script_json(payload),
+        clusters=_clusters_html(clusters), picks=_picks_html(label_picks, thumbs),
+        prune=_prune_html(prune_result), galleries=_galleries_html(galleries),
+        provenance=html.escape(json.dumps(prov, indent=2, default=_json_default)),
+        css=_CSS, js=_JS,
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / file_name
+    path.write_text(page, encoding="utf-8")
+    logger.info("dashboard written to %s (%.1f MB)", path, path.stat().st_size / 1e6)
+    return path
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#222;background:#fafafa}
+header{padding:12px 20px;background:#1f2937;color:#fff}header h1{margin:0;font-size:20px}
+header p{margin:4px 0 0;color:#cbd5e1;font-size:13px}
+nav{padding:6px 20px;background:#e5e7eb;font-size:14px}nav a{margin-right:14px;color:#1f2937}
+section{padding:10px 20px}h2{font-size:17px;border-bottom:1px solid #ddd;padding-bottom:4px}
+#controls{display:flex;flex-wrap:wrap;gap:14px;align-items:center;font-size:14px;margin-bottom:6px}
+#map-wrap{display:flex;gap:12px}#map{flex:1;min-width:0;height:560px;background:#fff;border:1px solid #ddd}
+#panel{width:250px;font-size:13px;background:#fff;border:1px solid #ddd;padding:8px}
+#panel img{width:96px;height:auto;display:block;margin-bottom:6px}
+table{border-collapse:collapse;font-size:13px;background:#fff}th,td{border:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top}
+th{background:#f3f4f6}td.num{text-align:right;font-variant-numeric:tabular-nums}
+tr.clickable{cursor:pointer}tr.clickable:hover{background:#eef2ff}img.thumb{width:64px;height:auto}
+.gallery{display:flex;flex-wrap:wrap;gap:10px}.gallery figure{margin:0;width:300px}
+.gallery img{width:300px;height:auto;border:1px solid #ccc}.gallery figcaption{font-size:12px}
+.muted{color:#6b7280;font-size:13px}pre{background:#fff;border:1px solid #ddd;padding:8px;font-size:12px;overflow:auto}
+"""
+
+_JS = r"""
+(function(){
+const D = JSON.parse(document.getElementById('map-data').textContent);
+const N = D.ids.length;
+const colorSel = document.getElementById('color-by');
+const clusterSel = document.getElementById('cluster-filter');
+const sizeChk = document.getElementById('size-by-loss');
+const splitBoxes = Array.from(document.querySelectorAll('input.split-filter'));
+const countEl = document.getElementById('visible-count');
+const metricNames = Object.keys(D.metrics);
+metricNames.forEach(m => { const o = document.createElement('option'); o.value = m; o.textContent = m; colorSel.appendChild(o); });
+if (metricNames.includes('loss')) colorSel.value = 'loss';
+D.clusters.forEach(c => { const o = document.createElement('option'); o.value = String(c);
+  o.textContent = 'cluster ' + c + (D.insights[String(c)] ? ': ' + D.insights[String(c)].slice(0, 60) : ''); clusterSel.appendChild(o); });
+const symbols = ['circle', 'diamond', 'square', 'triangle-up', 'x'];
+function range(vals){ let lo = Infinity, hi = -Infinity; for (const v of vals) if (v !== null) { if (v < lo) lo = v; if (v > hi) hi = v; }
+  return lo === Infinity ? [0, 1] : (lo === hi ? [lo - 0.5, hi + 0.5] : [lo, hi]); }
+function fmt(v){ return (v === null || v === undefined) ? '–' : (typeof v === 'number' ? (Number.isInteger(v) ? String(v) : v.toPrecision(3)) : String(v)); }
+function visible(){
+  const splits = new Set(splitBoxes.filter(b => b.checked).map(b => Number(b.value)));
+  const cl = clusterSel.value; const out = [];
+  for (let i = 0; i < N; i++) if (splits.has(D.split[i]) && (cl === 'all' || String(D.cluster[i]) === cl)) out.push(i);
+  return out;
+}
+function render(){
+  const metric = colorSel.value; const vals = metric ? D.metrics[metric] : null;
+  const [cmin, cmax] = vals ? range(vals) : [0, 1];
+  const loss = D.metrics.loss; const [lmin, lmax] = loss ? range(loss) : [0, 1];
+  const idx = visible(); const traces = []; let scale = true;
+  const gl = N > 5000;
+  D.splits.forEach((name, s) => {
+    const inSplit = idx.filter(i => D.split[i] === s);
+    const colored = vals ? inSplit.filter(i => vals[i] !== null) : inSplit;
+    const gray = vals ? inSplit.filter(i => vals[i] === null) : [];
+    const mk = (ids, withColor, label) => {
+      if (!ids.length) return;
+      const size = ids.map(i => (sizeChk.checked && loss && loss[i] !== null) ? 5 + 12 * (loss[i] - lmin) / ((lmax - lmin) || 1) : 6);
+      const marker = {size: size, symbol: symbols[s % symbols.length], line: {width: 0}, opacity: 0.8};
+      if (withColor) Object.assign(marker, {color: ids.map(i => vals[i]), colorscale: 'Viridis', cmin: cmin, cmax: cmax,
+        showscale: scale, colorbar: {title: {text: metric}, len: 0.8}});
+      else marker.color = '#b0b0b0';
+      if (withColor) scale = false;
+      traces.push({type: gl ? 'scattergl' : 'scatter', mode: 'markers', name: label, x: ids.map(i => D.x[i]),
+        y: ids.map(i => D.y[i]), customdata: ids, marker: marker,
+        hovertemplate: '%{text}<extra></extra>', text: ids.map(i => D.ids[i] + (vals ? '<br>' + metric + ': ' + fmt(vals[i]) : ''))});
+    };
+    mk(colored, !!vals, name);
+    mk(gray, false, name + ' (no ' + metric + ')');
+  });
+  countEl.textContent = idx.length + ' of ' + N + ' samples shown';
+  Plotly.react('map', traces, {margin: {l: 40, r: 10, t: 10, b: 40}, legend: {orientation: 'h', y: -0.08},
+    xaxis: {title: {text: 'map x'}, zeroline: false}, yaxis: {title: {text: 'map y'}, zeroline: false},
+    hovermode: 'closest', uirevision: 'keep'}, {responsive: true, displaylogo: false});
+}
+function showPanel(i){
+  const p = document.getElementById('panel'); p.textContent = '';
+  const uri = D.thumbs[D.ids[i]];
+  if (uri) { const img = document.createElement('img'); img.src = uri; img.alt = D.ids[i]; p.appendChild(img); }
+  const add = (k, v) => { const d = document.createElement('div'); const b = document.createElement('b'); b.textContent = k + ': ';
+    d.appendChild(b); d.appendChild(document.createTextNode(fmt(v))); p.appendChild(d); };
+  add('sample', D.ids[i]); add('split', D.splits[D.split[i]]); add('cluster', D.cluster[i]);
+  D.panel_fields.forEach(f => add(f, D.metrics[f] ? D.metrics[f][i] : (D.panel[f] ? D.panel[f][i] : null)));
+  const ins = D.insights[String(D.cluster[i])]; if (ins) add('cluster insight', ins);
+}
+colorSel.addEventListener('change', render); clusterSel.addEventListener('change', render);
+sizeChk.addEventListener('change', render); splitBoxes.forEach(b => b.addEventListener('change', render));
+document.querySelectorAll('#cluster-table tr.clickable').forEach(tr => tr.addEventListener('click', () => {
+  clusterSel.value = tr.dataset.cluster; render(); document.getElementById('map-section').scrollIntoView(); }));
+render();
+const mapDiv = document.getElementById('map');
+mapDiv.on('plotly_hover', ev => { if (ev.points && ev.points.length) showPanel(ev.points[0].customdata); });
+mapDiv.on('plotly_click', ev => { if (ev.points && ev.points.length) showPanel(ev.points[0].customdata); });
+window.armbenchDashboard = {render: render, visible: visible, data: D};
+})();
+"""
+
+_TEMPLATE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,"><title>{title}</title><style>{css}</style>
+<script>{plotly_js}</script></head>
+<body>
+<header><h1>{title}</h1><p>{summary}. Offline report: nothing is loaded from the network.</p></header>
+<nav><a href="#map-section">Map</a><a href="#clusters">Clusters</a><a href="#picks">Labeling picks</a>
+<a href="#pruning">Pruning</a><a href="#galleries">Galleries</a><a href="#provenance">Provenance</a></nav>
+<section id="map-section"><h2>Population map</h2>
+<div id="controls">
+<label>Color by <select id="color-by"></select></label>
+<span>Splits: <span id="split-boxes"></span></span>
+<label>Cluster <select id="cluster-filter"><option value="all">all clusters</option></select></label>
+<label><input type="checkbox" id="size-by-loss" checked> size by loss</label>
+<span id="visible-count" class="muted"></span>
+</div>
+<div id="map-wrap"><div id="map"></div><div id="panel"><p class="muted">Hover over a point to see its thumbnail and numbers.</p></div></div>
+</section>
+<section id="clusters"><h2>Clusters and insights</h2>{clusters}</section>
+<section id="picks"><h2>Labeling picks (send to annotators)</h2>{picks}</section>
+<section id="pruning"><h2>Pruning (training images to drop)</h2>{prune}</section>
+<section id="galleries"><h2>Galleries</h2>{galleries}</section>
+<section id="provenance"><h2>Provenance</h2><pre>{provenance}</pre></section>
+<script type="application/json" id="map-data">{data}</script>
+<script>
+(function(){{
+  const D = JSON.parse(document.getElementById('map-data').textContent);
+  const box = document.getElementById('split-boxes');
+  D.splits.forEach((name, s) => {{
+    const l = document.createElement('label'); const c = document.createElement('input');
+    c.type = 'checkbox'; c.className = 'split-filter'; c.value = String(s); c.checked = true; c.id = 'split-' + name;
+    l.appendChild(c); l.appendChild(document.createTextNode(' ' + name + ' ')); box.appendChild(l);
+  }});
+}})();
+</script>
+<script>{js}</script>
+</body></html>
+"""
