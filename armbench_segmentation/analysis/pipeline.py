@@ -15,9 +15,9 @@ Row columns (flat scalars; None where a value does not apply, never NaN):
   recall, f1, mean_iou``, ``ap`` (sample AP), ``yolo_loss_box, yolo_loss_obj,
   yolo_loss_cls, yolo_loss_mask, yolo_loss_total`` (YOLOv5-seg training loss) and
   ``loss`` (the readable loss in [0, 1], 0 = perfect)
-- uncertainty: the ``uncertainty_scores(...)`` fields
-- metadata: the ``sample_metadata(...)`` fields (a name that collides with a column above
-  is kept as ``meta_<name>``)
+- uncertainty: the ``uncertainty_scores(...)`` fields as ``unc_<name>``
+- metadata: the ``sample_metadata(...)`` fields as ``meta_<name>`` (fields repeating an
+  identity column, e.g. ``sample_id``, are not repeated)
 
 Every value in a row is a deterministic function of (image, annotations, model, settings):
 rerunning a sample gives an identical row, which is what makes resume safe.
@@ -46,6 +46,8 @@ YOLO_LOSS_COLUMNS = tuple(f"yolo_loss_{p}" for p in LOSS_PARTS)
 LABELED_ONLY_COLUMNS = MATCH_COLUMNS + ("ap",) + YOLO_LOSS_COLUMNS + ("loss",)
 # Always present for labeled samples, None for unlabeled ones (the exports rely on them).
 REQUIRED_SEGMENTATION_COLUMNS = ("over_segmented_count", "under_segmented_count")
+UNCERTAINTY_PREFIX = "unc_"  # analysis.selection reads unc_* columns ("higher = more uncertain")
+METADATA_PREFIX = "meta_"  # analysis.clustering describes clusters by their meta_* columns
 
 
 @dataclass(frozen=True)
@@ -122,17 +124,17 @@ def _as_dict(result: Any) -> dict[str, Any]:
 
 
 def _merge(row: dict[str, Any], extra: Mapping[str, Any], prefix: str) -> None:
-    """Add ``extra`` to ``row``; colliding names get ``prefix`` (logged once per name)."""
+    """Add ``extra`` to ``row`` under ``prefix`` (kept when a name already has it). A field
+    repeating an identity column with the same value (e.g. metadata's ``sample_id``) is
+    not duplicated."""
     for key, value in extra.items():
-        name = key if key not in row else f"{prefix}{key}"
-        if name != key:
-            _log_collision(key, name)
-        row[name] = _scalar(value)
-
-
-@functools.lru_cache(maxsize=None)
-def _log_collision(key: str, name: str) -> None:
-    logger.debug("result column %r already taken; stored as %r", key, name)
+        value = _scalar(value)
+        if key in IDENTITY_COLUMNS and row.get(key) == value:
+            continue
+        name = key if key.startswith(prefix) else f"{prefix}{key}"
+        if name in row:
+            raise KeyError(f"result column {name!r} produced twice; rename one of the fields")
+        row[name] = value
 
 
 def _prediction_summary(pred: Instances, class_names: Sequence[str]) -> dict[str, Any]:
@@ -162,26 +164,34 @@ def _segmentation_keys(metrics_config: Any, class_names: tuple[str, ...], hw: tu
 # ---------------------------------------------------------------------------- the function
 def labeled_metrics(gt: Instances, pred: Instances, raw: RawSample, input_hw: tuple[int, int],
                     settings: Settings) -> dict[str, Any]:
-    """Every metric and loss of one labeled sample (model frame), as flat columns."""
+    """Every metric and loss of one labeled sample (model frame), as flat columns.
+
+    The GT x prediction overlap matrices are computed once and shared by the over/under
+    segmentation, the matching and the sample AP.
+    """
     from armbench_segmentation.metrics.loss import readable_loss, yolov5_seg_loss
     from armbench_segmentation.metrics.matching import match, sample_ap
+    from armbench_segmentation.metrics.overlap import mask_overlaps, pack_masks
     from armbench_segmentation.metrics.segmentation import segmentation_errors
 
     class_names = settings.data.class_names
-    seg = segmentation_errors(gt, pred, settings.metrics, class_names)
+    packed_gt, packed_pred = pack_masks(gt.masks), pack_masks(pred.masks)
+    overlaps = mask_overlaps(packed_gt, packed_pred)  # (G, P)
+    seg = segmentation_errors(gt, pred, settings.metrics, class_names, overlaps=overlaps,
+                              packed_gt=packed_gt, packed_pred=packed_pred)
     seg_dict = _as_dict(seg)
     missing = [c for c in REQUIRED_SEGMENTATION_COLUMNS if c not in seg_dict]
     if missing:
         raise KeyError(f"segmentation_errors(...).as_dict() lacks {missing}; the exports need these columns")
-    m = match(gt, pred, iou_threshold=settings.metrics.match_iou)
+    m = match(gt, pred, iou_threshold=settings.metrics.match_iou, overlaps=overlaps)
     out: dict[str, Any] = {k: _scalar(v) for k, v in seg_dict.items()}
     for name in MATCH_COLUMNS:
         out[name] = _scalar(getattr(m, name))
-    out["ap"] = _scalar(sample_ap(gt, pred))
+    out["ap"] = _scalar(sample_ap(gt, pred, overlaps=overlaps))
     losses = yolov5_seg_loss(raw.detections, raw.protos, gt, input_hw)
     for part in LOSS_PARTS:
         out[f"yolo_loss_{part}"] = _scalar(losses[part]) if part in losses else None
-    out["loss"] = _scalar(readable_loss(m, seg))
+    out["loss"] = _scalar(readable_loss(m))
     return out
 
 
@@ -217,8 +227,8 @@ def process_sample(loaded: Any, raw: RawSample, model: Any, settings: Settings,
     else:
         for key in _segmentation_keys(settings.metrics, class_names, input_hw) + LABELED_ONLY_COLUMNS:
             row.setdefault(key, None)
-    _merge(row, _as_dict(uncertainty_scores(pred, settings.metrics)), prefix="uncertainty_")
-    _merge(row, _as_dict(sample_metadata(loaded, list(annotations or []))), prefix="meta_")
+    _merge(row, _as_dict(uncertainty_scores(pred, settings.metrics)), prefix=UNCERTAINTY_PREFIX)
+    _merge(row, _as_dict(sample_metadata(loaded, list(annotations or []))), prefix=METADATA_PREFIX)
     return SampleResult(row=row, embedding=sample_embedding(raw), predictions=pred)
 
 

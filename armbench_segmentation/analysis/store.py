@@ -376,11 +376,12 @@ class ResultsStore:
             rec = json.loads(row)
             rec["split"], rec["sample_id"] = split, sid
             records.append(rec)
-        frame = pd.DataFrame.from_records(records)
-        if frame.empty:
+        if not records:
             return pd.DataFrame(columns=["split", "sample_id"])
-        first = ["split", "sample_id"]
-        return frame[first + [c for c in frame.columns if c not in first]]
+        names: dict[str, None] = {"split": None, "sample_id": None}
+        for rec in records:
+            names.update(dict.fromkeys(rec))
+        return pd.DataFrame({name: _column([rec.get(name) for rec in records]) for name in names})
 
     def embeddings(self, sample_keys: Any) -> np.ndarray:
         """(n, D) float32 embeddings aligned with ``sample_keys`` (e.g. ``store.frame()``).
@@ -467,6 +468,21 @@ class ResultsStore:
         if kind == "npy":
             return np.load(io.BytesIO(blob), allow_pickle=False)
         return json.loads(blob)
+
+
+def _column(values: list[Any]) -> Any:
+    """Typed pandas column from JSON scalars, None kept as missing: ints -> Int64, bools ->
+    boolean, numbers -> float64 (NaN), otherwise object."""
+    import pandas as pd
+
+    kinds = {type(v) for v in values if v is not None}
+    if kinds == {int}:
+        return pd.array(values, dtype="Int64")
+    if kinds == {bool}:
+        return pd.array(values, dtype="boolean")
+    if kinds and kinds <= {int, float}:
+        return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+    return pd.array(values, dtype=object)
 
 
 def _json_default(value: Any) -> Any:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
-import multiprocessing as mp
 import os
 import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -122,24 +124,30 @@ def test_file_sha256_cache_notices_changes(store, tmp_path):
     assert store.file_sha256(f) != first
 
 
-def _writer(path, ready):
-    s = ResultsStore(path, run_key="k")
-    for i in range(10_000):
-        s.put_samples([_ok("train", f"s{i}", i, float(i))])
-        if i == 20:
-            ready.set()
+_WRITER = """
+import sys
+import numpy as np
+from armbench_segmentation.analysis.store import ResultsStore, StoredSample
+s = ResultsStore(sys.argv[1], run_key="k")
+for i in range(100_000):
+    s.put_samples([StoredSample("train", f"s{i}", "ok", seq=i, row={"tp": i, "loss": float(i)},
+                                embedding=np.full(4, float(i), np.float32))])
+    if i == 20:
+        print("ready", flush=True)
+"""
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 def test_sigkill_during_writes_keeps_committed_rows(tmp_path):
     path = tmp_path / "k.sqlite"
-    ctx = mp.get_context("spawn")
-    ready = ctx.Event()
-    proc = ctx.Process(target=_writer, args=(path, ready))
-    proc.start()
-    assert ready.wait(60)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.join()
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.2)  # let it write some more, then kill it mid-transaction
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL
     with ResultsStore(path, run_key="k") as s:
         frame = s.frame()
         n = len(frame)

@@ -1,0 +1,345 @@
+"""Stream every selected sample through load -> model -> process_sample -> store.
+
+Three stages overlap, each with bounded buffers so memory stays flat whatever the
+dataset size:
+
+1. a small thread pool decodes and letterboxes images a few samples ahead
+   (``dataset.load``; OpenCV releases the GIL),
+2. the calling thread runs the ONNX model on batches of ``settings.model.batch_size``,
+3. one worker thread decodes predictions, computes metrics and writes to the store,
+   one SQLite transaction per small batch of samples.
+
+Resume: samples already finished (status ok) in the store under the same run key are
+skipped; a missing/corrupt image is logged with its sample id and file and stored as
+status ``error`` (retried on the next run, in case the file was fixed). An interrupt
+(Ctrl-C) or a kill leaves every committed sample intact.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+import traceback
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from armbench_segmentation.analysis.pipeline import compact_predictions, process_sample, split_raw
+from armbench_segmentation.analysis.store import (
+    STATUS_ERROR,
+    STATUS_OK,
+    ResultsStore,
+    StoredSample,
+    make_run_key,
+)
+from armbench_segmentation.config import Settings
+from armbench_segmentation.errors import SampleError
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "unlabeled")
+# Bump when the meaning or computation of a result row changes: it is part of the run key,
+# so results of an older pipeline are recomputed instead of mixed with new ones.
+PIPELINE_VERSION = 1
+_INTERNAL_ERROR_LIMIT = 10  # abort when more than this many samples failed on a bug ...
+_INTERNAL_ERROR_SHARE = 0.5  # ... and they are more than this share of the samples processed
+
+
+@dataclass
+class RunSummary:
+    """What a call to :func:`run_samples` did."""
+
+    run_key: str
+    selected: int = 0  # samples in the current selection (all splits)
+    already_finished: int = 0  # skipped: finished by an earlier run
+    computed: int = 0  # processed and stored ok by this call
+    errors: int = 0  # stored as status=error by this call
+    interrupted: bool = False
+    stopped_early: bool = False  # max_samples reached
+    elapsed_s: float = 0.0
+    error_samples: list[tuple[str, str, str]] = field(default_factory=list)  # (split, sample_id, message), first 20
+
+    @property
+    def rate(self) -> float:
+        done = self.computed + self.errors
+        return done / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+# ---------------------------------------------------------------------------- run keys
+def dataset_identity(dataset: Any, store: ResultsStore, splits: Sequence[str] = SPLITS) -> dict[str, str]:
+    """{COCO file name: sha256} of the splits' files (hashes cached in the store)."""
+    out = {}
+    for split in splits:
+        path = dataset.split_path(split)
+        out[path.name] = store.file_sha256(path)
+    return out
+
+
+def package_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("armbench-segmentation")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def run_key_for(model: Any, settings: Settings, identity: dict[str, str]) -> str:
+    config = f"{settings.fingerprint()}/max_instances={settings.data.max_instances}/pipeline={PIPELINE_VERSION}"
+    return make_run_key(model.sha256, config, json.dumps(identity, sort_keys=True))
+
+
+def run_info(model: Any, settings: Settings, identity: dict[str, str], dataset: Any) -> dict[str, Any]:
+    """Provenance stored with the run (shown in exports and the dashboard)."""
+    return {"model_path": str(model.path), "model_sha256": model.sha256, "settings_fingerprint": settings.fingerprint(),
+            "pipeline_version": PIPELINE_VERSION, "package_version": package_version(), "dataset_root": str(dataset.root),
+            "dataset_files": identity, "settings": settings.to_dict()}
+
+
+def open_run(store: ResultsStore, dataset: Any, model: Any, settings: Settings, resume: bool = True) -> str:
+    """Compute the run key, select the run in ``store`` (reset it when ``resume`` is False)."""
+    identity = dataset_identity(dataset, store)
+    key = run_key_for(model, settings, identity)
+    store.start_run(key, run_info(model, settings, identity, dataset))
+    if not resume:
+        removed = store.reset_run()
+        if removed:
+            logger.info("--no-resume: discarded %d stored samples of run %s", removed, key)
+    return key
+
+
+def selected_samples(dataset: Any, splits: Sequence[str] = SPLITS) -> list[Any]:
+    """The current selection, split by split, in each split's (seeded) order."""
+    return [s for split in splits for s in dataset.samples(split)]
+
+
+# ---------------------------------------------------------------------------- the runner
+@dataclass
+class _Loaded:
+    seq: int
+    sample: Any
+    loaded: Any = None
+    annotations: list | None = None
+    error: str | None = None
+
+
+def _load(dataset: Any, seq: int, sample: Any) -> _Loaded:
+    try:
+        loaded = dataset.load(sample)
+        return _Loaded(seq, sample, loaded, dataset.annotations(sample))
+    except SampleError as exc:
+        return _Loaded(seq, sample, error=str(exc))
+
+
+class _Writer(threading.Thread):
+    """Stage 3: process_sample + compact predictions + store writes, in order."""
+
+    def __init__(self, store: ResultsStore, model: Any, settings: Settings, summary: RunSummary, bar: Any,
+                 commit_every: int, commit_seconds: float, on_commit: Callable[[int], None] | None):
+        super().__init__(name="analysis-writer", daemon=True)
+        self.inbox: queue.Queue = queue.Queue(maxsize=max(4, 2 * settings.model.batch_size))
+        self.store, self.model, self.settings, self.summary, self.bar = store, model, settings, summary, bar
+        self.commit_every, self.commit_seconds, self.on_commit = commit_every, commit_seconds, on_commit
+        self.failure: BaseException | None = None
+        self._buffer: list[StoredSample] = []
+        self._last_commit = time.monotonic()
+        self._internal_errors = 0
+
+    def run(self) -> None:
+        try:
+            while True:
+                item = self.inbox.get()
+                if item is None:
+                    break
+                self._handle(*item)
+                if len(self._buffer) >= self.commit_every or time.monotonic() - self._last_commit >= self.commit_seconds:
+                    self._flush()
+            self._flush()
+        except BaseException as exc:  # surfaced in the main thread
+            self.failure = exc
+            try:
+                self._flush()
+            except BaseException:  # pragma: no cover - store unusable; nothing more to save
+                pass
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        n = self.store.put_samples(self._buffer)
+        self._buffer = []
+        self._last_commit = time.monotonic()
+        if self.on_commit is not None:
+            self.on_commit(self.summary.computed + self.summary.errors)
+        logger.debug("committed %d samples", n)
+
+    def _error(self, item: _Loaded, message: str) -> None:
+        s = item.sample
+        logger.warning("skipping sample %s (split %s, file %s): %s", s.sample_id, s.split, s.file_name, message)
+        self._buffer.append(StoredSample(split=s.split, sample_id=s.sample_id, status=STATUS_ERROR, error=message,
+                                         image_id=int(s.image_id), file_name=s.file_name, seq=item.seq))
+        self.summary.errors += 1
+        if len(self.summary.error_samples) < 20:
+            self.summary.error_samples.append((s.split, s.sample_id, message))
+
+    def _handle(self, item: _Loaded, raw: Any) -> None:
+        s = item.sample
+        if item.error is not None:
+            self._error(item, item.error)
+        else:
+            try:
+                result = process_sample(item.loaded, raw, self.model, self.settings, item.annotations)
+                preds = compact_predictions(result.predictions, item.loaded.letterbox)
+            except SampleError as exc:
+                self._error(item, str(exc))
+            except Exception as exc:  # a bug for this sample: record it, go on, but not forever
+                self._internal_errors += 1
+                logger.error("internal error on sample %s (split %s, file %s):\n%s", s.sample_id, s.split,
+                             s.file_name, traceback.format_exc())
+                self._error(item, f"internal error: {type(exc).__name__}: {exc}")
+                done = self.summary.computed + self.summary.errors
+                if self._internal_errors > _INTERNAL_ERROR_LIMIT and self._internal_errors > _INTERNAL_ERROR_SHARE * done:
+                    raise RuntimeError(f"{self._internal_errors} of {done} samples failed with internal errors "
+                                       f"(last: {type(exc).__name__}: {exc}); stopping. See the log above.") from exc
+            else:
+                self._buffer.append(StoredSample(
+                    split=s.split, sample_id=s.sample_id, status=STATUS_OK, row=result.row,
+                    embedding=result.embedding, predictions=preds, image_id=int(s.image_id),
+                    file_name=s.file_name, seq=item.seq))
+                self.summary.computed += 1
+        if self.bar is not None:
+            self.bar.update(1)
+            if self.summary.errors:
+                self.bar.set_postfix(errors=self.summary.errors, refresh=False)
+
+
+def run_samples(
+    dataset: Any,
+    model: Any,
+    store: ResultsStore,
+    settings: Settings,
+    *,
+    splits: Sequence[str] = SPLITS,
+    max_samples: int | None = None,
+    progress: bool = True,
+    prefetch: int | None = None,
+    load_workers: int = 2,
+    commit_every: int = 16,
+    commit_seconds: float = 0.5,
+    on_commit: Callable[[int], None] | None = None,
+) -> RunSummary:
+    """Process every selected, unfinished sample of ``splits`` into ``store``.
+
+    ``store`` must have its run selected (see :func:`open_run`).
+
+    Args:
+        max_samples: stop after this many samples were taken up by this call (tests,
+            partial runs); the summary says ``stopped_early``.
+        prefetch: images decoded ahead of the model (default ``2 * batch_size + 2``).
+        commit_every / commit_seconds: a store transaction after this many samples or
+            this much time, whichever comes first.
+        on_commit: called after each commit with the number of samples processed so far.
+    Returns:
+        RunSummary. ``KeyboardInterrupt`` is re-raised after the finished samples were
+        committed (``summary`` is then not returned).
+    """
+    if max_samples is not None and max_samples < 0:
+        raise ValueError(f"max_samples must be >= 0 or None, got {max_samples}")
+    t0 = time.monotonic()
+    summary = RunSummary(run_key=store._require_run())
+    finished = store.finished()
+    todo: list[tuple[int, Any]] = []
+    for split in splits:
+        for seq, sample in enumerate(dataset.samples(split)):
+            summary.selected += 1
+            if (split, sample.sample_id) in finished:
+                summary.already_finished += 1
+            else:
+                todo.append((seq, sample))
+    del finished
+    if max_samples is not None and len(todo) > max_samples:
+        todo = todo[:max_samples]
+        summary.stopped_early = True
+    if summary.already_finished:
+        logger.info("resuming run %s: %d of %d samples already finished, %d to compute",
+                    summary.run_key, summary.already_finished, summary.selected, len(todo))
+    if not todo:
+        summary.elapsed_s = time.monotonic() - t0
+        return summary
+
+    batch_size = max(1, int(settings.model.batch_size))
+    prefetch = prefetch or 2 * batch_size + 2
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), desc="analyzing", unit="img", dynamic_ncols=True, smoothing=0.1)
+    writer = _Writer(store, model, settings, summary, bar, commit_every, commit_seconds, on_commit)
+    writer.start()
+    pool = ThreadPoolExecutor(max_workers=max(1, load_workers), thread_name_prefix="analysis-load")
+    pending: deque[Future] = deque()
+    it = iter(todo)
+
+    def refill() -> None:
+        while len(pending) < prefetch:
+            nxt = next(it, None)
+            if nxt is None:
+                return
+            pending.append(pool.submit(_load, dataset, *nxt))
+
+    def send(item: Any) -> None:
+        while True:  # a bounded put that notices a dead writer
+            if writer.failure is not None or not writer.is_alive():
+                raise RuntimeError("the analysis writer stopped") from writer.failure
+            try:
+                writer.inbox.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    try:
+        refill()
+        while pending:
+            batch: list[_Loaded] = []
+            while pending and len(batch) < batch_size:
+                item = pending.popleft().result()
+                refill()
+                if item.error is not None:
+                    send((item, None))
+                else:
+                    batch.append(item)
+            if not batch:
+                continue
+            images = np.stack([b.loaded.image for b in batch])  # (B, S, S, 3) uint8
+            raw = model.run(model.to_input(images))
+            for b, r in zip(batch, split_raw(raw)):
+                send((b, r))
+        send(None)
+        writer.join()
+        if writer.failure is not None:
+            raise writer.failure
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        logger.warning("interrupted: saving the finished samples; run again to resume")
+        raise
+    finally:
+        for f in pending:
+            f.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+        if writer.is_alive():
+            try:
+                writer.inbox.put(None, timeout=5)  # the writer drains what was inferred, then commits
+            except queue.Full:  # pragma: no cover - writer wedged
+                pass
+            writer.join(timeout=60)
+        if bar is not None:
+            bar.close()
+        summary.elapsed_s = time.monotonic() - t0
+    if summary.errors:
+        logger.warning("%d samples could not be processed (stored with status 'error'; see errors.csv)", summary.errors)
+    return summary
