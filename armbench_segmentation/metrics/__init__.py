@@ -28,5 +28,12 @@ from armbench_segmentation.metrics.matching import (
 )
 from armbench_segmentation.metrics.overlap import Overlaps, PackedMasks, box_iou, mask_overlaps, pack_masks, rle_overlaps
 from armbench_segmentation.metrics.segmentation import SegmentationErrors, segmentation_errors
+from armbench_segmentation.metrics.uncertainty import (
+    binary_entropy,
+    entropy_map,
+    hardest_region,
+    mask_entropy,
+    uncertainty_scores,
+)
 
 # from armbench_segmentation.metrics.loss import ...   (added by the loss module's author)
