@@ -405,15 +405,28 @@ class DatasetEvaluation:
         }
 
 
-def _gt_rle(coco, ann: dict, h: int, w: int) -> dict:
+def _gt_rle(ann: dict, h: int, w: int) -> dict | None:
+    """A GT annotation's mask as compressed RLE (``COCO.annToRLE``), or None if unusable.
+
+    Polygon parts with < 3 points are dropped first, as the dataset loader does
+    (pycocotools would read a 4-number polygon as a box); on well-formed files this is
+    exactly ``annToRLE``.
+    """
     from pycocotools import mask as mask_utils
 
-    seg = ann["segmentation"]
+    from armbench_segmentation.data.coco import rle_from_segmentation, valid_polygons
+
+    seg = ann.get("segmentation")
     if isinstance(seg, list):
-        return mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
-    if isinstance(seg["counts"], list):
-        return mask_utils.frPyObjects(seg, h, w)
-    return seg
+        polys = valid_polygons(seg)
+        return mask_utils.merge(mask_utils.frPyObjects(polys, h, w)) if polys else None
+    if isinstance(seg, dict):
+        try:
+            rle = rle_from_segmentation(seg)
+        except ValueError:
+            return None
+        return rle if list(rle["size"]) == [h, w] else None
+    return None
 
 
 def evaluate_coco_results(
@@ -452,16 +465,25 @@ def evaluate_coco_results(
     tp = fp = fn = 0
     over_img = under_img = over_inst = over_legacy = under_inst = dups = n_pred = 0
     thr = np.array([config.match_iou])
+    unusable = 0
     for image_id in image_ids:
         info = coco_gt.imgs[image_id]
         h, w = int(info["height"]), int(info["width"])
-        anns = [a for a in coco_gt.imgToAnns.get(image_id, []) if int(a["category_id"]) in cat_to_class]
+        anns, g_rle = [], []
+        for a in coco_gt.imgToAnns.get(image_id, []):
+            if int(a["category_id"]) not in cat_to_class:
+                continue
+            rle = _gt_rle(a, h, w)
+            if rle is None:
+                unusable += 1
+                continue
+            anns.append(a)
+            g_rle.append(rle)
         dets = by_image.get(image_id, [])
         n_pred += len(dets)
         g_cls = np.array([cat_to_class[int(a["category_id"])] for a in anns], np.int64)
         g_crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], bool)
-        g_rle = [_gt_rle(coco_gt, a, h, w) for a in anns]
-        g_box = np.array([a["bbox"] for a in anns], np.float64).reshape(-1, 4)
+        g_box = np.array([_gt_box(a, r) for a, r in zip(anns, g_rle)], np.float64).reshape(-1, 4)
         d_cls = np.array([cat_to_class[r["category_id"]] for r in dets], np.int64)
         d_score = np.array([r["score"] for r in dets], np.float64)
         d_rle = [r["segmentation"] for r in dets]
@@ -505,6 +527,8 @@ def evaluate_coco_results(
         under_inst += errs.under_segmented_count
         dups += errs.duplicate_count
     precision, recall, f1 = precision_recall_f1(tp, fp, fn)
+    if unusable:
+        logger.warning("%d GT annotations without a usable polygon or RLE were left out (see `armbench info`)", unusable)
     outside = len(results) - n_pred
     if outside:
         logger.warning(
@@ -532,6 +556,19 @@ def evaluate_coco_results(
         match_class=match_class_name,
         match_iou=float(config.match_iou),
     )
+
+
+def _gt_box(ann: dict, rle: dict) -> list[float]:
+    from pycocotools import mask as mask_utils
+
+    bbox = ann.get("bbox")
+    try:
+        box = [float(v) for v in bbox]
+        if len(box) == 4 and all(math.isfinite(v) for v in box):
+            return box
+    except (TypeError, ValueError):
+        pass
+    return [float(v) for v in mask_utils.toBbox(rle)]
 
 
 def _xywh_to_xyxy(b: np.ndarray) -> np.ndarray:
