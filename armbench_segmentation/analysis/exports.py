@@ -1,0 +1,152 @@
+"""Exports for other tools: the per-sample table (CSV + Parquet), COCO results per split,
+the failed samples, and the run's provenance.
+
+Everything is read from the results store (or a frame built from it), never from a
+half-finished in-memory state. Files written (all under ``out_dir``)::
+
+    samples.csv, samples.parquet       one row per sample (EXPORT_FIRST_COLUMNS first)
+    predictions_<split>.json           COCO results: [{image_id, category_id, segmentation
+                                       (RLE, original resolution), bbox, score}, ...];
+                                       load with ``COCO(<split gt>).loadRes(path)``
+    errors.csv                         samples that could not be processed, with the reason
+    run.json                           provenance: run key, model sha256, settings, dataset files
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+EXPORT_FIRST_COLUMNS = (
+    "sample_id", "split", "file_name", "loss", "over_segmented_count", "under_segmented_count",
+    "tp", "fp", "fn", "map_x", "map_y", "cluster",
+)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def order_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """EXPORT_FIRST_COLUMNS first (missing ones added as None, with a warning), then the rest."""
+    frame = frame.copy()
+    missing = [c for c in EXPORT_FIRST_COLUMNS if c not in frame.columns]
+    if missing and len(frame):
+        logger.warning("export: columns %s are missing from the results; written empty", missing)
+    for c in missing:
+        frame[c] = None
+    rest = [c for c in frame.columns if c not in EXPORT_FIRST_COLUMNS]
+    return frame[list(EXPORT_FIRST_COLUMNS) + rest]
+
+
+def _parquet_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """Object columns holding mixed Python types (e.g. str and float) -> strings, so pyarrow
+    can type them; None stays null."""
+    out = frame.copy()
+    for col in out.columns:
+        if out[col].dtype != object:
+            continue
+        kinds = {type(v) for v in out[col] if v is not None and not (isinstance(v, float) and pd.isna(v))}
+        if len(kinds) > 1 and not kinds <= {int, float, bool}:
+            out[col] = out[col].map(lambda v: None if v is None or (isinstance(v, float) and pd.isna(v)) else str(v))
+    return out
+
+
+def write_table(frame: pd.DataFrame, out_dir: Path, name: str = "samples") -> tuple[Path, Path]:
+    """Write the per-sample table as ``<name>.csv`` and ``<name>.parquet``; returns both paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = order_columns(frame)
+    csv_path, parquet_path = out_dir / f"{name}.csv", out_dir / f"{name}.parquet"
+    tmp_csv = csv_path.with_name(csv_path.name + ".tmp")
+    table.to_csv(tmp_csv, index=False)
+    tmp_csv.replace(csv_path)
+    tmp_pq = parquet_path.with_name(parquet_path.name + ".tmp")
+    _parquet_safe(table).to_parquet(tmp_pq, index=False)
+    tmp_pq.replace(parquet_path)
+    return csv_path, parquet_path
+
+
+def class_to_category_ids(dataset: Any, split: str, class_names: Sequence[str]) -> dict[int, int]:
+    """Model class index -> the split file's COCO category id, matched by name."""
+    categories = dataset.coco(split).dataset.get("categories", [])
+    by_name = {str(c.get("name", "")).strip().lower(): int(c["id"]) for c in categories if "id" in c}
+    return {i: by_name[name.lower()] for i, name in enumerate(class_names) if name.lower() in by_name}
+
+
+def coco_results(records: Iterable[tuple[str, int | None, str | None, list[dict]]], class_to_cat: dict[int, int],
+                 sample_ids: set[str] | None = None) -> list[dict]:
+    """Store predictions -> COCO results entries (see module docstring).
+
+    Predictions of a class without a category in the split file are left out, with a
+    warning giving the count.
+    """
+    out: list[dict] = []
+    dropped = 0
+    for sample_id, image_id, _file_name, preds in records:
+        if sample_ids is not None and sample_id not in sample_ids:
+            continue
+        for p in preds:
+            cat = class_to_cat.get(int(p["class_index"]))
+            if cat is None:
+                dropped += 1
+                continue
+            entry = {"image_id": int(image_id), "category_id": cat, "bbox": [float(v) for v in p["bbox"]],
+                     "score": float(p["score"]) if p.get("score") is not None else 1.0}
+            if "segmentation" in p:
+                entry["segmentation"] = p["segmentation"]
+            out.append(entry)
+    if dropped:
+        logger.warning("COCO export: %d predictions of classes without a category in the split file were left out",
+                       dropped)
+    return out
+
+
+def write_coco_predictions(store: Any, dataset: Any, out_dir: Path, class_names: Sequence[str],
+                           splits: Sequence[str] = ("train", "val", "unlabeled"),
+                           frame: pd.DataFrame | None = None) -> dict[str, Path]:
+    """``predictions_<split>.json`` per split (COCO results, original resolution).
+
+    Args:
+        frame: when given, only its samples are exported (the current selection).
+    Returns:
+        {split: path}. A split without samples gets an empty list (``COCO.loadRes`` cannot
+        load an empty list; there is nothing to evaluate then).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for split in splits:
+        ids = None
+        if frame is not None:
+            ids = set(frame.loc[frame["split"] == split, "sample_id"].astype(str))
+        results = coco_results(store.predictions(split), class_to_category_ids(dataset, split, class_names), ids)
+        path = out_dir / f"predictions_{split}.json"
+        _atomic_write_text(path, json.dumps(results))
+        paths[split] = path
+    return paths
+
+
+def write_errors(store: Any, out_dir: Path) -> Path:
+    path = Path(out_dir) / "errors.csv"
+    errors = store.errors()
+    tmp = path.with_name(path.name + ".tmp")
+    errors.to_csv(tmp, index=False)
+    tmp.replace(path)
+    return path
+
+
+def write_run_info(store: Any, out_dir: Path, extra: dict | None = None) -> Path:
+    """``run.json``: the run key and its provenance (model, settings, dataset files)."""
+    info = {"run_key": store.run_key, **store.run_info(), "counts": store.counts(), **(extra or {})}
+    path = Path(out_dir) / "run.json"
+    _atomic_write_text(path, json.dumps(info, indent=2, default=str, sort_keys=True))
+    return path
