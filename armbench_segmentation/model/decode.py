@@ -134,6 +134,7 @@ def masks_from_protos(coeffs: np.ndarray, protos: np.ndarray, boxes: np.ndarray,
     if n == 0:
         return masks, probs
     ranges = _crop_ranges(boxes, mh, mw, ih, iw)
+    flat = protos.reshape(nm, mh * mw)  # (nm, h*w)
     sy, sx = ih // mh, iw // mw
     integer_scale = sy * mh == ih and sx * mw == iw
     thr = np.float32(mask_threshold)
@@ -141,8 +142,8 @@ def masks_from_protos(coeffs: np.ndarray, protos: np.ndarray, boxes: np.ndarray,
         r0, r1, c0, c1 = ranges[k]
         if r1 <= r0 or c1 <= c0:
             continue
-        region = protos[:, r0:r1, c0:c1].reshape(nm, -1)  # (nm, hb*wb)
-        probs[k, r0:r1, c0:c1] = _sigmoid(coeffs[k] @ region).reshape(r1 - r0, c1 - c0)
+        rows = flat[:, r0 * mw : r1 * mw]  # (nm, hb*w) view: whole rows keep it a strided view, no copy
+        probs[k, r0:r1, c0:c1] = _sigmoid((coeffs[k] @ rows).reshape(r1 - r0, mw)[:, c0:c1])
         if integer_scale:
             # one zero row/column of margin makes the local bilinear resize equal the global one
             e0, e1, f0, f1 = max(r0 - 1, 0), min(r1 + 1, mh), max(c0 - 1, 0), min(c1 + 1, mw)

@@ -130,12 +130,14 @@ class SegmentationModel:
         session: the ``onnxruntime.InferenceSession``.
     """
 
-    def __init__(self, path: Path | str, config: ModelConfig, class_names: Sequence[str]):
+    def __init__(self, path: Path | str, config: ModelConfig, class_names: Sequence[str] | None):
+        """``class_names``: the configured classes; the model must predict exactly that many.
+        None accepts any class count (tools and benchmarks) and names them ``class{i}``."""
         import onnxruntime as ort
 
         self.path = Path(path).expanduser()
         self.config = config
-        self.class_names = tuple(class_names)
+        self.class_names = None if class_names is None else tuple(class_names)
         if not self.path.is_file():
             raise ModelError(f"model file {self.path} does not exist; {_FIX}")
         if not os.access(self.path, os.R_OK):
@@ -221,11 +223,14 @@ class SegmentationModel:
         emb = pick(2, "embedding", "embedding", False)
         nm, last = proto.shape[1], det.shape[2]
         if not isinstance(nm, int) or not isinstance(last, int):
-            raise ModelError(f"{self.path}: prototype channels ({nm}) and detection width ({last}) must be fixed numbers")
+            # e.g. yolov5's dynamic export names the detection width 'Concatoutput0_dim_2': run once to see it
+            nm, last = self._probe_widths(det.name, proto.name)
         nc = last - 5 - nm
         if nc < 1:
             raise ModelError(f"{self.path}: detections have {last} columns, protos {nm} channels: that leaves "
                              f"{nc} classes (5 + nc + nm columns expected); not a YOLOv5-seg export")
+        if self.class_names is None:
+            self.class_names = tuple(f"class{i}" for i in range(nc))
         if nc != len(self.class_names):
             raise ModelError(
                 f"{self.path} predicts {nc} classes but {len(self.class_names)} class names are configured "
@@ -237,6 +242,19 @@ class SegmentationModel:
         self._out_names = [det.name, proto.name] + ([emb.name] if emb is not None else [])
         self.has_embedding = emb is not None
         self.embedding_dim = emb.shape[1] if emb is not None and isinstance(emb.shape[1], int) else None
+
+    def _probe_widths(self, det_name: str, proto_name: str) -> tuple[int, int]:
+        """(nm, 5 + nc + nm) from one run on a small blank input (symbolic output dims)."""
+        h, w = self.input_hw or (64, 64)
+        blank = np.zeros((self.static_batch or 1, 3, h, w), np.float32)
+        try:
+            det, proto = self.session.run([det_name, proto_name], {self.input_name: blank})
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's own error types
+            raise ModelError(f"{self.path}: output sizes are symbolic and a probe run on a blank {h}x{w} "
+                             f"input failed: {str(exc).strip().splitlines()[0]}") from None
+        if det.ndim != 3 or proto.ndim != 4:
+            raise ModelError(f"{self.path}: probe run gave detections {det.shape} and protos {proto.shape}")
+        return int(proto.shape[1]), int(det.shape[2])
 
     # ------------------------------------------------------------------ info
     @cached_property

@@ -11,10 +11,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 
 def build_tiny_yolo(path: Path, nc: int = 2, nm: int = 32, static: bool = False, embedding: bool = True,
-                    size: int = 64, names: tuple[str, str, str] = ("output0", "output1", "embedding")) -> Path:
+                    size: int = 64, names: tuple[str, str, str] = ("output0", "output1", "embedding"),
+                    symbolic_width: bool = False) -> Path:
     """Outputs shaped like a YOLOv5-seg export, derived from the input by pooling + 1x1 convs.
 
     detections (N, (H/8)*(W/8), 5+nc+nm), protos (N, nm, H/4, W/4), embedding (N, 3).
+    ``symbolic_width``: declare the detection width symbolic, as yolov5's dynamic export does
+    (``Concatoutput0_dim_2``).
     """
     rng = np.random.default_rng(0)
     c = 5 + nc + nm
@@ -36,7 +39,8 @@ def build_tiny_yolo(path: Path, nc: int = 2, nm: int = 32, static: bool = False,
         helper.make_node("Conv", ["p4", "w_proto"], [proto_name]),
     ]
     outputs = [
-        helper.make_tensor_value_info(det_name, TensorProto.FLOAT, [n, (size // 8) ** 2 if static else "anchors", c]),
+        helper.make_tensor_value_info(det_name, TensorProto.FLOAT, [n, (size // 8) ** 2 if static else "anchors",
+                                                                            "Concatoutput0_dim_2" if symbolic_width else c]),
         helper.make_tensor_value_info(proto_name, TensorProto.FLOAT,
                                       [n, nm, size // 4 if static else "h4", size // 4 if static else "w4"]),
     ]

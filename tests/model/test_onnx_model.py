@@ -41,6 +41,13 @@ def test_static_model_splits_batches(tiny_model):
         m.run(_batch(1, size=96))
 
 
+def test_symbolic_detection_width_is_probed(tiny_model):
+    m = SegmentationModel(tiny_model(symbolic_width=True), CPU_CFG, NAMES)
+    assert (m.num_classes, m.num_mask_coeffs) == (2, 32)
+    with pytest.raises(ModelError, match="3 classes"):
+        SegmentationModel(tiny_model(symbolic_width=True, nc=3), CPU_CFG, NAMES)
+
+
 def test_model_without_embedding_and_other_names(tiny_model):
     m = SegmentationModel(tiny_model(embedding=False, names=("dets", "protos", "e")), CPU_CFG, NAMES)
     assert not m.has_embedding
@@ -113,3 +120,8 @@ def test_to_input():
     assert SegmentationModel.to_input(img[0]).shape == (1, 3, 4, 5)
     with pytest.raises(ValueError):
         SegmentationModel.to_input(np.zeros((4, 5), np.uint8))
+
+
+def test_class_names_none_accepts_any_count(tiny_model):
+    m = SegmentationModel(tiny_model(nc=3), CPU_CFG, None)
+    assert m.num_classes == 3 and m.class_names == ("class0", "class1", "class2")
