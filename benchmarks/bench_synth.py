@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import tempfile
 import time
+from pathlib import Path
 
 
 def main() -> None:
@@ -41,14 +43,24 @@ def main() -> None:
     n_val = args.n // 3
     n_unlabeled = args.n - n_train - n_val
     workers = args.workers or os.cpu_count() or 1
+    def cpu_seconds() -> float:
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+    load = os.getloadavg()[0]
+    cpu0 = cpu_seconds()
     with tempfile.TemporaryDirectory(prefix="bench_synth_") as tmp:
         summary = generate_dataset(tmp, n_train, n_val, n_unlabeled, seed=args.seed, width=args.width,
                                    height=args.height, workers=workers, progress=False)
-        size_mb = sum(p.stat().st_size for p in __import__("pathlib").Path(tmp).rglob("*") if p.is_file()) / 1e6
+        size_mb = sum(p.stat().st_size for p in Path(tmp).rglob("*") if p.is_file()) / 1e6
+    cpu = cpu_seconds() - cpu0
     secs = summary["seconds"]
     per = summary["instances_per_image"]
     print(f"generate_dataset: {args.n} images {args.width}x{args.height}, {workers} workers: {secs:.1f} s, "
           f"{args.n / secs:.2f} images/s, {secs * workers / args.n:.2f} s per image per worker")
+    print(f"CPU time (all processes): {cpu:.1f} s = {cpu / args.n:.2f} CPU-s per image "
+          f"(wall time also depends on other load: 1-min load average was {load:.1f} at start)")
     print(f"instances per image min/median/max: {per['min']}/{per['median']:g}/{per['max']}; "
           f"{summary['annotations']} annotations; {size_mb:.0f} MB on disk")
 

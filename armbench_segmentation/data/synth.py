@@ -621,11 +621,13 @@ class _Placed:
     mask: np.ndarray  # (h, w) bool, clipped to the tote opening
     matrix: np.ndarray | None  # (2, 3) canvas -> patch affine; None for direct templates
     group: int | None
+    crop: tuple[int, int] = (0, 0)
+    """(row, col) of this patch inside the unclipped warped patch."""
     shared: dict[str, Any] = field(default_factory=dict)
-    """Cache shared by twins (same template, same warp): the warped texture."""
+    """Shared by twins (same template, same warp): unclipped patch ``size`` and cached ``tex``."""
 
     def texture(self) -> np.ndarray:
-        """(h, w, 3) float32 texture in patch coordinates."""
+        """(h, w, 3) uint8 RGB texture in patch coordinates (warped once, shared by twins)."""
         if "tex" not in self.shared:
             canvas = np.clip(self.template.paint(), 0, 255).astype(np.uint8)
             if self.matrix is None:
@@ -635,7 +637,7 @@ class _Placed:
                 tex = cv2.warpAffine(canvas, self.matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
             self.shared["tex"] = tex
         tex = self.shared["tex"]
-        oy, ox = self.shared.get("crop", {}).get(id(self), (0, 0))
+        oy, ox = self.crop
         return tex[oy : oy + self.mask.shape[0], ox : ox + self.mask.shape[1]]
 
 
@@ -846,7 +848,7 @@ def _place_items(rng: np.random.Generator, tote: _Tote, opening: np.ndarray) -> 
             offsets = [(int(round(k * step[0])), int(round(k * step[1]))) for k in range(copies)]
             shift = np.mean(offsets, 0)  # centre the row on the sampled centre
             offsets = [(ox - int(round(shift[0])), oy - int(round(shift[1]))) for ox, oy in offsets]
-        shared: dict[str, Any] = {"size": mask.shape, "crop": {}}
+        shared: dict[str, Any] = {"size": mask.shape}
         for ox, oy in offsets:
             px0, py0 = x0 + ox, y0 + oy
             cx0, cy0 = max(px0, 0), max(py0, 0)
@@ -856,9 +858,7 @@ def _place_items(rng: np.random.Generator, tote: _Tote, opening: np.ndarray) -> 
             m = mask[cy0 - py0 : cy1 - py0, cx0 - px0 : cx1 - px0] & opening[cy0:cy1, cx0:cx1]
             if not m.any():
                 continue
-            item = _Placed(template, cx0, cy0, m, matrix, group if copies > 1 else None, shared)
-            shared["crop"][id(item)] = (cy0 - py0, cx0 - px0)
-            placed.append(item)
+            placed.append(_Placed(template, cx0, cy0, m, matrix, group if copies > 1 else None, (cy0 - py0, cx0 - px0), shared))
     return placed
 
 
@@ -1068,13 +1068,17 @@ def _write_json_atomic(path: Path, payload: Any) -> None:
     os.replace(tmp, path)
 
 
-def is_synthetic_dataset(folder: str | os.PathLike) -> bool:
-    """True when ``folder`` holds a dataset written by ``generate_dataset``."""
-    marker = Path(folder) / MARKER_FILE
+def _read_marker(folder: Path) -> dict | None:
     try:
-        return json.loads(marker.read_text(encoding="utf-8")).get("generator") == GENERATOR_NAME
-    except (OSError, ValueError, AttributeError):
-        return False
+        marker = json.loads((folder / MARKER_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) and marker.get("generator") == GENERATOR_NAME else None
+
+
+def is_synthetic_dataset(folder: str | os.PathLike) -> bool:
+    """True when ``folder`` holds a dataset (possibly interrupted) written by ``generate_dataset``."""
+    return _read_marker(Path(folder)) is not None
 
 
 def generate_dataset(
@@ -1093,10 +1097,16 @@ def generate_dataset(
     ``out_dir/images/<ID>.jpg`` plus COCO ``train.json``, ``val.json`` and ``test.json``
     (the "unlabeled" split, annotated like the real test.json). Image ``i`` (train, then
     val, then test) is rendered from ``SeedSequence(seed).spawn(...)[i]``, so the files are
-    identical for any ``workers``. Existing files are overwritten; stale images of a
-    previous synthetic dataset in the same folder are removed. Returns a summary dict:
-    ``splits`` (images and annotations per split), ``images``, ``annotations``,
-    ``instances_per_image`` (min/median/max), ``seconds``, ``images_per_second``.
+    identical for any ``workers``. Files of the same name are overwritten; images that an
+    earlier run wrote into the same folder and this run does not are removed (a hidden
+    ``.armbench-synth.json`` marker lists them); nothing else is deleted. With
+    ``workers > 1`` images are rendered in "spawn" worker processes: scripts must call
+    this under ``if __name__ == "__main__":``.
+
+    Returns a summary dict: ``out_dir``, ``seed``, ``width``, ``height``, ``workers``,
+    ``splits`` ({split: {"images", "annotations"}} for train/val/test), ``images``,
+    ``annotations``, ``instances_per_image`` (min/median/max, tote included; None when
+    no images), ``seconds``, ``images_per_second``.
     """
     counts = {"train": n_train, "val": n_val, "test": n_unlabeled}
     for name, n in counts.items():
@@ -1116,11 +1126,19 @@ def generate_dataset(
     image_dir = out / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
     ids = image_ids(seed, total)
-    if is_synthetic_dataset(out):
-        keep = {f"{i}.jpg" for i in ids}
-        for old in image_dir.glob("*.jpg"):
-            if old.name not in keep:
-                old.unlink()
+    names = [f"{i}.jpg" for i in ids]
+    # Images an earlier run of this generator wrote here and this run will not rewrite are
+    # removed; files it did not write (listed in its marker) are never touched.
+    previous = _read_marker(out)
+    if previous is not None:
+        keep = set(names)
+        for name in previous.get("files", []):
+            if isinstance(name, str) and name not in keep and Path(name).name == name:
+                (image_dir / name).unlink(missing_ok=True)
+    marker = {"generator": GENERATOR_NAME, "generator_version": GENERATOR_VERSION, "seed": int(seed),
+              "width": width, "height": height, "splits": {k: int(v) for k, v in counts.items()},
+              "complete": False, "files": names}
+    _write_json_atomic(out / MARKER_FILE, marker)
     seeds = np.random.SeedSequence(int(seed)).spawn(total)
     jobs = [(i, seeds[i], ids[i], str(image_dir), width, height) for i in range(total)]
 
@@ -1197,8 +1215,6 @@ def generate_dataset(
         "seconds": round(seconds, 3),
         "images_per_second": round(total / seconds, 3) if seconds > 0 else None,
     }
-    marker = {"generator": GENERATOR_NAME, "generator_version": GENERATOR_VERSION, "seed": int(seed), "width": width, "height": height,
-              "splits": {k: int(v) for k, v in counts.items()}}
-    _write_json_atomic(out / MARKER_FILE, marker)
+    _write_json_atomic(out / MARKER_FILE, {**marker, "complete": True})
     logger.info("synthetic dataset: %d images, %d annotations in %.1f s -> %s", total, ann_id - 1, seconds, out)
     return summary

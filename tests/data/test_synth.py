@@ -360,3 +360,14 @@ def test_cli_rejects_bad_values(tmp_path, flag, value):
     argv = ["--out", str(tmp_path / "x"), "--no-progress", flag, value]
     with pytest.raises(ArmbenchError, match=flag):
         _cli(argv)
+
+
+def test_regenerating_never_deletes_foreign_files(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "REALIMAGE1.jpg").write_bytes(b"not ours")
+    kw = dict(n_val=0, n_unlabeled=0, width=160, height=128, workers=1, progress=False)
+    generate_dataset(tmp_path, n_train=2, seed=1, **kw)
+    assert synth.is_synthetic_dataset(tmp_path)
+    generate_dataset(tmp_path, n_train=1, seed=5, **kw)
+    names = {p.name for p in (tmp_path / "images").iterdir()}
+    assert "REALIMAGE1.jpg" in names and len(names) == 2
