@@ -79,12 +79,12 @@ def format_summary(summary: dict) -> str:
     lines = [
         f"synthetic ARMBench-like dataset written to {summary['out_dir']}",
         f"  seed {summary['seed']}, {summary['width']}x{summary['height']}, {summary['workers']} worker(s)",
-        "  split   images  annotations",
+        f"  {'split':<16} {'images':>6}  {'annotations':>11}",
     ]
     names = {"train": "train", "val": "val", "test": "test (unlabeled)"}
     for split, counts in summary["splits"].items():
         lines.append(f"  {names.get(split, split):<16} {counts['images']:>6}  {counts['annotations']:>11}")
-    lines.append(f"  total   {summary['images']:>6}  {summary['annotations']:>11}")
+    lines.append(f"  {'total':<16} {summary['images']:>6}  {summary['annotations']:>11}")
     if per["min"] is not None:
         lines.append(f"  instances per image (tote included): min {per['min']}, median {per['median']:g}, max {per['max']}")
     ips = summary["images_per_second"]

@@ -194,7 +194,7 @@ def polygons_to_mask(polygons: list[list[float]], height: int, width: int) -> np
     if not polys:
         return np.zeros((height, width), bool)
     rles = mask_utils.frPyObjects(polys, height, width)
-    return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
+    return np.ascontiguousarray(mask_utils.decode(mask_utils.merge(rles)), dtype=bool)  # decode is column-major
 
 
 def _polygon_bbox(polygons: list[list[float]]) -> list[float]:

@@ -44,6 +44,7 @@ def test_object_polygons_rasterize_to_the_label_map(renders):
     for seed, r in renders.items():
         assert r.image.shape == (H, W, 3) and r.image.dtype == np.uint8
         assert r.label_map.shape == (H, W) and r.label_map.dtype == np.int32
+        assert r.image.flags["C_CONTIGUOUS"] and r.label_map.flags["C_CONTIGUOUS"]
         for inst in r.instances:
             if inst.category != "Object":
                 continue
