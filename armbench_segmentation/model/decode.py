@@ -219,9 +219,9 @@ def _nearest_sources(n_out: int, n_src: int) -> np.ndarray:
 def masks_to_original_rle(masks: np.ndarray, letterbox: Letterbox) -> list[dict]:
     """Model-frame masks -> COCO RLEs at original resolution, one instance at a time.
 
-    Same pixels as ``Letterbox.masks_to_original`` (nearest), but only the columns the
-    mask touches are resized, and the run lengths are computed from those columns, so a
-    2448x2048 original never needs a full-size array per instance.
+    Same pixels as ``Letterbox.masks_to_original`` (nearest), but only the mask's bounding
+    box is resized and the run lengths are computed from it, so a 2448x2048 original never
+    needs a full-size array per instance.
 
     Args:
         masks: (N, out_h, out_w) bool.
@@ -242,15 +242,27 @@ def masks_to_original_rle(masks: np.ndarray, letterbox: Letterbox) -> list[dict]
         if cols.size == 0:
             counts = [H * W]
         else:
+            rows = np.flatnonzero(m.any(axis=1))
+            # original columns/rows whose nearest source lies in the mask's bounding box, plus one
+            # zero row above/below so that column-to-column gaps (all zeros) cause no spurious runs
             X0 = int(np.searchsorted(xs, cols[0], side="left"))
             X1 = int(np.searchsorted(xs, cols[-1], side="right"))
-            block = m[:, xs[X0:X1]][ys]  # (H, X1-X0) original columns X0..X1
-            flat = block.T.reshape(-1)  # column-major pixels [a, b) of the full image
-            a, b = X0 * H, X1 * H
-            inner = np.flatnonzero(flat[1:] != flat[:-1]) + 1 + a  # value changes inside [a, b)
-            head = [a] if flat[0] else []  # zeros before a (possibly none: first count 0)
-            tail = [b] if flat[-1] and b < H * W else []
-            bounds = np.concatenate([[0], head, inner, tail, [H * W]]).astype(np.int64)
+            R0 = max(int(np.searchsorted(ys, rows[0], side="left")) - 1, 0)
+            R1 = min(int(np.searchsorted(ys, rows[-1], side="right")) + 1, H)
+            bh = R1 - R0
+            block = m[ys[R0:R1]][:, xs[X0:X1]]  # (bh, X1-X0) original pixels
+            flat = block.T.reshape(-1)  # column-major
+            if not flat.any():  # (downscaled original: no original pixel samples the mask)
+                flat = np.zeros(1, bool)
+            i = np.flatnonzero(flat[1:] != flat[:-1]) + 1  # value changes (flattened block index)
+            # ones never lie in the skipped (all-zero) rows: a run of ones starts at its first
+            # pixel and ends right after its last one; map those pixels to full-image indices
+            j = np.where(flat[i], i, i - 1)
+            pos = (X0 + j // bh) * H + R0 + j % bh + (~flat[i])
+            head = [X0 * H + R0] if flat[0] else []
+            end = (X1 - 1) * H + R1  # one past the block's last pixel
+            tail = [end] if flat[-1] and end < H * W else []
+            bounds = np.concatenate([[0], head, pos, tail, [H * W]]).astype(np.int64)
             counts = np.diff(bounds)
         rle = mask_utils.frPyObjects({"size": [H, W], "counts": [int(c) for c in counts]}, H, W)
         rle["counts"] = rle["counts"].decode("ascii") if isinstance(rle["counts"], bytes) else rle["counts"]

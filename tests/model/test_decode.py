@@ -162,11 +162,16 @@ def test_masks_to_original_rle_matches_full_resize():
     from pycocotools import mask as mask_utils
 
     rng = np.random.default_rng(2)
-    for orig_hw, out in [((683, 816), 64), ((37, 100), 64), ((64, 64), 64)]:
+    for orig_hw, out in [((683, 816), 64), ((37, 100), 64), ((64, 64), 64), ((20, 20), 64), ((100, 7), 64)]:
         lb = Letterbox.compute(orig_hw, out)
-        masks = rng.random((4, out, out)) > 0.7
+        masks = rng.random((12, out, out)) > 0.7
         masks[1] = False
         masks[2] = True
+        for k in range(3, 12):  # small blobs, some touching the top/bottom/left/right edges
+            y0, x0 = rng.integers(-5, out - 2, 2)
+            blob = np.zeros((out, out), bool)
+            blob[max(y0, 0) : y0 + rng.integers(2, 20), max(x0, 0) : x0 + rng.integers(2, 20)] = True
+            masks[k] = blob & (rng.random((out, out)) > 0.3)
         rles = masks_to_original_rle(masks, lb)
         full = lb.masks_to_original(masks)
         for rle, ref in zip(rles, full):
