@@ -138,12 +138,17 @@ def overlaps_from_counts(intersection: np.ndarray, area_a: np.ndarray, area_b: n
 class PackedMasks:
     """Bit-packed masks with their extents, for repeated overlap computations.
 
+    Selecting a subset (``packed[idx]``) does not copy the packed words: the subset keeps
+    the parent's ``words`` and an index into them.
+
     Attributes:
-        words: (N, H, K) uint64, row ``y`` of mask ``i`` packed into ``K = ceil(W / 64)`` words.
+        words: (N0, H, K) uint64, row ``y`` of mask ``i`` packed into ``K = ceil(W / 64)``
+            words (for a subset, the parent's array).
         areas: (N,) int64 pixel counts.
         rows: (N, 2) int64 ``[y_first, y_last + 1)`` of each mask; ``[0, 0)`` when empty.
         cols: (N, 2) int64 ``[k_first, k_last + 1)`` word columns of each mask; ``[0, 0)`` when empty.
         hw: ``(H, W)``.
+        index: (N,) rows of ``words`` holding these masks (None: all of them, in order).
     """
 
     words: np.ndarray
@@ -151,13 +156,20 @@ class PackedMasks:
     rows: np.ndarray
     cols: np.ndarray
     hw: tuple[int, int]
+    index: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return len(self.words)
+        return len(self.areas)
 
     def __getitem__(self, index) -> "PackedMasks":
         index = _as_index(index)
-        return PackedMasks(self.words[index], self.areas[index], self.rows[index], self.cols[index], self.hw)
+        base = np.arange(len(self.words))[index] if self.index is None else self.index[index]
+        return PackedMasks(self.words, self.areas[index], self.rows[index], self.cols[index], self.hw,
+                           np.atleast_1d(base).astype(np.intp))
+
+    def word_rows(self) -> np.ndarray:
+        """(N,) rows of ``words`` holding these masks."""
+        return np.arange(len(self.words), dtype=np.intp) if self.index is None else self.index
 
 
 def _check_masks(masks: np.ndarray, name: str) -> np.ndarray:
@@ -230,6 +242,7 @@ def _packed_intersection(a: PackedMasks, b: PackedMasks) -> np.ndarray:
     words_per_row = kmax - kmin
     wa = a.words[:, :, kmin:kmax] if (kmin, kmax) != (0, a.words.shape[2]) else a.words
     wb = b.words[:, :, kmin:kmax] if (kmin, kmax) != (0, b.words.shape[2]) else b.words
+    ii_words, jj_words = a.word_rows()[ii], b.word_rows()[jj]  # rows of the (shared) word arrays
     # process the candidate pairs in chunks of at most _CHUNK_WORDS gathered words
     row_budget = max(1, _CHUNK_WORDS // words_per_row)
     ends = np.cumsum(nrows)
@@ -244,7 +257,7 @@ def _packed_intersection(a: PackedMasks, b: PackedMasks) -> np.ndarray:
         pair = np.repeat(np.arange(stop_pair - start_pair), lengths)  # (R,)
         offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         row = ya[sel][pair] + (np.arange(len(pair)) - offsets[pair])  # (R,)
-        both = wa[ii[sel][pair], row] & wb[jj[sel][pair], row]  # (R, K')
+        both = wa[ii_words[sel][pair], row] & wb[jj_words[sel][pair], row]  # (R, K')
         per_row = np.bitwise_count(both).sum(axis=1, dtype=np.int64)  # (R,)
         counts[sel] = np.bincount(pair, weights=per_row, minlength=stop_pair - start_pair).astype(np.int64)
         start_pair = stop_pair
@@ -317,8 +330,9 @@ def mask_overlaps(
 def _unpack(masks: np.ndarray | PackedMasks) -> np.ndarray:
     if not isinstance(masks, PackedMasks):
         return masks
-    n, h, k = masks.words.shape
-    bits = np.unpackbits(masks.words.view(np.uint8).reshape(n, h, k * 8), axis=-1)  # (N, H, 64K)
+    words = masks.words[masks.word_rows()]
+    n, h, k = words.shape
+    bits = np.unpackbits(words.view(np.uint8).reshape(n, h, k * 8), axis=-1)  # (N, H, 64K)
     return bits[:, :, : masks.hw[1]].astype(bool)
 
 

@@ -185,7 +185,8 @@ def _class_errors(
     dup_members = np.zeros(p, bool)
     n_groups = n_dups = 0
     if pred_iou is not None and (n_contained > 1).any():
-        share = (contains.T.astype(np.int32) @ contains.astype(np.int32)) > 0  # (P, P)
+        c32 = contains.astype(np.float32)  # BLAS matmul; counts are exact in float32
+        share = (c32.T @ c32) > 0  # (P, P): predictions sharing a GT object
         adjacency = share & (pred_iou >= duplicate_iou)
         np.fill_diagonal(adjacency, False)
         labels = duplicate_groups(adjacency)
@@ -194,9 +195,9 @@ def _class_errors(
         n_groups = int((sizes > 1).sum())
         n_dups = int((sizes[sizes > 1] - 1).sum())
     # parts after collapsing duplicate groups: distinct labels among contained predictions
-    onehot = np.zeros((p, p), np.int32)
-    onehot[np.arange(p), labels] = 1
-    parts = ((contains.astype(np.int32) @ onehot) > 0).sum(axis=1)  # (G,)
+    gi, pj = np.nonzero(contains)  # contained (GT, prediction) pairs
+    distinct = np.unique(gi * p + labels[pj])  # (GT, duplicate group) pairs
+    parts = np.bincount(distinct // p, minlength=g)  # (G,)
 
     over = parts > 1  # (G,)
     over_legacy = n_contained > 1

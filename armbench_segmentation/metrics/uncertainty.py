@@ -12,10 +12,11 @@ Scores (``uncertainty_scores``; higher = more uncertain, entropies in bits so in
   the entropy of the score spread over the mask's share of the box.
 - ``least_confidence``: ``1 - min(score)``.
 - ``margin``: mean of ``1 - |2 * score - 1|`` (1 when a score sits at 0.5, 0 at 0 or 1).
-- ``overlap_margin``: where two or more predictions cover the same pixel, ``1 - (s1 - s2)``
-  with ``s1 >= s2`` the two top scores there, averaged over those contested pixels (on a
-  grid of about 160 px per side); 0.0 when no pixel is contested.
-- ``contested_fraction``: contested pixels / pixels covered by any prediction.
+- ``overlap_margin``: where two or more predictions *of the same class* cover the same
+  pixel, ``1 - (s1 - s2)`` with ``s1 >= s2`` the two top scores there, averaged over those
+  contested pixels (on a grid of about 160 px per side); 0.0 when no pixel is contested.
+- ``contested_fraction``: contested pixels (a pixel contested in two classes counts
+  twice) / pixels covered by any prediction.
 - ``low_conf_count``: detections scoring below ``MetricsConfig.low_confidence``.
 - ``num_detections``.
 
@@ -33,7 +34,6 @@ import math
 import numpy as np
 
 from armbench_segmentation.config import MetricsConfig
-from armbench_segmentation.metrics.overlap import box_iou
 from armbench_segmentation.structures import Instances
 
 __all__ = ["binary_entropy", "uncertainty_scores", "mask_entropy", "overlap_margin", "entropy_map", "hardest_region"]
@@ -87,18 +87,15 @@ def _probability_source(pred: Instances, probs: np.ndarray | None) -> np.ndarray
 
 
 def _box_cells(boxes: np.ndarray, image_hw: tuple[int, int], grid_hw: tuple[int, int]) -> np.ndarray:
-    """(N, h, w) bool: grid cells whose centre lies inside each box (at least one cell)."""
+    """(N, 4) int64 ``x1, y1, x2, y2`` cell ranges of each box on a grid (at least one cell)."""
     h, w = image_hw
     gh, gw = grid_hw
     sy, sx = gh / h, gw / w
-    y1 = np.floor(boxes[:, 1] * sy).astype(np.int64)
-    y2 = np.maximum(np.ceil(boxes[:, 3] * sy).astype(np.int64), y1 + 1)
-    x1 = np.floor(boxes[:, 0] * sx).astype(np.int64)
-    x2 = np.maximum(np.ceil(boxes[:, 2] * sx).astype(np.int64), x1 + 1)
-    ys, xs = np.arange(gh), np.arange(gw)
-    rows = (ys[None, :] >= y1[:, None]) & (ys[None, :] < y2[:, None])  # (N, h)
-    cols = (xs[None, :] >= x1[:, None]) & (xs[None, :] < x2[:, None])  # (N, w)
-    return rows[:, :, None] & cols[:, None, :]
+    y1 = np.clip(np.floor(boxes[:, 1] * sy), 0, gh - 1).astype(np.int64)
+    y2 = np.clip(np.ceil(boxes[:, 3] * sy), y1 + 1, gh).astype(np.int64)
+    x1 = np.clip(np.floor(boxes[:, 0] * sx), 0, gw - 1).astype(np.int64)
+    x2 = np.clip(np.ceil(boxes[:, 2] * sx), x1 + 1, gw).astype(np.int64)
+    return np.stack([x1, y1, x2, y2], axis=1)
 
 
 def mask_entropy(pred: Instances, probs: np.ndarray | None = None) -> float | None:
@@ -109,10 +106,13 @@ def mask_entropy(pred: Instances, probs: np.ndarray | None = None) -> float | No
         return None
     source = _probability_source(pred, probs)
     if source is not None:
-        inbox = _box_cells(pred.boxes, pred.image_size, source.shape[1:])  # (N, h, w)
-        owner = np.nonzero(inbox)[0]  # instance of each in-box cell
-        ent = binary_entropy(source[inbox])  # only the in-box cells
-        per_instance = np.bincount(owner, weights=ent, minlength=n) / np.bincount(owner, minlength=n)
+        cells = _box_cells(pred.boxes, pred.image_size, source.shape[1:])  # (N, 4)
+        # only the in-box cells: one entropy call on the concatenated crops
+        crops = [source[i, y1:y2, x1:x2].ravel() for i, (x1, y1, x2, y2) in enumerate(cells.tolist())]
+        sizes = np.array([len(c) for c in crops])
+        ent = binary_entropy(np.concatenate(crops)).astype(np.float64)
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        per_instance = np.add.reduceat(ent, starts) / sizes  # sizes >= 1 by construction
         return float(per_instance.mean())
     if pred.scores is None:
         raise ValueError("mask entropy needs scores, proto_probs or probs")
@@ -124,31 +124,40 @@ def mask_entropy(pred: Instances, probs: np.ndarray | None = None) -> float | No
 
 
 def overlap_margin(pred: Instances) -> tuple[float, float]:
-    """``(overlap_margin, contested_fraction)``, see the module docstring. (0.0, 0.0)
-    when fewer than two predictions overlap."""
+    """``(overlap_margin, contested_fraction)``, see the module docstring.
+
+    Only predictions of the same class compete for a pixel (an Object lying in a Tote is
+    not a conflict). (0.0, 0.0) when no two same-class predictions share a pixel.
+    """
     n = len(pred)
     if n < 2 or pred.masks is None or pred.scores is None:
         return 0.0, 0.0
-    iou = box_iou(pred.boxes, pred.boxes)
-    np.fill_diagonal(iou, 0.0)
-    touching = iou.any(axis=1)  # only predictions whose boxes meet can share pixels
-    if not touching.any():
-        return 0.0, 0.0
     h, w = pred.image_size
     step = max(1, round(max(h, w) / _GRID))
-    order = np.argsort(-pred.scores.astype(np.float64), kind="mergesort")
-    order = order[touching[order]]
-    cover = pred.masks[order, ::step, ::step]  # (K, h', w') by descending score
-    scores = pred.scores[order].astype(np.float64)
-    count = np.cumsum(cover, axis=0, dtype=np.int32)  # (K, h', w')
-    contested = count[-1] >= 2
-    covered_any = pred.masks[:, ::step, ::step].any(axis=0).sum()
-    if not contested.any():
+    grid = np.ascontiguousarray(pred.masks[:, ::step, ::step]).reshape(n, -1)  # (N, h'w')
+    covered = int(np.count_nonzero(grid.any(axis=0)))
+    uncertainty: list[np.ndarray] = []
+    for c in np.unique(pred.class_ids):
+        members = np.flatnonzero(pred.class_ids == c)
+        if len(members) < 2:
+            continue
+        cells = grid[members]  # (K, h'w')
+        acc = np.uint8 if len(members) < 256 else np.uint16
+        count = np.add.reduce(cells.view(np.uint8) if acc is np.uint8 else cells.astype(acc), axis=0, dtype=acc)
+        contested = np.flatnonzero(count >= 2)  # (C,)
+        if len(contested) == 0:
+            continue
+        order = np.argsort(-pred.scores[members].astype(np.float64), kind="mergesort")
+        scores = pred.scores[members][order].astype(np.float64)
+        sub = cells[order][:, contested]  # (K, C) covers of the contested cells, by descending score
+        first = np.argmax(sub, axis=0)  # (C,) highest-scoring cover
+        sub[first, np.arange(len(contested))] = False
+        second = np.argmax(sub, axis=0)
+        uncertainty.append(1.0 - (scores[first] - scores[second]))
+    if not uncertainty:
         return 0.0, 0.0
-    first = np.argmax(count[:, contested] >= 1, axis=0)  # (C,) highest-scoring cover
-    second = np.argmax(count[:, contested] >= 2, axis=0)
-    margin = scores[first] - scores[second]
-    return float((1.0 - margin).mean()), float(contested.sum() / covered_any)
+    values = np.concatenate(uncertainty)
+    return float(values.mean()), float(len(values) / covered)
 
 
 def uncertainty_scores(
