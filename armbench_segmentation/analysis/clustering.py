@@ -44,7 +44,52 @@ FIELD_PHRASES: dict[str, tuple[str, str]] = {
     "meta_occluded_share": ("heavy occlusion", "little occlusion"),
     "meta_clutter": ("cluttered totes", "tidy totes"),
 }
+FIELD_PHRASES.update({
+    "meta_small_object_share": FIELD_PHRASES["meta_small_share"],
+    "meta_occluded_object_share": FIELD_PHRASES["meta_occluded_share"],
+    "meta_small_object_count": FIELD_PHRASES["meta_small_share"],
+})
 CATEGORY_PHRASES: dict[str, str] = {"meta_tote_color": "{value} tote"}
+
+# Field names as the core writes them (metrics/uncertainty.py, metadata.py). The analysis
+# contract is ``unc_<name>`` / ``meta_<name>``; :func:`with_prefixes` adds those names to a
+# frame that carries the bare ones.
+UNCERTAINTY_FIELDS = ("score_entropy", "mask_entropy", "least_confidence", "margin", "overlap_margin",
+                      "contested_fraction", "low_conf_count")
+METADATA_FIELDS = (
+    "n_annotations", "n_instances", "n_objects", "n_totes", "n_crowd", "object_area_mean", "object_area_std",
+    "object_area_min", "object_area_max", "small_object_count", "small_object_share", "occluded_object_count",
+    "occluded_object_share", "mean_box_overlaps", "max_box_overlaps", "mean_visible_fraction",
+    "min_visible_fraction", "multi_polygon_objects", "tote_area_share", "background_share", "tote_color",
+    "tote_hue", "brightness", "contrast", "sharpness", "colorfulness", "aspect_ratio",
+)
+
+
+def with_prefixes(frame: pd.DataFrame, rename: bool = False) -> pd.DataFrame:
+    """The frame with ``unc_*`` / ``meta_*`` names for bare uncertainty and metadata columns.
+
+    A bare column ``mask_entropy`` (or ``uncertainty_mask_entropy``) is exposed as
+    ``unc_mask_entropy`` unless that name exists; ``n_objects`` as ``meta_n_objects``. With
+    ``rename=False`` the prefixed names are added beside the bare ones (a new frame; the
+    caller's frame is not modified); ``rename=True`` renames instead (no duplicate columns).
+    """
+    mapping: dict[str, str] = {}
+    for name in UNCERTAINTY_FIELDS:
+        target = f"unc_{name}"
+        if target in frame.columns:
+            continue
+        for src in (name, f"uncertainty_{name}"):
+            if src in frame.columns:
+                mapping[src] = target
+                break
+    for name in METADATA_FIELDS:
+        if f"meta_{name}" not in frame.columns and name in frame.columns:
+            mapping[name] = f"meta_{name}"
+    if not mapping:
+        return frame
+    if rename:
+        return frame.rename(columns=mapping)
+    return frame.assign(**{dst: frame[src] for src, dst in mapping.items()})
 
 
 # --------------------------------------------------------------------------------------
@@ -196,7 +241,7 @@ def summarize_clusters(frame: pd.DataFrame, labels: np.ndarray) -> list[ClusterS
     labels = np.asarray(labels)
     if len(labels) != len(frame):
         raise ValueError(f"labels have {len(labels)} entries but the frame has {len(frame)} rows")
-    frame = frame.reset_index(drop=True)
+    frame = with_prefixes(frame.reset_index(drop=True))
     loss = _numeric(frame, "loss")
     over = _numeric(frame, "over_segmented")
     under = _numeric(frame, "under_segmented")

@@ -397,7 +397,9 @@ def write_report(out_dir: str | Path, frame: pd.DataFrame, map_xy: Any, clusters
     xy = np.asarray(getattr(map_xy, "xy", map_xy), dtype=np.float64)
     if xy.shape != (len(frame), 2):
         raise ValueError(f"map_xy must have shape ({len(frame)}, 2) aligned with the frame, got {xy.shape}")
-    frame = frame.reset_index(drop=True).copy()
+    from armbench_segmentation.analysis.clustering import with_prefixes
+
+    frame = with_prefixes(frame.reset_index(drop=True), rename=True).copy()
     if "cluster" not in frame.columns and clusters is not None and len(getattr(clusters, "labels", [])) == len(frame):
         frame["cluster"] = np.asarray(clusters.labels)
     insights = {s.cluster_id: s.insight for s in getattr(clusters, "summaries", None) or []}

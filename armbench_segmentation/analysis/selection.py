@@ -402,7 +402,9 @@ def select_for_labeling(frame: pd.DataFrame, embeddings: Any, budget: int = 50, 
     fn = get_label_strategy(strategy)
     strategy = strategy.strip().lower()
     emb = check_embeddings(embeddings, len(frame))
-    frame = frame.reset_index(drop=True)
+    from armbench_segmentation.analysis.clustering import with_prefixes
+
+    frame = with_prefixes(frame.reset_index(drop=True))  # bare uncertainty names -> unc_*
     params = dict(params or {})
     ctx = _Context(frame, emb, seed, reduce_dims)
     n_cand = len(ctx.candidates)

@@ -81,3 +81,19 @@ def test_errors_name_the_fix():
 def test_empty_frame():
     res = cluster(pd.DataFrame({"split": []}), np.zeros((0, 4)))
     assert res.labels.shape == (0,) and res.summaries == []
+
+
+def test_bare_core_field_names_are_understood():
+    """The pipeline writes uncertainty/metadata fields without prefixes (mask_entropy, n_objects)."""
+    from armbench_segmentation.analysis.clustering import with_prefixes
+
+    frame, emb, planted = _planted()
+    bare = frame.rename(columns={"unc_mask_entropy": "mask_entropy", "meta_n_objects": "n_objects",
+                                 "meta_tote_color": "tote_color"})
+    view = with_prefixes(bare)
+    assert {"unc_mask_entropy", "meta_n_objects", "meta_tote_color", "n_objects"} <= set(view.columns)
+    assert "unc_mask_entropy" not in bare.columns  # caller's frame untouched
+    assert "mask_entropy" not in with_prefixes(bare, rename=True).columns
+    res = cluster(bare, emb, n_clusters=3)
+    s = res.summary(int(np.bincount(res.labels[planted]).argmax()))
+    assert "dense totes" in s.insight and "unc_mask_entropy" in s.mean_uncertainty

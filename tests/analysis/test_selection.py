@@ -239,3 +239,11 @@ def test_gallery_ranks_by_count_then_loss_and_skips_unavailable_images(tmp_path)
     assert sorted(p.name for p in (tmp_path / "galleries" / "over").iterdir()) == ["01_d.jpg", "03_a.jpg"]
     with pytest.raises(ValueError, match="gallery kind"):
         worst_samples(frame, "sideways")
+
+
+def test_bare_uncertainty_names_from_the_core_work():
+    frame, emb = _frame()
+    bare = frame.rename(columns={c: c[4:] for c in frame.columns if c.startswith("unc_")})
+    a = select_for_labeling(bare, emb, budget=4, strategy="entropy")
+    b = select_for_labeling(frame, emb, budget=4, strategy="entropy")
+    assert a.sample_ids == b.sample_ids and "mask entropy" in a.picks["reason"].iloc[0]
