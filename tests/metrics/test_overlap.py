@@ -108,6 +108,20 @@ def test_packed_reuse_and_non_bool_input():
     np.testing.assert_array_equal(ov.intersection, [[1000, 200], [200, 1050]])
 
 
+def test_packed_subsets_share_words_and_agree():
+    rng = np.random.default_rng(5)
+    a = rng.random((6, 9, 150)) < 0.3
+    b = rng.random((4, 9, 150)) < 0.3
+    pa, pb = pack_masks(a), pack_masks(b)
+    ia, ib = np.array([4, 0, 4]), np.array([True, False, True, True])
+    sub_a, sub_b = pa[ia], pb[ib][np.array([2, 0])]
+    assert sub_a.words is pa.words  # no copy of the packed pixels
+    np.testing.assert_array_equal(mask_overlaps(sub_a, sub_b).intersection, brute_force(a[ia], b[ib][[2, 0]])[0])
+    np.testing.assert_array_equal(mask_overlaps(sub_a, b[ib][[2, 0]], method="matmul").intersection,
+                                  brute_force(a[ia], b[ib][[2, 0]])[0])
+    assert len(pa[np.zeros(6, bool)]) == 0
+
+
 def test_packed_chunking_matches(monkeypatch):
     import armbench_segmentation.metrics.overlap as overlap
 

@@ -65,6 +65,13 @@ def test_no_overlap_means_zero_overlap_margin():
     assert out["overlap_margin"] == 0.0 and out["contested_fraction"] == 0.0
 
 
+def test_objects_inside_a_tote_are_not_a_conflict():
+    p = preds([(0, 0, 64, 64), (10, 10, 20, 20), (30, 30, 40, 40)], [0.9, 0.8, 0.7])
+    p = Instances(p.boxes, [1, 0, 0], p.image_size, masks=p.masks, scores=p.scores)  # a Tote and two Objects
+    out = uncertainty_scores(p)
+    assert out["overlap_margin"] == 0.0 and out["contested_fraction"] == 0.0
+
+
 def test_mask_entropy_from_proto_probs_inside_boxes():
     pp = np.zeros((2, 16, 16), np.float32)  # 1/4 of the 64 px frame
     pp[0, 0:5, 0:5] = 0.5  # box 0..20 px -> cells 0..5: all at maximum entropy
