@@ -481,7 +481,7 @@ function render(){
   const metric = colorSel.value; const vals = metric ? D.metrics[metric] : null;
   const [cmin, cmax] = vals ? range(vals) : [0, 1];
   const loss = D.metrics.loss; const [lmin, lmax] = loss ? range(loss) : [0, 1];
-  const idx = visible(); const traces = []; let scale = true;
+  const idx = visible(); const traces = []; const under = []; let scale = true;  // gray (no value) drawn first, below
   const gl = N > 5000;
   D.splits.forEach((name, s) => {
     const inSplit = idx.filter(i => D.split[i] === s);
@@ -495,7 +495,7 @@ function render(){
         showscale: scale, colorbar: {title: {text: metric}, len: 0.8}});
       else marker.color = '#b0b0b0';
       if (withColor) scale = false;
-      traces.push({type: gl ? 'scattergl' : 'scatter', mode: 'markers', name: label, x: ids.map(i => D.x[i]),
+      (withColor ? traces : under).push({type: gl ? 'scattergl' : 'scatter', mode: 'markers', name: label, x: ids.map(i => D.x[i]),
         y: ids.map(i => D.y[i]), customdata: ids, marker: marker,
         hovertemplate: '%{text}<extra></extra>', text: ids.map(i => D.ids[i] + (vals ? '<br>' + metric + ': ' + fmt(vals[i]) : ''))});
     };
@@ -503,7 +503,7 @@ function render(){
     mk(gray, false, name + ' (no ' + metric + ')');
   });
   countEl.textContent = idx.length + ' of ' + N + ' samples shown';
-  Plotly.react('map', traces, {margin: {l: 40, r: 10, t: 10, b: 40}, legend: {orientation: 'h', y: -0.08},
+  Plotly.react('map', under.concat(traces), {margin: {l: 40, r: 10, t: 10, b: 40}, legend: {orientation: 'h', y: -0.08},
     xaxis: {title: {text: 'map x'}, zeroline: false}, yaxis: {title: {text: 'map y'}, zeroline: false},
     hovermode: 'closest', uirevision: 'keep'}, {responsive: true, displaylogo: false});
 }
