@@ -197,12 +197,9 @@ class SampleViews:
         self.samples: dict[str, Any] = {}
         for s in samples:  # sample ids are unique per split; ARMBench splits are disjoint
             self.samples.setdefault(s.sample_id, s)
-        self._predictions: dict[str, dict[str, list[dict]]] = {}
 
     def _stored_predictions(self, sample: Any) -> list[dict]:
-        if sample.split not in self._predictions:
-            self._predictions[sample.split] = {sid: p for sid, _i, _f, p in self.store.predictions(sample.split)}
-        return self._predictions[sample.split].get(sample.sample_id, [])
+        return self.store.sample_predictions(sample.split, sample.sample_id) or []
 
     def _model_frame_predictions(self, sample: Any, letterbox: Any) -> Any:
         from pycocotools import mask as mask_utils

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import pandas as pd
 
@@ -83,37 +83,36 @@ def class_to_category_ids(dataset: Any, split: str, class_names: Sequence[str]) 
 
 
 def coco_results(records: Iterable[tuple[str, int | None, str | None, list[dict]]], class_to_cat: dict[int, int],
-                 sample_ids: set[str] | None = None) -> list[dict]:
-    """Store predictions -> COCO results entries (see module docstring).
+                 sample_ids: set[str] | None = None, counts: dict[str, int] | None = None) -> Iterator[dict]:
+    """Store predictions -> COCO results entries (see module docstring), one at a time.
 
-    Predictions of a class without a category in the split file are left out, with a
-    warning giving the count.
+    Predictions of a class without a category in the split file are left out and counted
+    in ``counts["dropped"]`` (the caller warns with the count).
     """
-    out: list[dict] = []
-    dropped = 0
+    counts = counts if counts is not None else {}
+    counts.setdefault("dropped", 0)
+    counts.setdefault("written", 0)
     for sample_id, image_id, _file_name, preds in records:
         if sample_ids is not None and sample_id not in sample_ids:
             continue
         for p in preds:
             cat = class_to_cat.get(int(p["class_index"]))
             if cat is None:
-                dropped += 1
+                counts["dropped"] += 1
                 continue
             entry = {"image_id": int(image_id), "category_id": cat, "bbox": [float(v) for v in p["bbox"]],
                      "score": float(p["score"]) if p.get("score") is not None else 1.0}
             if "segmentation" in p:
                 entry["segmentation"] = p["segmentation"]
-            out.append(entry)
-    if dropped:
-        logger.warning("COCO export: %d predictions of classes without a category in the split file were left out",
-                       dropped)
-    return out
+            counts["written"] += 1
+            yield entry
 
 
 def write_coco_predictions(store: Any, dataset: Any, out_dir: Path, class_names: Sequence[str],
                            splits: Sequence[str] = ("train", "val", "unlabeled"),
                            frame: pd.DataFrame | None = None) -> dict[str, Path]:
-    """``predictions_<split>.json`` per split (COCO results, original resolution).
+    """``predictions_<split>.json`` per split (COCO results, original resolution), streamed
+    from the store to the file (memory stays flat for any number of images).
 
     Args:
         frame: when given, only its samples are exported (the current selection).
@@ -128,9 +127,19 @@ def write_coco_predictions(store: Any, dataset: Any, out_dir: Path, class_names:
         ids = None
         if frame is not None:
             ids = set(frame.loc[frame["split"] == split, "sample_id"].astype(str))
-        results = coco_results(store.predictions(split), class_to_category_ids(dataset, split, class_names), ids)
+        counts: dict[str, int] = {}
+        entries = coco_results(store.predictions(split), class_to_category_ids(dataset, split, class_names), ids, counts)
         path = out_dir / f"predictions_{split}.json"
-        _atomic_write_text(path, json.dumps(results))
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w") as f:
+            f.write("[")
+            for i, entry in enumerate(entries):
+                f.write(("," if i else "") + json.dumps(entry, separators=(",", ":")))
+            f.write("]")
+        tmp.replace(path)
+        if counts["dropped"]:
+            logger.warning("COCO export %s: %d predictions of classes without a category in %s were left out",
+                           split, counts["dropped"], dataset.split_path(split).name)
         paths[split] = path
     return paths
 

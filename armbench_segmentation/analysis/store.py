@@ -412,14 +412,29 @@ class ResultsStore:
             out[i] = found[k]
         return out
 
-    def predictions(self, split: str) -> Iterator[tuple[str, int | None, str | None, list[dict]]]:
+    def predictions(self, split: str, chunk: int = 256) -> Iterator[tuple[str, int | None, str | None, list[dict]]]:
         """Yield (sample_id, image_id, file_name, predictions) for finished samples of a split,
-        in sample order. Predictions are at original resolution (see pipeline.compact_predictions)."""
-        rows = self._query(
-            "SELECT split, sample_id, seq, image_id, file_name, predictions FROM samples "
-            "WHERE run_key=? AND split=? AND status='ok'", (self._require_run(), split))
-        for _split, sid, _seq, image_id, file_name, blob in self._ordered(rows, None):
-            yield sid, image_id, file_name, ([] if blob is None else json.loads(zlib.decompress(blob)))
+        in sample order, streaming (``chunk`` rows in memory at a time). Predictions are at
+        original resolution (see ``pipeline.compact_predictions``)."""
+        with self._lock:
+            cur = self._conn.execute(
+                "SELECT sample_id, image_id, file_name, predictions FROM samples "
+                "WHERE run_key=? AND split=? AND status='ok' ORDER BY seq, sample_id", (self._require_run(), split))
+        while True:
+            with self._lock:
+                rows = cur.fetchmany(chunk)
+            if not rows:
+                return
+            for sid, image_id, file_name, blob in rows:
+                yield sid, image_id, file_name, ([] if blob is None else json.loads(zlib.decompress(blob)))
+
+    def sample_predictions(self, split: str, sample_id: str) -> list[dict] | None:
+        """One finished sample's stored predictions (None when it is not finished)."""
+        rows = self._query("SELECT predictions FROM samples WHERE run_key=? AND split=? AND sample_id=? "
+                           "AND status='ok'", (self._require_run(), split, sample_id))
+        if not rows:
+            return None
+        return [] if rows[0][0] is None else json.loads(zlib.decompress(rows[0][0]))
 
     def errors(self):
         """DataFrame (split, sample_id, file_name, error) of samples that failed in the current run."""

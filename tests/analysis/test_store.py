@@ -52,6 +52,9 @@ def test_round_trip_frame_embeddings_predictions(store):
     assert [p[0] for p in preds] == ["a", "b"] and preds[0][3][0]["score"] == 0.9
     with pytest.raises(KeyError, match="nope"):
         store.embeddings([("val", "nope")])
+    assert store.sample_predictions("val", "b")[0]["bbox"] == [1, 2, 3, 4]
+    assert store.sample_predictions("val", "nope") is None
+    assert len(list(store.predictions("val", chunk=1))) == 2  # streamed in chunks
 
 
 def test_frame_restricted_to_keys(store):
