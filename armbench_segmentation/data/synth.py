@@ -551,7 +551,7 @@ def _template_thin(rng: np.random.Generator, size: float) -> _Template:
     tex_seed = int(rng.integers(2**62))
     if rng.random() < 0.5:  # cable: a curved thick line drawn directly in image orientation
         length = size * rng.uniform(0.35, 0.7)
-        thick = max(2, int(round(size * rng.uniform(0.012, 0.025))))
+        thick = max(2, int(round(size * rng.uniform(0.007, 0.025))))
         ang = rng.uniform(0, np.pi)
         p0 = np.array([0.0, 0.0])
         p2 = np.array([np.cos(ang), np.sin(ang)]) * length
