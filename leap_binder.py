@@ -1,0 +1,745 @@
+"""Tensorleap integration of the ARMBench YOLOv5s-seg model (code-loader 1.0.214, decorator API).
+
+An adapter only: every registered function calls ``armbench_segmentation`` core functions and
+converts types (batch axes, float16 -> float32, Instances <-> fixed-size arrays, Leap classes).
+No analysis logic lives here.
+
+Data contract (what the platform stores per sample)
+---------------------------------------------------
+``image`` input: (3, S, S) float32 RGB in [0, 1], letterboxed to S = ``data.image_size`` (640)
+    with YOLOv5's gray padding. ``channel_dim=1``: the channel axis of the *batched* tensor
+    (N, 3, S, S), i.e. axis 0 of the array the encoder returns.
+``gt_boxes``: (K, 6) float32, one row per ground-truth instance
+    ``[x1, y1, x2, y2, class, valid]`` in model-input pixels (xyxy), ``class`` the model
+    class index (order of ``data.class_names``: Object=0, Tote=1), ``valid`` 1.0 for a real
+    instance. Rows ``n..K-1`` are padding, all zeros; the number of real instances is
+    ``gt_boxes[:, 5].sum()``. K = ``data.max_instances`` or, when that is null, the largest
+    number of instances of any image of the configured train/val samples (so nothing is
+    cut; an explicit smaller cap is applied by the loader with a warning giving the counts).
+``gt_masks``: (K, S/4, S/4) float32 0/1, row i = mask of instance i at the prototype
+    resolution, sampled at model-input pixels (4r, 4c): exactly the pixels YOLOv5's
+    segmentation loss reads (``F.interpolate(mode="nearest")``), so the loss is unchanged by
+    the reduction (a full-resolution stack would be 16x larger).
+Unlabeled samples: both GT encoders return an empty float32 array; GT-based metrics then
+    give None (the loss NaN) for that sample. The platform skips them anyway.
+Predictions: ``detections`` = ``output0`` (A, 5 + nc + 32), channel last; ``prototypes`` =
+    ``output1`` (32, S/4, S/4), channel first; ``embedding`` (512,), the backbone's pooled
+    SPPF output (``tools/export_onnx.py``), also registered as the custom latent space.
+
+Metric frame: GT masks exist at S/4 only, so GT-vs-prediction metrics (over/under
+segmentation, matching, AP, confusion matrix) compare them with the decoded prediction masks
+sampled at the same pixels (4r, 4c); both are in one (S/4, S/4) frame, relative thresholds
+(small-area fraction) are unchanged. The YOLOv5-seg loss runs in the model frame with the
+GT masks repeated back to S (identical at the pixels it reads).
+
+Float16: the platform stores tensors as float16 and so does the local check when it calls a
+metric or loss; every function casts back to float32 before decoding. Decoding float16
+detections shifts boxes by at most ~0.25 px and scores by < 5e-4 (see ``leap_test.py``).
+
+Configuration: ``armbench_segmentation.config.load_settings`` (defaults < user file <
+environment < flags). A ``leap_config.yaml`` next to this file, when present, is used as the
+user file (the way to set ``data.path`` for the platform, where no environment is set);
+``ARMBENCH_CONFIG``, ``ARMBENCH_DATASET`` and ``ARMBENCH_MODEL`` still take precedence.
+"""
+
+import os
+
+os.environ.setdefault("TL_DISABLE_ANALYTICS", "1")  # before any code_loader import: no telemetry by default
+
+import dataclasses  # noqa: E402
+import functools  # noqa: E402
+import hashlib  # noqa: E402
+import logging  # noqa: E402
+import math  # noqa: E402
+from collections import OrderedDict  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Callable, Dict, List, Optional  # noqa: E402
+
+import numpy as np  # noqa: E402
+from code_loader.contract.datasetclasses import (  # noqa: E402
+    ConfusionMatrixElement,
+    PredictionTypeHandler,
+    PreprocessResponse,
+)
+from code_loader.contract.enums import (  # noqa: E402
+    ConfusionMatrixValue,
+    DatasetMetadataType,
+    DataStateType,
+    LeapDataType,
+    MetricDirection,
+)
+from code_loader.contract.responsedataclasses import BoundingBox  # noqa: E402
+from code_loader.contract.visualizer_classes import (  # noqa: E402
+    LeapImage,
+    LeapImageMask,
+    LeapImageWithBBox,
+    LeapImageWithHeatmap,
+)
+from code_loader.inner_leap_binder.leapbinder_decorators import (  # noqa: E402
+    tensorleap_custom_latent_space,
+    tensorleap_custom_loss,
+    tensorleap_custom_metric,
+    tensorleap_custom_visualizer,
+    tensorleap_gt_encoder,
+    tensorleap_input_encoder,
+    tensorleap_integration_test,
+    tensorleap_load_model,
+    tensorleap_metadata,
+    tensorleap_preprocess,
+    tensorleap_unlabeled_preprocess,
+)
+
+from armbench_segmentation.config import Settings, load_settings  # noqa: E402
+from armbench_segmentation.data.coco import ArmbenchDataset, LoadedSample, Sample  # noqa: E402
+from armbench_segmentation.errors import DatasetError, ModelError  # noqa: E402
+from armbench_segmentation.metadata import sample_metadata  # noqa: E402
+from armbench_segmentation.metrics.loss import yolov5_seg_loss  # noqa: E402
+from armbench_segmentation.metrics.matching import confusion_elements, match, sample_ap  # noqa: E402
+from armbench_segmentation.metrics.overlap import Overlaps, mask_overlaps  # noqa: E402
+from armbench_segmentation.metrics.segmentation import segmentation_errors  # noqa: E402
+from armbench_segmentation.metrics.uncertainty import entropy_map, uncertainty_scores  # noqa: E402
+from armbench_segmentation.model.decode import decode  # noqa: E402
+from armbench_segmentation.model.onnx_model import SegmentationModel  # noqa: E402
+from armbench_segmentation.structures import Instances  # noqa: E402
+from armbench_segmentation.visualize import draw_comparison  # noqa: E402
+
+log = logging.getLogger("leap_binder")
+
+ROOT = Path(__file__).resolve().parent
+LEAP_CONFIG = ROOT / "leap_config.yaml"
+
+LABELED_SPLITS = {"train": DataStateType.training, "val": DataStateType.validation}
+UNLABELED_SPLIT = "unlabeled"
+PROTO_STRIDE = 4  # YOLOv5-seg prototypes are at 1/4 of the input
+NUM_MASK_COEFFS = 32  # YOLOv5-seg export contract
+EMBEDDING_DIM = 512  # tools/export_onnx.py: pooled SPPF output of yolov5s-seg
+GT_BOX_COLUMNS = ("x1", "y1", "x2", "y2", "class", "valid")
+MAX_MASK_LABELS = 255  # LeapImageMask is uint8: value i + 1 is instance i
+
+# sample_metadata fields -> platform type (needed where a value can be None). Identity
+# strings (sample_id, file_name) are not sent: the sample id already is the file stem.
+METADATA_SKIP = ("sample_id", "file_name")
+_F, _I, _S, _B = DatasetMetadataType.float, DatasetMetadataType.int, DatasetMetadataType.string, DatasetMetadataType.boolean
+METADATA_TYPES: Dict[str, DatasetMetadataType] = {
+    "split": _S, "orig_width": _I, "orig_height": _I, "aspect_ratio": _F, "labeled": _B,
+    "brightness": _F, "contrast": _F, "sharpness": _F, "colorfulness": _F,
+    "n_annotations": _I, "n_instances": _I, "n_objects": _I, "n_totes": _I, "n_crowd": _I,
+    "dropped_annotations": _I, "object_area_mean": _F, "object_area_std": _F, "object_area_min": _F,
+    "object_area_max": _F, "small_object_count": _I, "small_object_share": _F,
+    "occluded_object_count": _I, "occluded_object_share": _F, "mean_box_overlaps": _F,
+    "max_box_overlaps": _I, "mean_visible_fraction": _F, "min_visible_fraction": _F,
+    "multi_polygon_objects": _I, "tote_area_share": _F, "background_share": _F,
+    "annotation_problems": _I, "tote_color_source": _S, "tote_color": _S, "tote_hue": _F,
+}
+
+# segmentation_errors(...).as_dict() keys that are not error measures
+SEGMENTATION_SKIP = ("num_gt", "num_pred")
+MATCHING_DIRECTIONS = {
+    "tp": MetricDirection.Upward, "fp": MetricDirection.Downward, "fn": MetricDirection.Downward,
+    "precision": MetricDirection.Upward, "recall": MetricDirection.Upward, "f1": MetricDirection.Upward,
+    "mean_iou": MetricDirection.Upward, "ap": MetricDirection.Upward,
+}
+LOSS_COMPONENTS = ("box", "obj", "cls", "mask")
+
+
+# ============================================================================ settings, data
+@functools.lru_cache(maxsize=None)
+def _settings() -> Settings:
+    """Settings, read once per process (``leap_config.yaml`` as the user file when present)."""
+    config = LEAP_CONFIG if LEAP_CONFIG.is_file() and not os.environ.get("ARMBENCH_CONFIG") else None
+    return load_settings(config)
+
+
+def _class_names() -> List[str]:
+    return list(_settings().data.class_names)
+
+
+def _count_instances(dataset: ArmbenchDataset) -> int:
+    """Largest number of annotations of a configured class on one image of the selected
+    train/val samples (an upper bound of the loader's instance count)."""
+    most = 0
+    for split in LABELED_SPLITS:
+        categories = dataset.category_map(split)
+        for sample in dataset.samples(split):
+            n = sum(1 for ann in dataset.annotations(sample) if ann.get("category_id") in categories)
+            most = max(most, n)
+    return most
+
+
+@functools.lru_cache(maxsize=None)
+def _dataset() -> ArmbenchDataset:
+    """The dataset with ``max_instances`` fixed: the configured cap, or the data's maximum."""
+    data = _settings().data
+    dataset = ArmbenchDataset(data.path, data)
+    if data.max_instances is None:
+        k = max(1, _count_instances(dataset))
+        dataset = ArmbenchDataset(data.path, dataclasses.replace(data, max_instances=k))
+        log.info("GT encoders padded to %d instances (the most on one train/val image)", k)
+    return dataset
+
+
+def max_instances() -> int:
+    """K, the fixed number of rows of the GT encoders."""
+    return int(_dataset().config.max_instances)
+
+
+@functools.lru_cache(maxsize=None)
+def _samples_by_id(split: str) -> Dict[str, Sample]:
+    return {s.sample_id: s for s in _dataset().samples(split)}
+
+
+def _sample(sample_id: str, preprocess: PreprocessResponse) -> Sample:
+    split = preprocess.data["split"]
+    try:
+        return _samples_by_id(split)[sample_id]
+    except KeyError:
+        raise KeyError(f"sample id {sample_id!r} is not in the {split!r} split of {_dataset().root}") from None
+
+
+@functools.lru_cache(maxsize=8)
+def _load(split: str, sample_id: str) -> LoadedSample:
+    """Decode + letterbox + model-frame GT, shared by the encoders and metadata of a sample."""
+    return _dataset().load(_samples_by_id(split)[sample_id])
+
+
+def _loaded(sample_id: str, preprocess: PreprocessResponse) -> LoadedSample:
+    sample = _sample(sample_id, preprocess)
+    return _load(sample.split, sample.sample_id)
+
+
+def _response(split: str, state: DataStateType) -> PreprocessResponse:
+    ids = [s.sample_id for s in _dataset().samples(split)]
+    if not ids:
+        raise DatasetError(f"split {split!r} of {_dataset().root} has no images; check data.{split}_size "
+                           f"and the split's COCO file")
+    return PreprocessResponse(sample_ids=ids, data={"split": split}, state=state, sample_id_type=str)
+
+
+# ============================================================================ conversions
+def _f32(array: Any) -> np.ndarray:
+    """Platform tensors arrive as float16: back to float32 (copy only when needed)."""
+    return np.asarray(array, dtype=np.float32)
+
+
+def _unbatch(array: Any, ndim: int) -> np.ndarray:
+    """Visualizer input -> one sample: drop the leading batch axis of 1 when present."""
+    array = np.asarray(array)
+    if array.ndim == ndim + 1 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != ndim:
+        raise ValueError(f"expected a {ndim}-D sample (or a batch of 1), got shape {array.shape}")
+    return array
+
+
+def _digest(*arrays: np.ndarray) -> bytes:
+    h = hashlib.blake2b(digest_size=16)
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.view(np.uint8).reshape(-1) if a.size else b"")
+    return h.digest()
+
+
+class _Memo:
+    """A few recent per-sample results, keyed by a digest of the input arrays: the metrics,
+    loss and visualizers of one sample decode its outputs once."""
+
+    def __init__(self, size: int = 8):
+        self._items: "OrderedDict[bytes, Any]" = OrderedDict()
+        self._size = size
+
+    def get(self, key: bytes, make: Callable[[], Any]) -> Any:
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        value = make()
+        self._items[key] = value
+        if len(self._items) > self._size:
+            self._items.popitem(last=False)
+        return value
+
+
+_memo = _Memo()
+
+
+def encode_gt_boxes(gt: Instances, k: int) -> np.ndarray:
+    """Instances -> (K, 6) float32 ``[x1, y1, x2, y2, class, valid]``, zero rows as padding."""
+    out = np.zeros((k, len(GT_BOX_COLUMNS)), np.float32)
+    n = min(len(gt), k)
+    out[:n, :4] = gt.boxes[:n]
+    out[:n, 4] = gt.class_ids[:n]
+    out[:n, 5] = 1.0
+    return out
+
+
+def encode_gt_masks(gt: Instances, k: int, stride: int = PROTO_STRIDE) -> np.ndarray:
+    """Instances (N, S, S) masks -> (K, S/stride, S/stride) float32 0/1 sampled at (stride*r, stride*c)."""
+    h, w = gt.image_size
+    out = np.zeros((k, h // stride, w // stride), np.float32)
+    n = min(len(gt), k)
+    if n:
+        out[:n] = gt.masks[:n, ::stride, ::stride][:, : h // stride, : w // stride]
+    return out
+
+
+def decode_gt(boxes: np.ndarray, masks: np.ndarray, input_hw: tuple) -> Optional[Instances]:
+    """One sample's GT encodings -> Instances in the reduced (mask) frame, or None (unlabeled).
+
+    Boxes are scaled to that frame; ``ids`` are the row numbers of the encoding.
+    """
+    boxes, masks = _f32(boxes), _f32(masks)
+    if boxes.size == 0:
+        return None
+    if boxes.ndim != 2 or boxes.shape[1] != len(GT_BOX_COLUMNS) or masks.ndim != 3 or len(masks) != len(boxes):
+        raise ValueError(f"expected gt_boxes (K, 6) and gt_masks (K, h, w), got {boxes.shape} and {masks.shape}")
+    valid = np.flatnonzero(boxes[:, 5] > 0.5)
+    h, w = masks.shape[1:]
+    scale = np.array([w / input_hw[1], h / input_hw[0]] * 2, np.float32)
+    return Instances(boxes=boxes[valid, :4] * scale, class_ids=np.rint(boxes[valid, 4]).astype(np.int64),
+                     image_size=(h, w), masks=masks[valid] > 0.5, ids=valid)
+
+
+def to_model_frame(gt_small: Instances, input_hw: tuple) -> Instances:
+    """Reduced-frame GT -> model frame: boxes scaled back, masks repeated (nearest)."""
+    h, w = gt_small.image_size
+    sy, sx = input_hw[0] // h, input_hw[1] // w
+    scale = np.array([sx, sy, sx, sy], np.float32)
+    masks = gt_small.masks.repeat(sy, axis=1).repeat(sx, axis=2)
+    return Instances(boxes=gt_small.boxes * scale, class_ids=gt_small.class_ids, image_size=tuple(input_hw),
+                     masks=masks, ids=gt_small.ids)
+
+
+def to_reduced_frame(pred: Instances, hw: tuple) -> Instances:
+    """Model-frame predictions -> the (h, w) mask frame, masks sampled at the GT's pixels."""
+    H, W = pred.image_size
+    sy, sx = H // hw[0], W // hw[1]
+    scale = np.array([1 / sx, 1 / sy, 1 / sx, 1 / sy], np.float32)
+    return Instances(boxes=pred.boxes * scale, class_ids=pred.class_ids, image_size=tuple(hw),
+                     masks=pred.masks[:, ::sy, ::sx][:, : hw[0], : hw[1]], scores=pred.scores, ids=pred.ids)
+
+
+def _input_hw(prototypes: np.ndarray) -> tuple:
+    size = int(_settings().data.image_size)
+    h, w = prototypes.shape[-2:]
+    if h * PROTO_STRIDE != size or w * PROTO_STRIDE != size:
+        raise ValueError(f"prototypes are {h}x{w} but data.image_size is {size} (expected {size // PROTO_STRIDE}x"
+                         f"{size // PROTO_STRIDE}): run the model on the letterboxed {size}x{size} input")
+    return size, size
+
+
+@dataclasses.dataclass(frozen=True)
+class _Evaluation:
+    """One sample: decoded predictions (model frame) and, when labeled, both sides in the
+    reduced frame with their overlaps."""
+
+    pred: Instances
+    gt: Optional[Instances] = None
+    pred_small: Optional[Instances] = None
+    overlaps: Optional[Overlaps] = None
+
+
+def _predictions(detections: np.ndarray, prototypes: np.ndarray) -> Instances:
+    def make() -> Instances:
+        return decode(_f32(detections), _f32(prototypes), _input_hw(prototypes), _settings().model)
+
+    return _memo.get(b"pred" + _digest(detections, prototypes), make)
+
+
+def _evaluate(detections: np.ndarray, prototypes: np.ndarray, boxes: np.ndarray, masks: np.ndarray) -> _Evaluation:
+    """One sample (no batch axis)."""
+
+    def make() -> _Evaluation:
+        pred = _predictions(detections, prototypes)
+        gt = decode_gt(boxes, masks, _input_hw(prototypes))
+        if gt is None:
+            return _Evaluation(pred)
+        pred_small = to_reduced_frame(pred, gt.image_size)
+        return _Evaluation(pred, gt, pred_small, mask_overlaps(gt.masks, pred_small.masks))
+
+    return _memo.get(b"eval" + _digest(detections, prototypes, boxes, masks), make)
+
+
+def _losses(detections: np.ndarray, prototypes: np.ndarray, boxes: np.ndarray, masks: np.ndarray) -> Optional[dict]:
+    def make() -> Optional[dict]:
+        hw = _input_hw(prototypes)
+        gt = decode_gt(boxes, masks, hw)
+        if gt is None:
+            return None
+        return yolov5_seg_loss(_f32(detections), _f32(prototypes), to_model_frame(gt, hw), hw)
+
+    return _memo.get(b"loss" + _digest(detections, prototypes, boxes, masks), make)
+
+
+def _per_sample(fn: Callable[..., Any], *batched: np.ndarray) -> List[Any]:
+    """Apply ``fn`` to each sample of batched arrays (leading axis = batch)."""
+    n = len(batched[0])
+    for a in batched:
+        if len(a) != n:
+            raise ValueError(f"batched inputs disagree on the batch size: {[len(b) for b in batched]}")
+    return [fn(*(a[i] for a in batched)) for i in range(n)]
+
+
+def _scalar(value: Any) -> Any:
+    """numpy scalar -> Python scalar; NaN/inf -> None."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _columns(rows: List[Optional[dict]], keys: List[str]) -> Dict[str, List[Any]]:
+    """Per-sample dicts (None = undefined sample) -> {key: one value per sample}."""
+    return {k: [None if r is None else _scalar(r.get(k)) for r in rows] for k in keys}
+
+
+def _display_image(image: np.ndarray) -> np.ndarray:
+    """(3, S, S) float 0..1 model input -> (S, S, 3) uint8 RGB."""
+    chw = _f32(_unbatch(image, 3))
+    return np.clip(chw.transpose(1, 2, 0) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def label_map(masks: np.ndarray) -> np.ndarray:
+    """(N, H, W) bool -> (H, W) uint8 with value i + 1 on instance i (larger instances drawn
+    first so small ones stay visible). Beyond 255 instances the smallest are left out (logged)."""
+    masks = np.asarray(masks, bool)
+    n, h, w = masks.shape
+    out = np.zeros((h, w), np.uint8)
+    if n > MAX_MASK_LABELS:
+        log.warning("label map: %d instances, showing the %d largest (LeapImageMask is uint8)", n, MAX_MASK_LABELS)
+    areas = masks.reshape(n, h * w).sum(axis=1)
+    order = np.argsort(-areas, kind="stable")[:MAX_MASK_LABELS]
+    for i in order:
+        out[masks[i]] = i + 1
+    return out
+
+
+def bounding_boxes(inst: Instances, prefix: str = "") -> List[BoundingBox]:
+    """Instances -> Leap boxes (centre x, y, width, height relative to the frame)."""
+    h, w = inst.image_size
+    names = _class_names()
+    out = []
+    for k in range(len(inst)):
+        x1, y1, x2, y2 = (float(v) for v in inst.boxes[k])
+        x1, x2 = min(max(x1, 0.0), w), min(max(x2, 0.0), w)
+        y1, y2 = min(max(y1, 0.0), h), min(max(y2, 0.0), h)
+        score = 1.0 if inst.scores is None else float(inst.scores[k])
+        out.append(BoundingBox(x=(x1 + x2) / 2 / w, y=(y1 + y2) / 2 / h, width=(x2 - x1) / w, height=(y2 - y1) / h,
+                               confidence=score, label=f"{prefix}{names[int(inst.class_ids[k])]}"))
+    return out
+
+
+def _instance_labels(inst: Instances, prefix: str) -> List[str]:
+    names = _class_names()
+    labels = []
+    for k in range(len(inst)):
+        text = f"{prefix}{names[int(inst.class_ids[k])]} #{k}"
+        if inst.scores is not None:
+            text += f" {float(inst.scores[k]):.2f}"
+        labels.append(text)
+    return labels
+
+
+def _gt_display(gt_boxes_: np.ndarray, gt_masks_: np.ndarray) -> Optional[Instances]:
+    """Visualizer GT inputs -> model-frame Instances (None when unlabeled)."""
+    boxes, masks = _f32(gt_boxes_), _f32(gt_masks_)
+    if boxes.size == 0:
+        return None
+    hw = (int(_settings().data.image_size),) * 2
+    gt = decode_gt(_unbatch(boxes, 2), _unbatch(masks, 3), hw)
+    return to_model_frame(gt, hw)
+
+
+# ============================================================================ preprocess
+@tensorleap_preprocess()
+def preprocess() -> List[PreprocessResponse]:
+    """Train and validation splits; sample ids are the image file stems."""
+    return [_response(split, state) for split, state in LABELED_SPLITS.items()]
+
+
+@tensorleap_unlabeled_preprocess()
+def preprocess_unlabeled() -> PreprocessResponse:
+    """The unlabeled split (test.json, labels ignored)."""
+    return _response(UNLABELED_SPLIT, DataStateType.unlabeled)
+
+
+# ============================================================================ encoders
+@tensorleap_input_encoder("image", channel_dim=1)
+def input_image(sample_id: str, preprocess: PreprocessResponse) -> np.ndarray:
+    """(3, S, S) float32 RGB in [0, 1], letterboxed."""
+    return SegmentationModel.to_input(_loaded(sample_id, preprocess).image)[0]
+
+
+@tensorleap_gt_encoder("gt_boxes")
+def gt_boxes(sample_id: str, preprocess: PreprocessResponse) -> np.ndarray:
+    """(K, 6) float32 ``[x1, y1, x2, y2, class, valid]`` (model-input pixels); empty when unlabeled."""
+    gt = _loaded(sample_id, preprocess).gt
+    if gt is None:
+        return np.zeros((0,), np.float32)
+    return encode_gt_boxes(gt, max_instances())
+
+
+@tensorleap_gt_encoder("gt_masks")
+def gt_masks(sample_id: str, preprocess: PreprocessResponse) -> np.ndarray:
+    """(K, S/4, S/4) float32 0/1 instance masks at prototype resolution; empty when unlabeled."""
+    gt = _loaded(sample_id, preprocess).gt
+    if gt is None:
+        return np.zeros((0,), np.float32)
+    return encode_gt_masks(gt, max_instances())
+
+
+# ============================================================================ metadata
+@tensorleap_metadata("sample", metadata_type=METADATA_TYPES)
+def metadata(sample_id: str, preprocess: PreprocessResponse) -> Dict[str, Any]:
+    """``metadata.sample_metadata``: image statistics, counts, sizes, occlusion, tote colour."""
+    s = _settings()
+    loaded = _loaded(sample_id, preprocess)
+    meta = sample_metadata(loaded, _dataset().annotations(loaded.sample), s.metrics.small_area_fraction,
+                           s.data.class_names)
+    return {k: _scalar(v) for k, v in meta.items() if k not in METADATA_SKIP}
+
+
+# ============================================================================ model
+def _prediction_types() -> List[PredictionTypeHandler]:
+    return [
+        PredictionTypeHandler("detections", ["x", "y", "w", "h", "objectness", *_class_names(),
+                                             *(f"mask_coef_{i}" for i in range(NUM_MASK_COEFFS))], channel_dim=-1),
+        PredictionTypeHandler("prototypes", [f"proto_{i}" for i in range(NUM_MASK_COEFFS)], channel_dim=1),
+        PredictionTypeHandler("embedding", [f"embedding_{i}" for i in range(EMBEDDING_DIM)], channel_dim=-1),
+    ]
+
+
+@tensorleap_load_model(_prediction_types())
+def load_model():
+    """The onnxruntime session of ``model.path`` (``ARMBENCH_MODEL``), checked against the
+    three declared outputs: detections, prototypes, embedding."""
+    s = _settings()
+    model = SegmentationModel(s.model.path, s.model, s.data.class_names)
+    ranks = [len(o.shape) for o in model.session.get_outputs()]
+    problems = []
+    if ranks != [3, 4, 2]:
+        problems.append(f"outputs {[(o.name, o.shape) for o in model.session.get_outputs()]}, expected output0 "
+                        f"(N, A, 5+nc+32), output1 (N, 32, H/4, W/4), embedding (N, {EMBEDDING_DIM}) in this order")
+    if model.num_mask_coeffs != NUM_MASK_COEFFS:
+        problems.append(f"{model.num_mask_coeffs} mask coefficients, expected {NUM_MASK_COEFFS}")
+    if model.has_embedding and model.embedding_dim not in (None, EMBEDDING_DIM):
+        problems.append(f"an embedding of {model.embedding_dim} values, expected {EMBEDDING_DIM}")
+    if model.input_hw is not None and tuple(model.input_hw) != (s.data.image_size,) * 2:
+        problems.append(f"a static {model.input_hw} input, but data.image_size is {s.data.image_size}")
+    if problems:
+        raise ModelError(f"{model.path} does not match this integration: " + "; ".join(problems) +
+                         ". Export the model with tools/export_onnx.py (dynamic, with the embedding output)")
+    return model.session
+
+
+# ============================================================================ loss and metrics
+@tensorleap_custom_loss("yolov5_seg_loss")
+def yolov5_seg_loss_total(detections: np.ndarray, prototypes: np.ndarray, gt_boxes: np.ndarray,
+                          gt_masks: np.ndarray) -> np.ndarray:
+    """YOLOv5-seg training loss (box + obj + cls + mask) per sample; NaN without GT."""
+    rows = _per_sample(_losses, detections, prototypes, gt_boxes, gt_masks)
+    return np.array([np.nan if r is None else r["total"] for r in rows], np.float32)
+
+
+@tensorleap_custom_metric("yolov5_seg_loss_parts", direction=MetricDirection.Downward)
+def loss_components(detections: np.ndarray, prototypes: np.ndarray, gt_boxes: np.ndarray,
+                    gt_masks: np.ndarray) -> Dict[str, List[Optional[float]]]:
+    """The loss's box / obj / cls / mask components."""
+    return _columns(_per_sample(_losses, detections, prototypes, gt_boxes, gt_masks), list(LOSS_COMPONENTS))
+
+
+def _segmentation_row(detections, prototypes, boxes, masks) -> Optional[dict]:
+    ev = _evaluate(detections, prototypes, boxes, masks)
+    if ev.gt is None:
+        return None
+    s = _settings()
+    return segmentation_errors(ev.gt, ev.pred_small, s.metrics, s.data.class_names, overlaps=ev.overlaps).as_dict()
+
+
+@functools.lru_cache(maxsize=None)
+def _segmentation_keys() -> List[str]:
+    s = _settings()
+    empty = Instances.empty((1, 1))
+    keys = segmentation_errors(empty, Instances.empty((1, 1), with_scores=True), s.metrics, s.data.class_names).as_dict()
+    return [k for k in keys if k not in SEGMENTATION_SKIP]
+
+
+@tensorleap_custom_metric("segmentation_errors", direction=MetricDirection.Downward)
+def segmentation_metrics(detections: np.ndarray, prototypes: np.ndarray, gt_boxes: np.ndarray,
+                         gt_masks: np.ndarray) -> Dict[str, List[Any]]:
+    """Over/under segmentation (flags, counts, mean parts, mean confidence, duplicates)."""
+    rows = _per_sample(_segmentation_row, detections, prototypes, gt_boxes, gt_masks)
+    return _columns(rows, _segmentation_keys())
+
+
+def _matching_row(detections, prototypes, boxes, masks) -> Optional[dict]:
+    ev = _evaluate(detections, prototypes, boxes, masks)
+    if ev.gt is None:
+        return None
+    row = match(ev.gt, ev.pred_small, iou_threshold=_settings().metrics.match_iou, overlaps=ev.overlaps).as_dict()
+    row["ap"] = sample_ap(ev.gt, ev.pred_small, overlaps=ev.overlaps)
+    return row
+
+
+@tensorleap_custom_metric("matching", direction=MATCHING_DIRECTIONS)
+def matching_metrics(detections: np.ndarray, prototypes: np.ndarray, gt_boxes: np.ndarray,
+                     gt_masks: np.ndarray) -> Dict[str, List[Any]]:
+    """TP/FP/FN, precision, recall, F1, mean IoU of matches (mask IoU >= metrics.match_iou)
+    and the sample's COCO AP@[.5:.95]."""
+    return _columns(_per_sample(_matching_row, detections, prototypes, gt_boxes, gt_masks), list(MATCHING_DIRECTIONS))
+
+
+def _confusion_row(detections, prototypes, boxes, masks) -> List[ConfusionMatrixElement]:
+    ev = _evaluate(detections, prototypes, boxes, masks)
+    if ev.gt is None:
+        return []
+    s = _settings()
+    records = confusion_elements(ev.gt, ev.pred_small, s.data.class_names, s.metrics.match_iou, overlaps=ev.overlaps)
+    return [ConfusionMatrixElement(r.label, ConfusionMatrixValue.Positive if r.expected else ConfusionMatrixValue.Negative,
+                                   float(r.probability), r.id) for r in records]
+
+
+@tensorleap_custom_metric("confusion_matrix", direction=MetricDirection.Upward)
+def confusion_matrix(detections: np.ndarray, prototypes: np.ndarray, gt_boxes: np.ndarray,
+                     gt_masks: np.ndarray) -> List[List[ConfusionMatrixElement]]:
+    """Per instance and class, class-agnostic matching (missed GT = background predictions)."""
+    return _per_sample(_confusion_row, detections, prototypes, gt_boxes, gt_masks)
+
+
+@functools.lru_cache(maxsize=None)
+def _uncertainty_keys() -> List[str]:
+    return list(uncertainty_scores(Instances.empty((1, 1), with_scores=True), _settings().metrics))
+
+
+@tensorleap_custom_metric("uncertainty", direction=MetricDirection.Downward)
+def uncertainty_metrics(detections: np.ndarray, prototypes: np.ndarray) -> Dict[str, List[Any]]:
+    """Prediction-only uncertainty (higher = more uncertain); defined for unlabeled samples too."""
+    rows = _per_sample(lambda d, p: uncertainty_scores(_predictions(d, p), _settings().metrics), detections, prototypes)
+    return _columns(rows, _uncertainty_keys())
+
+
+# ============================================================================ latent space
+@tensorleap_custom_latent_space(name="backbone_embedding", use_ls_for_analysis=True)
+def embedding_latent_space(embedding: np.ndarray) -> np.ndarray:
+    """The model's ``embedding`` output (N, 512) for the population map."""
+    emb = _f32(embedding)
+    return emb.reshape(len(emb), -1)
+
+
+# ============================================================================ visualizers
+@tensorleap_custom_visualizer("image", LeapDataType.Image)
+def image_visualizer(image: np.ndarray) -> LeapImage:
+    """The letterboxed model input."""
+    return LeapImage(_display_image(image), compress=True)
+
+
+@tensorleap_custom_visualizer("gt_instance_masks", LeapDataType.ImageMask)
+def gt_masks_visualizer(image: np.ndarray, gt_boxes: np.ndarray, gt_masks: np.ndarray) -> LeapImageMask:
+    """One label per GT instance ("gt Object #3"); masks at prototype resolution, shown at S."""
+    img = _display_image(image)
+    gt = _gt_display(gt_boxes, gt_masks)
+    if gt is None:
+        return LeapImageMask(np.zeros(img.shape[:2], np.uint8), img, [])
+    return LeapImageMask(label_map(gt.masks), img, _instance_labels(gt, "gt "))
+
+
+@tensorleap_custom_visualizer("pred_instance_masks", LeapDataType.ImageMask)
+def pred_masks_visualizer(image: np.ndarray, detections: np.ndarray, prototypes: np.ndarray) -> LeapImageMask:
+    """One label per predicted instance ("pred Object #0 0.93")."""
+    img = _display_image(image)
+    pred = _predictions(_unbatch(detections, 2), _unbatch(prototypes, 3))
+    return LeapImageMask(label_map(pred.masks), img, _instance_labels(pred, "pred "))
+
+
+@tensorleap_custom_visualizer("gt_bboxes", LeapDataType.ImageWithBBox)
+def gt_boxes_visualizer(image: np.ndarray, gt_boxes: np.ndarray) -> LeapImageWithBBox:
+    """Ground-truth boxes (confidence 1)."""
+    img = _display_image(image)
+    boxes = _f32(gt_boxes)
+    if boxes.size == 0:
+        return LeapImageWithBBox(img, [])
+    boxes = _unbatch(boxes, 2)
+    valid = boxes[:, 5] > 0.5
+    gt = Instances(boxes=boxes[valid, :4], class_ids=np.rint(boxes[valid, 4]).astype(np.int64), image_size=img.shape[:2])
+    return LeapImageWithBBox(img, bounding_boxes(gt))
+
+
+@tensorleap_custom_visualizer("pred_bboxes", LeapDataType.ImageWithBBox)
+def pred_boxes_visualizer(image: np.ndarray, detections: np.ndarray, prototypes: np.ndarray) -> LeapImageWithBBox:
+    """Predicted boxes with their scores."""
+    pred = _predictions(_unbatch(detections, 2), _unbatch(prototypes, 3))
+    return LeapImageWithBBox(_display_image(image), bounding_boxes(pred))
+
+
+def _segmentation_view(image, detections, prototypes, gt_boxes_, gt_masks_, kind: str) -> LeapImage:
+    img = _display_image(image)
+    gt = _gt_display(gt_boxes_, gt_masks_)
+    if gt is None:
+        return LeapImage(img)
+    det, protos = _unbatch(detections, 2), _unbatch(prototypes, 3)
+    boxes, masks = _unbatch(_f32(gt_boxes_), 2), _unbatch(_f32(gt_masks_), 3)
+    ev = _evaluate(det, protos, boxes, masks)
+    s = _settings()
+    errors = segmentation_errors(ev.gt, ev.pred_small, s.metrics, s.data.class_names, overlaps=ev.overlaps)
+    gt_ids = getattr(errors, f"{kind}_segmented_gt_ids")
+    pred_ids = getattr(errors, f"{kind}_segmented_pred_ids")
+    return LeapImage(draw_comparison(img, gt, ev.pred, gt_ids=gt_ids, pred_ids=pred_ids, class_names=s.data.class_names))
+
+
+@tensorleap_custom_visualizer("under_segmentation", LeapDataType.Image)
+def under_segmentation_visualizer(image: np.ndarray, detections: np.ndarray, prototypes: np.ndarray,
+                                  gt_boxes: np.ndarray, gt_masks: np.ndarray) -> LeapImage:
+    """Only the predictions that swallow several GT objects (filled, dashed box, score) and
+    those GT objects (green outlines)."""
+    return _segmentation_view(image, detections, prototypes, gt_boxes, gt_masks, "under")
+
+
+@tensorleap_custom_visualizer("over_segmentation", LeapDataType.Image)
+def over_segmentation_visualizer(image: np.ndarray, detections: np.ndarray, prototypes: np.ndarray,
+                                 gt_boxes: np.ndarray, gt_masks: np.ndarray) -> LeapImage:
+    """Only the GT objects split into several predictions (green outlines) and those
+    predictions (filled, dashed box, score)."""
+    return _segmentation_view(image, detections, prototypes, gt_boxes, gt_masks, "over")
+
+
+@tensorleap_custom_visualizer("uncertainty_heatmap", LeapDataType.ImageWithHeatmap)
+def uncertainty_heatmap_visualizer(image: np.ndarray, detections: np.ndarray,
+                                   prototypes: np.ndarray) -> LeapImageWithHeatmap:
+    """Per-pixel mask entropy of the predictions (bits, [0, 1])."""
+    img = _display_image(image).astype(np.float32)
+    pred = _predictions(_unbatch(detections, 2), _unbatch(prototypes, 3))
+    return LeapImageWithHeatmap(img, entropy_map(pred)[None], ["mask_entropy"])
+
+
+# ============================================================================ integration test
+@tensorleap_integration_test()
+def integration_test(sample_id: str, preprocess: PreprocessResponse) -> None:
+    """What the platform wires: encoders -> model -> loss, metrics, latent space, visualizers."""
+    image = input_image(sample_id, preprocess)
+    boxes = gt_boxes(sample_id, preprocess)
+    masks = gt_masks(sample_id, preprocess)
+    model = load_model()
+    outputs = model.run(None, {model.get_inputs()[0].name: image})
+    detections = outputs[0]
+    prototypes = outputs[1]
+    embedding = outputs[2]
+
+    yolov5_seg_loss_total(detections, prototypes, boxes, masks)
+    loss_components(detections, prototypes, boxes, masks)
+    segmentation_metrics(detections, prototypes, boxes, masks)
+    matching_metrics(detections, prototypes, boxes, masks)
+    confusion_matrix(detections, prototypes, boxes, masks)
+    uncertainty_metrics(detections, prototypes)
+    embedding_latent_space(embedding)
+
+    image_visualizer(image)
+    gt_masks_visualizer(image, boxes, masks)
+    pred_masks_visualizer(image, detections, prototypes)
+    gt_boxes_visualizer(image, boxes)
+    pred_boxes_visualizer(image, detections, prototypes)
+    under_segmentation_visualizer(image, detections, prototypes, boxes, masks)
+    over_segmentation_visualizer(image, detections, prototypes, boxes, masks)
+    uncertainty_heatmap_visualizer(image, detections, prototypes)
+
+    metadata(sample_id, preprocess)
+

@@ -1,0 +1,800 @@
+"""Local check of the Tensorleap integration: ``poetry run test``.
+
+What it does, in order (exit status 0 only when every step passes):
+
+1. Dataset: ``--dataset DIR`` / ``ARMBENCH_DATASET``, else the synthetic ARMBench-like
+   dataset (4 train / 4 val / 4 unlabeled images at 816x683), generated once into
+   ``$XDG_CACHE_HOME/armbench-segmentation/leap-test-synthetic`` (``~/.cache`` by default).
+   Model: ``--model FILE`` / ``ARMBENCH_MODEL`` / ``model.path`` (the shipped export).
+2. Imports the entry file (``entryFile`` of leap.yaml, or ``--entry FILE``) and runs its
+   ``@tensorleap_integration_test`` on ``--samples`` (default 3) samples of every split:
+   the decorated functions validate their own inputs and outputs, then the body is re-run
+   in mapping mode and ``leap_binder.check()`` runs.
+3. Replays what the platform does with the connections the integration test recorded:
+   encoders per sample, the model, then every registered loss, metric and latent space on
+   batches of 2 and 1 samples with float16 inputs (the platform's storage type; set
+   ``TL_DISABLE_ENGINE_FLOAT16_SIMULATION=true`` to turn that off), and every visualizer
+   per sample. Asserts one finite value (or a documented None) per sample for every loss
+   and metric, the encoder shapes, valid Leap objects and scalar metadata.
+4. ``LeapLoader(<absolute path>, <entry>).check_dataset()`` in a fresh interpreter (what the
+   platform runs first); asserts ``is_valid``.
+5. leap.yaml: entry file, requirements.txt and every project module the entry imports (found
+   statically through the import graph and at run time in step 4) are matched by
+   ``include`` and not by ``exclude`` (leap-cli's doublestar glob semantics).
+6. Telemetry: no ``~/.tensorleap`` appeared (``TL_DISABLE_ANALYTICS`` is set before
+   code_loader is imported).
+"""
+
+import os
+
+os.environ.setdefault("TL_DISABLE_ANALYTICS", "1")  # before code_loader is imported anywhere
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import argparse  # noqa: E402
+import ast  # noqa: E402
+import contextlib  # noqa: E402
+import importlib.util  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import math  # noqa: E402
+import re  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent
+LEAP_YAML = ROOT / "leap.yaml"
+SYNTH_SPLITS = (4, 4, 4)  # train, val, unlabeled
+SYNTH_SIZE = (816, 683)  # width, height: ARMBench's 2448x2048 at 1/3
+SYNTH_SEED = 0
+REQUIRED_FILES = ("requirements.txt", "armbench_segmentation/default_config.yaml")
+MIN_METADATA_FIELDS = 20
+RESULT_TAG = "@@LEAP_TEST_RESULT@@"
+
+log = logging.getLogger("leap_test")
+
+
+# ============================================================================ reporting
+@dataclass
+class Step:
+    name: str
+    ok: bool = True
+    seconds: float = 0.0
+    lines: List[str] = field(default_factory=list)
+
+
+class Report:
+    def __init__(self) -> None:
+        self.steps: List[Step] = []
+        self.failures: List[str] = []
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[Step]:
+        step = Step(name)
+        self.steps.append(step)
+        print(f"== {name}", flush=True)
+        start = time.perf_counter()
+        try:
+            yield step
+        except Exception as exc:  # noqa: BLE001 - every failure is reported, then the run fails
+            self.fail(step, f"{name}: {_describe(exc)}")
+            traceback.print_exc()
+        finally:
+            step.seconds = time.perf_counter() - start
+
+    def fail(self, step: Step, message: str) -> None:
+        step.ok = False
+        self.failures.append(message)
+        print(f"   FAIL {message}", flush=True)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and all(s.ok for s in self.steps)
+
+
+_ENTRY_FILE: Optional[Path] = None
+
+
+def _describe(exc: BaseException) -> str:
+    """The error, with the innermost entry-file function it went through (the registered function)."""
+    where = ""
+    for e in (exc, exc.__cause__, exc.__context__):
+        if e is None or _ENTRY_FILE is None:
+            continue
+        frames = [f for f in traceback.extract_tb(e.__traceback__) if Path(f.filename).resolve() == _ENTRY_FILE]
+        if frames:
+            where = f" [in {_ENTRY_FILE.stem}.{frames[-1].name}, line {frames[-1].lineno}]"
+            break
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}{where}"
+
+
+# ============================================================================ dataset and model
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "armbench-segmentation" / "leap-test-synthetic"
+
+
+def synthetic_dataset(folder: Path) -> Path:
+    """The small synthetic dataset, generated unless a complete one with the same parameters exists."""
+    from armbench_segmentation.data import synth
+
+    marker_path = folder / synth.MARKER_FILE
+    try:
+        marker = json.loads(marker_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        marker = {}
+    wanted = {"train": SYNTH_SPLITS[0], "val": SYNTH_SPLITS[1], "test": SYNTH_SPLITS[2]}
+    if (marker.get("complete") and marker.get("splits") == wanted and marker.get("seed") == SYNTH_SEED
+            and (marker.get("width"), marker.get("height")) == SYNTH_SIZE):
+        return folder
+    print(f"   generating the synthetic dataset into {folder}", flush=True)
+    synth.generate_dataset(folder, *SYNTH_SPLITS, seed=SYNTH_SEED, width=SYNTH_SIZE[0], height=SYNTH_SIZE[1],
+                           workers=1, progress=False)
+    return folder
+
+
+def _import_entry(path: Path):
+    """Import the entry file as module ``leap_binder`` (its real name when it is the project's)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+# ============================================================================ registered functions
+@dataclass
+class Registered:
+    """Handlers the entry module registered, by kind."""
+
+    inputs: list
+    ground_truths: list
+    metadata: list
+    losses: list
+    metrics: list
+    visualizers: list
+    latent_spaces: list
+    prediction_types: list
+
+    def names(self) -> List[Tuple[str, str]]:
+        out = [("preprocess", "tensorleap_preprocess"), ("preprocess_unlabeled", "tensorleap_unlabeled_preprocess")]
+        out += [(h.name, "input_encoder") for h in self.inputs]
+        out += [(h.name, "gt_encoder") for h in self.ground_truths]
+        out += [(h.name, "metadata") for h in self.metadata]
+        out += [(f"{p.name} (channel_dim={p.channel_dim}, {len(p.labels)} labels)", "prediction_type")
+                for p in self.prediction_types]
+        out += [(h.custom_loss_handler_data.name, "custom_loss") for h in self.losses]
+        out += [(h.metric_handler_data.name, "custom_metric") for h in self.metrics]
+        out += [(f"{h.visualizer_handler_data.name} ({h.visualizer_handler_data.type.name})", "custom_visualizer")
+                for h in self.visualizers]
+        out += [(h.name, f"custom_latent_space ({h.computed_at.value})") for h in self.latent_spaces]
+        return out
+
+
+def registered_handlers(module) -> Registered:
+    from code_loader import leap_binder as binder
+
+    sc = binder.setup_container
+
+    def ours(fn) -> bool:
+        return getattr(fn, "__module__", None) == module.__name__
+
+    return Registered(
+        inputs=list(sc.inputs), ground_truths=list(sc.ground_truths), metadata=list(sc.metadata),
+        losses=[h for h in sc.custom_loss_handlers if ours(h.function)],
+        metrics=[h for h in sc.metrics if ours(h.function)],
+        visualizers=[h for h in sc.visualizers if ours(h.function)],
+        latent_spaces=list(sc.custom_latent_spaces.values()),
+        prediction_types=list(sc.prediction_types),
+    )
+
+
+CONNECTION_TYPES = {"custom_loss": "CustomLoss", "custom_metric": "Metric", "custom_visualizer": "Visualizer",
+                    "custom_latent_space": "CustomLatentSpace"}
+
+
+def connections_by_name() -> Dict[Tuple[str, str], Any]:
+    """(kind, registered name) -> the first NodeConnection the integration test recorded for it."""
+    from code_loader import leap_binder as binder
+
+    kinds = {v: k for k, v in CONNECTION_TYPES.items()}
+    out: Dict[Tuple[str, str], Any] = {}
+    for c in binder.mapping_connections:
+        if c.node is None or c.node_inputs is None or c.node.type.value not in kinds:
+            continue
+        out.setdefault((kinds[c.node.type.value], c.node.name), c)
+    return out
+
+
+# ============================================================================ value checks
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+def check_values(name: str, values: Any, batch: int, labeled: bool) -> Tuple[List[str], int]:
+    """Problems of one metric/loss output column (one value per sample) and its None count."""
+    problems: List[str] = []
+    if isinstance(values, np.ndarray):
+        if values.ndim != 1:
+            return [f"{name}: expected a 1-D array of {batch} values, got shape {values.shape}"], 0
+        values = values.tolist()
+    if not isinstance(values, list):
+        return [f"{name}: expected a list or 1-D array, got {type(values).__name__}"], 0
+    if len(values) != batch:
+        problems.append(f"{name}: {len(values)} values for a batch of {batch} samples (one value per sample expected)")
+    nones = 0
+    for v in values:
+        if v is None:
+            nones += 1
+        elif not _is_number(v):
+            problems.append(f"{name}: value {v!r} of type {type(v).__name__} is not a number or None")
+        elif not math.isfinite(float(v)):
+            if labeled:
+                problems.append(f"{name}: non-finite value {v!r} on a labeled sample")
+            else:
+                nones += 1
+    return problems, nones
+
+
+def check_confusion(name: str, value: Any, batch: int, class_names: Sequence[str]) -> List[str]:
+    from code_loader.contract.datasetclasses import ConfusionMatrixElement
+    from code_loader.contract.enums import ConfusionMatrixValue
+
+    if not isinstance(value, list) or len(value) != batch:
+        return [f"{name}: expected a list of {batch} per-sample lists, got {type(value).__name__} "
+                f"of length {len(value) if isinstance(value, list) else '-'}"]
+    problems = []
+    for row in value:
+        if not isinstance(row, list):
+            problems.append(f"{name}: per-sample entry is {type(row).__name__}, expected a list")
+            continue
+        for e in row:
+            if not isinstance(e, ConfusionMatrixElement):
+                problems.append(f"{name}: element of type {type(e).__name__}")
+            elif (e.label not in class_names or not isinstance(e.expected_outcome, ConfusionMatrixValue)
+                  or not 0.0 <= float(e.predicted_probability) <= 1.0):
+                problems.append(f"{name}: invalid element {e}")
+    return problems[:5]
+
+
+def check_visualization(name: str, kind, result: Any) -> List[str]:
+    from code_loader.contract.enums import LeapDataType
+    from code_loader.contract.visualizer_classes import (LeapImage, LeapImageMask, LeapImageWithBBox,
+                                                         LeapImageWithHeatmap)
+
+    expected = {LeapDataType.Image: LeapImage, LeapDataType.ImageMask: LeapImageMask,
+                LeapDataType.ImageWithBBox: LeapImageWithBBox, LeapDataType.ImageWithHeatmap: LeapImageWithHeatmap}
+    cls = expected.get(kind)
+    if cls is None:
+        return []
+    if not isinstance(result, cls):
+        return [f"{name}: returned {type(result).__name__}, expected {cls.__name__}"]
+    problems = []
+    image = result.image if isinstance(result, (LeapImageMask, LeapImageWithHeatmap)) else result.data
+    if image.ndim != 3 or image.shape[2] not in (1, 3) or image.size == 0:
+        problems.append(f"{name}: image of shape {image.shape}")
+    elif np.issubdtype(image.dtype, np.floating) and (not np.isfinite(image).all() or image.max() > 255 or image.min() < 0):
+        problems.append(f"{name}: float image outside [0, 255]")
+    if isinstance(result, LeapImageMask):
+        if result.mask.shape != image.shape[:2]:
+            problems.append(f"{name}: mask {result.mask.shape} vs image {image.shape[:2]}")
+        if result.mask.size and int(result.mask.max()) > len(result.labels):
+            problems.append(f"{name}: mask value {int(result.mask.max())} but {len(result.labels)} labels")
+    if isinstance(result, LeapImageWithBBox):
+        for b in result.bounding_boxes:
+            coords = [b.x, b.y, b.width, b.height]
+            if not all(math.isfinite(v) and -1e-6 <= v <= 1 + 1e-6 for v in coords) or not isinstance(b.label, str):
+                problems.append(f"{name}: bounding box {b} is not centre-relative in [0, 1]")
+                break
+    if isinstance(result, LeapImageWithHeatmap):
+        if result.heatmaps.ndim != 3 or result.heatmaps.shape[1:] != image.shape[:2]:
+            problems.append(f"{name}: heatmaps {result.heatmaps.shape} vs image {image.shape[:2]}")
+        elif not np.isfinite(result.heatmaps).all():
+            problems.append(f"{name}: non-finite heatmap")
+        if len(result.labels) != len(result.heatmaps):
+            problems.append(f"{name}: {len(result.heatmaps)} heatmaps, {len(result.labels)} labels")
+    return problems
+
+
+def check_metadata(name: str, value: Any, types: Dict[str, Any]) -> List[str]:
+    if not isinstance(value, dict):
+        return [f"{name}: expected a flat dict of scalars, got {type(value).__name__}"]
+    problems = []
+    if len(value) < MIN_METADATA_FIELDS:
+        problems.append(f"{name}: {len(value)} fields, at least {MIN_METADATA_FIELDS} expected")
+    for k, v in value.items():
+        if v is None:
+            if k not in types:
+                problems.append(f"{name}_{k}: None without a metadata_type")
+        elif isinstance(v, float) and not math.isfinite(v):
+            problems.append(f"{name}_{k}: {v} (use None)")
+        elif not isinstance(v, (int, float, str, bool)):
+            problems.append(f"{name}_{k}: {type(v).__name__} is not a scalar")
+    return problems
+
+
+# ============================================================================ step 2: integration test
+def run_integration_test(module, report: Report, step, n_samples: int) -> Dict[str, Any]:
+    responses = list(module.preprocess()) + [module.preprocess_unlabeled()]
+    by_split = {}
+    for resp in responses:
+        split = resp.data["split"]
+        by_split[split] = resp
+        ids = list(resp.sample_ids)[:n_samples]
+        if len(ids) < n_samples:
+            report.fail(step, f"split {split!r} has {len(ids)} samples, {n_samples} needed")
+        for sid in ids:
+            sink = io.StringIO()
+            start = time.perf_counter()
+            try:
+                with contextlib.redirect_stdout(sink):
+                    module.integration_test(sid, resp)
+            except Exception as exc:  # noqa: BLE001
+                print(sink.getvalue(), end="")
+                traceback.print_exc()
+                report.fail(step, f"integration_test({sid!r}, {split}): {_describe(exc)}")
+                continue
+            step.lines.append(f"{split:9s} {sid}: ok ({time.perf_counter() - start:.1f} s)")
+    return by_split
+
+
+# ============================================================================ step 3: platform replay
+def _batched(encoded: List[Dict[str, np.ndarray]], name: str) -> np.ndarray:
+    return np.stack([e[name] for e in encoded])
+
+
+def replay(module, registered: Registered, responses: Dict[str, Any], report: Report, step, n_samples: int,
+           summary: Dict[str, Dict[str, Any]]) -> None:
+    from code_loader.contract.mapping import NodeMappingType
+    from code_loader.utils import simulate_engine_float16_downcast
+
+    connections = connections_by_name()
+    kinds = ([("custom_loss", h.custom_loss_handler_data.name, h) for h in registered.losses]
+             + [("custom_metric", h.metric_handler_data.name, h) for h in registered.metrics]
+             + [("custom_latent_space", h.name, h) for h in registered.latent_spaces]
+             + [("custom_visualizer", h.visualizer_handler_data.name, h) for h in registered.visualizers])
+    for kind, name, _ in kinds:
+        if (kind, name) not in connections:
+            report.fail(step, f"{kind} '{name}' is registered but the integration test never calls it")
+
+    class_names = list(module._settings().data.class_names)
+    k = module.max_instances()
+    size = int(module._settings().data.image_size)
+    expected_shapes = {"image": (3, size, size), "gt_boxes": (k, 6), "gt_masks": (k, size // 4, size // 4)}
+    model = module.load_model()
+
+    for split, resp in responses.items():
+        labeled = split != "unlabeled"
+        ids = list(resp.sample_ids)[:n_samples]
+        encoded = []
+        for sid in ids:
+            enc: Dict[str, np.ndarray] = {}
+            for h in registered.inputs + (registered.ground_truths if labeled else []):
+                try:
+                    enc[h.name] = value = np.asarray(h.function(sid, resp))
+                except Exception as exc:  # noqa: BLE001
+                    report.fail(step, f"encoder '{h.name}' on {split}/{sid}: {_describe(exc)}")
+                    continue
+                want = expected_shapes.get(h.name)
+                if value.dtype != np.float32 or (want is not None and value.shape != want):
+                    report.fail(step, f"encoder '{h.name}' on {split}/{sid}: {value.dtype} {value.shape}, "
+                                      f"expected float32 {want}")
+                elif h.name != "image" and not np.isin(np.unique(value[..., 5] if h.name == "gt_boxes" else value),
+                                                       [0.0, 1.0]).all():
+                    report.fail(step, f"encoder '{h.name}' on {split}/{sid}: valid flags / mask values not 0/1")
+            if not labeled:
+                for h in registered.ground_truths:  # what the local check sees: an empty array
+                    value = np.asarray(h.function(sid, resp))
+                    if value.size != 0 or value.dtype != np.float32:
+                        report.fail(step, f"encoder '{h.name}' on unlabeled {sid}: {value.dtype} {value.shape}, "
+                                          f"expected an empty float32 array")
+            for h in registered.metadata:
+                try:
+                    meta = h.function(sid, resp)
+                except Exception as exc:  # noqa: BLE001
+                    report.fail(step, f"metadata '{h.name}' on {split}/{sid}: {_describe(exc)}")
+                    continue
+                for p in check_metadata(h.name, meta, h.metadata_type or {}):
+                    report.fail(step, f"metadata on {split}/{sid}: {p}")
+                summary.setdefault(f"metadata '{h.name}'", {"fields": len(meta) if isinstance(meta, dict) else 0})
+            image = enc.get(registered.inputs[0].name)
+            if image is None:
+                continue
+            outputs = model.run(None, {model.get_inputs()[0].name: image[None]})
+            enc.update({f"__prediction{i}": np.asarray(o)[0] for i, o in enumerate(outputs)})
+            encoded.append(enc)
+        if not encoded:
+            continue
+
+        def source(node, batch):
+            t = node.type
+            if t in (NodeMappingType.GroundTruth, NodeMappingType.Input) or t.name.startswith("Input"):
+                return _batched(batch, node.name)
+            if t.name.startswith("Prediction"):
+                return _batched(batch, f"__prediction{t.name[len('Prediction'):]}")
+            raise ValueError(f"unsupported connection source {t}")
+
+        def needs_gt(conn) -> bool:
+            return any(n.type == NodeMappingType.GroundTruth for n in conn.node_inputs.values())
+
+        # losses, metrics, latent spaces: batches of 2 (and a last batch of 1), float16 like the engine
+        batches = [encoded[i:i + 2] for i in range(0, len(encoded), 2)]
+        for kind, name, handler in kinds:
+            conn = connections.get((kind, name))
+            if conn is None or kind == "custom_visualizer" or (not labeled and needs_gt(conn)):
+                continue
+            stats = summary.setdefault(f"{kind} '{name}'", {"calls": 0, "values": {}, "nones": {}})
+            for batch in batches:
+                b = len(batch)
+                try:
+                    kwargs = {arg: simulate_engine_float16_downcast(source(node, batch))
+                              for arg, node in conn.node_inputs.items()}
+                    result = handler.function(**kwargs)
+                except Exception as exc:  # noqa: BLE001
+                    traceback.print_exc()
+                    report.fail(step, f"{kind} '{name}' on {split} (batch of {b}): {_describe(exc)}")
+                    continue
+                stats["calls"] += 1
+                problems: List[str] = []
+                if kind == "custom_latent_space":
+                    r = np.asarray(result)
+                    if r.ndim != 2 or len(r) != b or not np.isfinite(r).all() or r.shape[1] > 4096:
+                        problems.append(f"{name}: expected finite (batch={b}, d<=4096), got {r.dtype} {r.shape}")
+                    stats["values"].setdefault("dim", []).append(r.shape[-1] if r.ndim else 0)
+                elif name == "confusion_matrix" or (isinstance(result, list) and result and isinstance(result[0], list)):
+                    problems += check_confusion(name, result, b, class_names)
+                    stats["values"].setdefault("elements", []).extend(len(r) for r in result if isinstance(r, list))
+                else:
+                    columns = result if isinstance(result, dict) else {name: result}
+                    for key, values in columns.items():
+                        p, nones = check_values(f"{name}.{key}" if key != name else name, values, b, labeled)
+                        problems += p
+                        if not p:
+                            stats["values"].setdefault(key, []).extend(
+                                float(v) for v in np.asarray(values, dtype=object).tolist() if _is_number(v)
+                                and math.isfinite(float(v)))
+                            stats["nones"][key] = stats["nones"].get(key, 0) + nones
+                for p in problems:
+                    report.fail(step, f"{kind} '{name}' on {split}: {p}")
+
+        # visualizers: one sample at a time, with a batch axis of 1, float32
+        for kind, name, handler in kinds:
+            conn = connections.get((kind, name))
+            if conn is None or kind != "custom_visualizer" or (not labeled and needs_gt(conn)):
+                continue
+            stats = summary.setdefault(f"{kind} '{name}'", {"calls": 0})
+            for enc in encoded:
+                try:
+                    kwargs = {arg: source(node, [enc]) for arg, node in conn.node_inputs.items()}
+                    result = handler.function(**kwargs)
+                except Exception as exc:  # noqa: BLE001
+                    traceback.print_exc()
+                    report.fail(step, f"{kind} '{name}' on {split}: {_describe(exc)}")
+                    continue
+                stats["calls"] += 1
+                for p in check_visualization(name, handler.visualizer_handler_data.type, result):
+                    report.fail(step, f"{kind} '{name}' on {split}: {p}")
+        step.lines.append(f"{split:9s} {len(encoded)} samples replayed")
+
+
+def float16_effect(module, registered: Registered, responses: Dict[str, Any], n_samples: int) -> List[str]:
+    """How float16 storage changes decoding and the loss (informational, labeled samples)."""
+    from code_loader.utils import simulate_engine_float16_downcast as f16
+
+    model = module.load_model()
+    n_same = n_total = 0
+    d_score = d_box = d_loss = 0.0
+    for split in ("train", "val"):
+        resp = responses.get(split)
+        for sid in list(resp.sample_ids)[:n_samples] if resp is not None else []:
+            enc = {h.name: np.asarray(h.function(sid, resp)) for h in registered.inputs + registered.ground_truths}
+            image = enc[registered.inputs[0].name]
+            det, protos = (np.asarray(o)[0] for o in model.run(None, {model.get_inputs()[0].name: image[None]})[:2])
+            p32, p16 = module._predictions(det, protos), module._predictions(f16(det), f16(protos))
+            n_total += 1
+            if len(p32) == len(p16) and (p32.class_ids == p16.class_ids).all():
+                n_same += 1
+                if len(p32):
+                    d_score = max(d_score, float(np.abs(p32.scores - p16.scores).max()))
+                    d_box = max(d_box, float(np.abs(p32.boxes - p16.boxes).max()))
+            boxes, masks = enc["gt_boxes"], enc["gt_masks"]
+            l32 = module._losses(det, protos, boxes, masks)["total"]
+            l16 = module._losses(f16(det), f16(protos), f16(boxes), f16(masks))["total"]
+            d_loss = max(d_loss, abs(l16 - l32) / max(abs(l32), 1e-12))
+    return [f"float16 storage vs float32: same detections (count, classes) in {n_same}/{n_total} samples; "
+            f"max |d score| {d_score:.2g}, max |d box| {d_box:.2g} px; loss total max rel. diff {d_loss:.2g}"]
+
+
+# ============================================================================ step 4: check_dataset
+CHECK_DATASET = r"""
+import json, os, sys
+os.environ.setdefault("TL_DISABLE_ANALYTICS", "1")
+code_dir, entry, project = sys.argv[1], sys.argv[2], os.path.realpath(sys.argv[3])
+from code_loader import LeapLoader
+result = LeapLoader(code_dir, entry).check_dataset()
+modules = sorted({os.path.realpath(m.__file__) for m in list(sys.modules.values())
+                  if isinstance(getattr(m, "__file__", None), str)
+                  and os.path.realpath(m.__file__).startswith(project + os.sep)})
+failed = [{"name": p.name, "display": p.display} for p in result.payloads if not p.is_passed]
+print(TAG + json.dumps({"is_valid": bool(result.is_valid), "general_error": result.general_error,
+                        "failed": failed, "payloads": len(result.payloads), "modules": modules,
+                        "print_log": (result.print_log or "")[-3000:]}, default=str))
+"""
+
+
+def check_dataset(entry: Path, step) -> Dict[str, Any]:
+    code = CHECK_DATASET.replace("TAG", repr(RESULT_TAG))
+    proc = subprocess.run([sys.executable, "-c", code, str(entry.parent.resolve()), entry.name, str(ROOT)],
+                          capture_output=True, text=True, env=dict(os.environ), timeout=900)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_TAG)), None)
+    if proc.returncode != 0 or line is None:
+        sys.stdout.write(proc.stdout[-4000:])
+        sys.stderr.write(proc.stderr[-4000:])
+        raise RuntimeError(f"check_dataset subprocess failed with exit status {proc.returncode}")
+    return json.loads(line[len(RESULT_TAG):])
+
+
+# ============================================================================ step 5: leap.yaml
+def _expand_braces(pattern: str) -> List[str]:
+    m = re.search(r"\{([^{}]*)\}", pattern)
+    if not m:
+        return [pattern]
+    return [x for alt in m.group(1).split(",") for x in _expand_braces(pattern[:m.start()] + alt + pattern[m.end():])]
+
+
+def _segment_regex(segment: str) -> "re.Pattern[str]":
+    out, i = "", 0
+    while i < len(segment):
+        c = segment[i]
+        if c == "*":
+            out += "[^/]*"
+        elif c == "?":
+            out += "[^/]"
+        elif c == "[":
+            j = segment.find("]", i + 1)
+            if j < 0:
+                out += re.escape(c)
+            else:
+                body = segment[i + 1:j]
+                out += "[" + ("^" + body[1:] if body.startswith(("!", "^")) else body) + "]"
+                i = j
+        elif c == "\\" and i + 1 < len(segment):
+            i += 1
+            out += re.escape(segment[i])
+        else:
+            out += re.escape(c)
+        i += 1
+    return re.compile(out + r"\Z")
+
+
+def _match_segments(pat: List[str], parts: List[str]) -> bool:
+    if not pat:
+        return not parts
+    if pat[0] == "**":
+        return any(_match_segments(pat[1:], parts[i:]) for i in range(len(parts) + 1))
+    return bool(parts) and bool(_segment_regex(pat[0]).match(parts[0])) and _match_segments(pat[1:], parts[1:])
+
+
+def glob_match(pattern: str, path: str) -> bool:
+    """doublestar semantics (leap-cli): ``**`` spans directories, ``*``/``?`` stay in one, ``{a,b}``."""
+    pattern = pattern.replace("\\", "/").lstrip("./") if pattern.startswith("./") else pattern.replace("\\", "/")
+    parts = [p for p in path.replace("\\", "/").split("/") if p]
+    return any(_match_segments([s for s in p.split("/") if s], parts) for p in _expand_braces(pattern))
+
+
+def bundled(path: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
+    included = any(glob_match(p, path) for p in (include or ["**"]))
+    return included and not any(glob_match(p, path) for p in exclude or [])
+
+
+def _module_file(name: str, root: Path) -> Optional[Path]:
+    base = root.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def import_closure(entry: Path, root: Path) -> List[Path]:
+    """Project files the entry imports, transitively (every import statement, lazy ones
+    inside functions included), plus the ``__init__.py`` of every package on the way."""
+    seen: Dict[Path, None] = {}
+    todo = [entry.resolve()]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen[path] = None
+        rel_pkg = path.relative_to(root).parent.parts if path.is_relative_to(root) else ()
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        names: List[str] = []
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names += [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    pkg = list(rel_pkg)[: len(rel_pkg) - node.level + 1]
+                    base = ".".join(pkg + ([base] if base else []))
+                names.append(base)
+                names += [f"{base}.{a.name}" if base else a.name for a in node.names]
+        for name in names:
+            parts = name.split(".")
+            for i in range(1, len(parts) + 1):  # the package __init__ files on the way, then the module
+                found = _module_file(".".join(parts[:i]), root)
+                if found is not None and found.resolve() not in seen:
+                    todo.append(found.resolve())
+    return sorted(p for p in seen if p.is_relative_to(root))
+
+
+def read_leap_yaml() -> Dict[str, Any]:
+    import yaml
+
+    data = yaml.safe_load(LEAP_YAML.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{LEAP_YAML} must hold a mapping")
+    return data
+
+
+def _is_environment(rel: Path) -> bool:
+    """Installed packages (a virtualenv inside the project), not project code."""
+    return "site-packages" in rel.parts or "dist-packages" in rel.parts or rel.parts[0].startswith(".")
+
+
+def check_leap_yaml(config: Dict[str, Any], runtime_modules: Sequence[str], step, report: Report) -> None:
+    include, exclude = list(config.get("include") or []), list(config.get("exclude") or [])
+    entry = config.get("entryFile")
+    if not entry or not (ROOT / entry).is_file():
+        report.fail(step, f"leap.yaml entryFile {entry!r} does not exist in {ROOT}")
+        return
+    if str(config.get("pythonVersion")) != "3.11":
+        report.fail(step, f"leap.yaml pythonVersion is {config.get('pythonVersion')!r}, expected '3.11'")
+    static = [p.relative_to(ROOT).as_posix() for p in import_closure(ROOT / entry, ROOT)]
+    runtime = [Path(m).relative_to(ROOT).as_posix() for m in runtime_modules
+               if Path(m).is_relative_to(ROOT) and not _is_environment(Path(m).relative_to(ROOT))]
+    needed = sorted(set(static) | set(runtime) | {entry, *REQUIRED_FILES})
+    missing = [p for p in needed if not bundled(p, include, exclude)]
+    for p in missing:
+        report.fail(step, f"leap.yaml does not bundle {p} (imported or read by {entry})")
+    for p in REQUIRED_FILES:
+        if not (ROOT / p).is_file():
+            report.fail(step, f"{p} is missing")
+    for bad in ("models/armbench-yolov5s-seg.onnx", "tests/conftest.py", "tools/finetune.py",
+                "armbench_segmentation/dataset/train.json", ".venv/bin/python"):
+        if bundled(bad, include, exclude):
+            report.fail(step, f"leap.yaml would bundle {bad}")
+    step.lines.append(f"{len(needed)} files needed by {entry} ({len(static)} by the import graph, "
+                      f"{len(runtime)} imported at run time): all bundled" if not missing else
+                      f"{len(missing)} of {len(needed)} needed files not bundled")
+
+
+# ============================================================================ main
+def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="poetry run test", description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", help="ARMBench-layout folder (default: ARMBENCH_DATASET, else the synthetic one)")
+    parser.add_argument("--model", help="ONNX export (default: ARMBENCH_MODEL, else model.path)")
+    parser.add_argument("--entry", help="entry file (default: leap.yaml entryFile)")
+    parser.add_argument("--samples", type=int, default=3, help="samples per split (default 3)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="INFO logging")
+    return parser.parse_args(argv)
+
+
+def _summarize(summary: Dict[str, Dict[str, Any]]) -> List[str]:
+    lines = []
+    for name, stats in summary.items():
+        if "values" in stats:
+            parts = []
+            for key, values in stats["values"].items():
+                nones = stats.get("nones", {}).get(key, 0)
+                mean = f"{np.mean(values):.3g}" if values else "-"
+                parts.append(f"{key}={mean}" + (f" ({nones} None)" if nones else ""))
+            shown = ", ".join(parts[:6]) + (f", ... {len(parts) - 6} more" if len(parts) > 6 else "")
+            lines.append(f"{name}: {stats['calls']} batches; means: {shown}")
+        elif "fields" in stats:
+            lines.append(f"{name}: {stats['fields']} scalar fields per sample")
+        else:
+            lines.append(f"{name}: {stats['calls']} samples")
+    return lines
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    global _ENTRY_FILE
+    args = _parse(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    start = time.perf_counter()
+    report = Report()
+    telemetry_dir = Path.home() / ".tensorleap"
+    telemetry_existed = telemetry_dir.exists()
+    module = registered = responses = None
+    summary: Dict[str, Dict[str, Any]] = {}
+    runtime_modules: List[str] = []
+    config: Dict[str, Any] = {}
+
+    with report.step("setup") as step:
+        config = read_leap_yaml()
+        entry = Path(args.entry).resolve() if args.entry else (ROOT / str(config.get("entryFile", "leap_binder.py")))
+        _ENTRY_FILE = entry.resolve()
+        if args.dataset:
+            os.environ["ARMBENCH_DATASET"] = str(Path(args.dataset).resolve())
+        elif not os.environ.get("ARMBENCH_DATASET"):
+            os.environ["ARMBENCH_DATASET"] = str(synthetic_dataset(_cache_dir()))
+        if args.model:
+            os.environ["ARMBENCH_MODEL"] = str(Path(args.model).resolve())
+        from armbench_segmentation.config import load_settings
+
+        model_path = load_settings().model.path
+        if not Path(model_path).is_file():
+            raise FileNotFoundError(f"model {model_path} not found: pass --model FILE or set ARMBENCH_MODEL")
+        step.lines += [f"entry   {entry}", f"dataset {os.environ['ARMBENCH_DATASET']}", f"model   {model_path}"]
+
+    if report.ok:
+        with report.step("import entry file") as step:
+            module = _import_entry(_ENTRY_FILE)
+            registered = registered_handlers(module)
+            step.lines += [f"{kind:34s} {name}" for name, kind in registered.names()]
+
+    if module is not None:
+        with report.step(f"integration test ({args.samples} samples per split)") as step:
+            responses = run_integration_test(module, report, step, args.samples)
+
+    if module is not None and responses:
+        with report.step("platform replay (batches of 2 and 1, float16 inputs)") as step:
+            replay(module, registered, responses, report, step, args.samples, summary)
+            step.lines += _summarize(summary)
+            try:
+                step.lines += float16_effect(module, registered, responses, args.samples)
+            except Exception as exc:  # noqa: BLE001 - informational only
+                step.lines.append(f"float16 effect not measured: {_describe(exc)}")
+
+    if module is not None:
+        with report.step("LeapLoader.check_dataset()") as step:
+            result = check_dataset(_ENTRY_FILE, step)
+            runtime_modules = result["modules"]
+            step.lines.append(f"is_valid={result['is_valid']}, {result['payloads']} payloads")
+            if not result["is_valid"]:
+                for f in result["failed"]:
+                    report.fail(step, f"check_dataset: '{f['name']}' failed: {json.dumps(f['display'])[:800]}")
+                if result["general_error"]:
+                    report.fail(step, f"check_dataset: {result['general_error'][:1500]}")
+                if not result["failed"] and not result["general_error"]:
+                    report.fail(step, "check_dataset: is_valid is False")
+
+    with report.step("leap.yaml covers the entry's imports") as step:
+        check_leap_yaml(config, runtime_modules, step, report)
+
+    with report.step("telemetry off") as step:
+        if not telemetry_existed and telemetry_dir.exists():
+            report.fail(step, f"{telemetry_dir} was created: code_loader telemetry ran (TL_DISABLE_ANALYTICS not set early)")
+        else:
+            step.lines.append(f"TL_DISABLE_ANALYTICS={os.environ.get('TL_DISABLE_ANALYTICS')!r}; "
+                              f"{telemetry_dir} {'untouched' if telemetry_existed else 'not created'}")
+
+    total = time.perf_counter() - start
+    print("\n" + "=" * 78)
+    print("Tensorleap integration check")
+    for s in report.steps:
+        print(f"[{'PASS' if s.ok else 'FAIL'}] {s.name} ({s.seconds:.1f} s)")
+        for line in s.lines:
+            print(f"       {line}")
+    if report.failures:
+        print(f"\n{len(report.failures)} failure(s):")
+        for f in report.failures:
+            print(f"  - {f}")
+    print(f"\n{'PASSED' if report.ok else 'FAILED'} in {total:.1f} s")
+    sys.stdout.flush()
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
