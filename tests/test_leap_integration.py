@@ -1,0 +1,324 @@
+"""Tensorleap integration.
+
+* Adapter known answers (no model): the GT encoders on the tiny hand-made dataset, and the
+  loss/metrics/visualizers on model outputs crafted from the ground truth (a perfect
+  prediction set, then one prediction swallowing two objects).
+* leap.yaml glob semantics (leap-cli's doublestar rules).
+* End to end (``e2e``, the shipped model): ``leap_test`` passes as ``poetry run test`` would
+  run it, writes no ``~/.tensorleap``, and fails loudly, naming the function, when a
+  registered function is broken on purpose in a copy of the entry file.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TL_DISABLE_ANALYTICS", "1")  # before code_loader is imported (via leap_binder)
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from armbench_segmentation.config import DEFAULT_MODEL_PATH
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_PATH = Path(os.environ.get("ARMBENCH_MODEL") or DEFAULT_MODEL_PATH)
+S = 640  # data.image_size
+H = S // 4  # prototype / GT-mask resolution
+
+
+# ---------------------------------------------------------------------------- fixtures
+def _clear(lb) -> None:
+    for fn in (lb._settings, lb._dataset, lb._samples_by_id, lb._load, lb._segmentation_keys, lb._uncertainty_keys):
+        fn.cache_clear()
+    lb._memo = lb._Memo()
+
+
+@pytest.fixture
+def binder(tiny_dataset, monkeypatch, tmp_path):
+    """leap_binder pointed at the tiny dataset, with fresh caches and no user config."""
+    import armbench_segmentation.config as config
+
+    monkeypatch.setenv("ARMBENCH_DATASET", str(tiny_dataset.root))
+    for var in ("ARMBENCH_CONFIG", "ARMBENCH_MODEL", "TL_DISABLE_ENGINE_FLOAT16_SIMULATION"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(config, "USER_CONFIG_PATH", tmp_path / "no-user-config.yaml")
+    import leap_binder
+
+    _clear(leap_binder)
+    yield leap_binder
+    _clear(leap_binder)
+
+
+def _responses(lb) -> dict:
+    out = {r.data["split"]: r for r in lb.preprocess()}
+    out["unlabeled"] = lb.preprocess_unlabeled()
+    return out
+
+
+def _crafted_outputs(lb, boxes_row: np.ndarray, masks_row: np.ndarray, merge: tuple[int, int] | None = None):
+    """ONNX-like outputs predicting the encoded GT exactly: one detection per instance whose
+    mask coefficient picks a prototype that is +20 on the instance's mask and -20 elsewhere.
+    With ``merge=(i, j)``, instances i and j are replaced by one prediction covering both."""
+    n_anchors = 3 * ((S // 8) ** 2 + (S // 16) ** 2 + (S // 32) ** 2)
+    det = np.zeros((n_anchors, 5 + 2 + 32), np.float32)
+    protos = np.full((32, H, H), -20.0, np.float32)
+    valid = np.flatnonzero(boxes_row[:, 5] > 0.5)
+    groups = [[int(i)] for i in valid]
+    if merge is not None:
+        groups = [g for g in groups if g[0] not in merge] + [list(merge)]
+    for k, members in enumerate(groups):
+        x1, y1 = boxes_row[members, 0].min(), boxes_row[members, 1].min()
+        x2, y2 = boxes_row[members, 2].max(), boxes_row[members, 3].max()
+        det[k * 7, :5] = [(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1, 0.95]
+        det[k * 7, 5 + int(boxes_row[members[0], 4])] = 0.95
+        det[k * 7, 7 + k] = 1.0
+        protos[k][masks_row[members].max(axis=0) > 0.5] = 20.0
+    return det[None], protos[None]
+
+
+# ---------------------------------------------------------------------------- encoders
+def test_preprocess_ids_are_file_stems(binder, tiny_dataset):
+    responses = _responses(binder)
+    assert sorted(responses["train"].sample_ids) == ["train_a", "train_b", "train_c"]
+    assert sorted(responses["val"].sample_ids) == ["val_a", "val_portrait"]
+    assert sorted(responses["unlabeled"].sample_ids) == ["test_a", "test_b", "test_c"]
+    assert responses["train"].sample_id_type is str
+
+
+def test_gt_encoders_pad_to_the_data_maximum(binder):
+    responses = _responses(binder)
+    train = responses["train"]
+    assert binder.max_instances() == 6  # train_a: tote + 5 objects, the most on one train/val image
+    loaded = binder._loaded("train_a", train)
+    boxes, masks = binder.gt_boxes("train_a", train), binder.gt_masks("train_a", train)
+    assert boxes.shape == (6, 6) and masks.shape == (6, H, H)
+    assert boxes.dtype == masks.dtype == np.float32
+    n = len(loaded.gt)
+    assert boxes[:, 5].sum() == n == 6
+    np.testing.assert_allclose(boxes[:n, :4], loaded.gt.boxes)
+    np.testing.assert_array_equal(boxes[:n, 4], loaded.gt.class_ids)
+    np.testing.assert_array_equal(masks[:n] > 0.5, loaded.gt.masks[:, ::4, ::4])  # the pixels the loss reads
+
+    empty_boxes, empty_masks = binder.gt_boxes("train_b", train), binder.gt_masks("train_b", train)
+    assert empty_boxes.shape == (6, 6) and not empty_boxes.any() and not empty_masks.any()  # no GT: all padding
+
+    unlabeled = responses["unlabeled"]
+    for enc in (binder.gt_boxes, binder.gt_masks):
+        out = enc("test_a", unlabeled)
+        assert out.dtype == np.float32 and out.size == 0
+
+    image = binder.input_image("val_portrait", responses["val"])
+    assert image.shape == (3, S, S) and image.dtype == np.float32 and 0 <= image.min() and image.max() <= 1
+
+
+def test_configured_cap_cuts_with_a_warning(binder, monkeypatch, tmp_path, caplog):
+    cfg = tmp_path / "cap.yaml"
+    cfg.write_text("data:\n  max_instances: 2\n")
+    monkeypatch.setenv("ARMBENCH_CONFIG", str(cfg))
+    _clear(binder)
+    train = _responses(binder)["train"]
+    with caplog.at_level(logging.WARNING):
+        boxes = binder.gt_boxes("train_a", train)
+    assert boxes.shape == (2, 6) and boxes[:, 5].sum() == 2
+    assert any("keeping the first 2" in r.getMessage() for r in caplog.records)
+
+
+def test_metadata_is_flat_typed_scalars(binder):
+    responses = _responses(binder)
+    for split, sid in (("train", "train_a"), ("train", "train_b"), ("unlabeled", "test_a")):
+        meta = binder.metadata(sid, responses[split])
+        assert len(meta) >= 20
+        for key, value in meta.items():
+            assert value is None or isinstance(value, (int, float, str, bool)), key
+            assert not (isinstance(value, float) and np.isnan(value)), key
+            if value is None:
+                assert key in binder.METADATA_TYPES, f"{key} can be None but has no metadata_type"
+    assert binder.metadata("test_a", responses["unlabeled"])["n_objects"] is None
+
+
+# ---------------------------------------------------------------------------- loss, metrics, visualizers
+def test_perfect_predictions_known_answers(binder):
+    val = _responses(binder)["val"]
+    boxes, masks = binder.gt_boxes("val_a", val)[None], binder.gt_masks("val_a", val)[None]
+    n = int(boxes[0, :, 5].sum())
+    det, protos = _crafted_outputs(binder, boxes[0], masks[0])
+
+    m = binder.matching_metrics(det, protos, boxes, masks)  # decorated: float16 inputs, validation
+    assert (m["tp"], m["fp"], m["fn"], m["f1"]) == ([n], [0], [0], [1.0])
+    assert m["mean_iou"][0] > 0.95 and m["ap"][0] > 0.9
+    seg = binder.segmentation_metrics(det, protos, boxes, masks)
+    assert seg["over_segmented"] == [0] and seg["under_segmented"] == [0]
+    loss = binder.yolov5_seg_loss_total(det, protos, boxes, masks)
+    assert loss.shape == (1,) and np.isfinite(loss).all()
+    parts = binder.loss_components(det, protos, boxes, masks)
+    assert np.isclose(sum(parts[k][0] for k in ("box", "obj", "cls", "mask")), loss[0], rtol=1e-4)
+    cm = binder.confusion_matrix(det, protos, boxes, masks)
+    assert len(cm) == 1 and all(e.predicted_probability > 0.5 for e in cm[0] if e.expected_outcome.value == "Positive")
+
+    viz = binder.pred_masks_visualizer(binder.input_image("val_a", val)[None], det, protos)
+    assert viz.mask.shape == (S, S) and int(viz.mask.max()) == n == len(viz.labels)
+
+
+def test_merged_prediction_is_under_segmentation(binder):
+    val = _responses(binder)["val"]
+    image = binder.input_image("val_a", val)[None]
+    boxes, masks = binder.gt_boxes("val_a", val)[None], binder.gt_masks("val_a", val)[None]
+    objects = [int(i) for i in np.flatnonzero((boxes[0, :, 5] > 0.5) & (boxes[0, :, 4] == 0))]
+    assert len(objects) == 2
+    det, protos = _crafted_outputs(binder, boxes[0], masks[0], merge=tuple(objects))
+
+    seg = binder.segmentation_metrics(det, protos, boxes, masks)
+    assert seg["under_segmented"] == [1] and seg["under_segmented_count"] == [1]
+    assert seg["under_segmented_mean_parts"] == [2.0] and seg["over_segmented"] == [0]
+    m = binder.matching_metrics(det, protos, boxes, masks)
+    assert m["fn"][0] >= 1 and m["f1"][0] < 1
+    under = binder.under_segmentation_visualizer(image, det, protos, boxes, masks)
+    over = binder.over_segmentation_visualizer(image, det, protos, boxes, masks)
+    plain = binder.image_visualizer(image).data
+    assert (under.data != plain).any()  # the merging prediction and its two objects are drawn
+    assert (over.data == plain).all()  # nothing over-segmented: nothing drawn
+
+
+def test_batches_give_one_value_per_sample_and_unlabeled_gives_none(binder):
+    responses = _responses(binder)
+    val = responses["val"]
+    boxes = np.stack([binder.gt_boxes(s, val) for s in ("val_a", "val_a")])
+    masks = np.stack([binder.gt_masks(s, val) for s in ("val_a", "val_a")])
+    det1, protos1 = _crafted_outputs(binder, boxes[0], masks[0])
+    det = np.concatenate([det1, det1])
+    protos = np.concatenate([protos1, protos1])
+    for fn in (binder.matching_metrics, binder.segmentation_metrics, binder.loss_components):
+        assert all(len(v) == 2 for v in fn(det, protos, boxes, masks).values()), fn.__name__
+    assert binder.yolov5_seg_loss_total(det, protos, boxes, masks).shape == (2,)
+    assert all(len(v) == 2 for v in binder.uncertainty_metrics(det, protos).values())
+    emb = binder.embedding_latent_space(np.ones((2, 512), np.float32))
+    assert emb.shape == (2, 512)
+
+    no_gt = np.zeros((1, 0), np.float32)
+    m = binder.matching_metrics(det1, protos1, no_gt, no_gt)
+    assert all(v == [None] for v in m.values())
+    assert np.isnan(binder.yolov5_seg_loss_total(det1, protos1, no_gt, no_gt)).all()
+    assert binder.confusion_matrix(det1, protos1, no_gt, no_gt) == [[]]
+
+
+def test_label_map_and_relative_boxes(binder):
+    from armbench_segmentation.structures import Instances
+
+    masks = np.zeros((2, 8, 10), bool)
+    masks[0, :, :] = True  # large, drawn first
+    masks[1, 2:4, 2:4] = True  # small, stays visible on top
+    lm = binder.label_map(masks)
+    assert lm.dtype == np.uint8 and lm[0, 0] == 1 and lm[2, 2] == 2
+    inst = Instances(boxes=[[0, 0, 10, 8], [2, 2, 4, 4]], class_ids=[1, 0], image_size=(8, 10), scores=[0.9, 0.5])
+    bbs = binder.bounding_boxes(inst)
+    assert (bbs[0].x, bbs[0].y, bbs[0].width, bbs[0].height, bbs[0].label) == (0.5, 0.5, 1.0, 1.0, "Tote")
+    assert (bbs[1].x, bbs[1].y, bbs[1].confidence, bbs[1].label) == (0.3, 0.375, 0.5, "Object")
+
+
+# ---------------------------------------------------------------------------- leap.yaml
+@pytest.mark.parametrize("pattern, path, expected", [
+    ("armbench_segmentation/**/*.py", "armbench_segmentation/config.py", True),
+    ("armbench_segmentation/**/*.py", "armbench_segmentation/metrics/loss.py", True),
+    ("armbench_segmentation/*.py", "armbench_segmentation/metrics/loss.py", False),
+    ("models/**", "models/armbench-yolov5s-seg.onnx", True),
+    ("**/__pycache__/**", "armbench_segmentation/__pycache__/config.cpython-311.pyc", True),
+    ("*.py", "tools/finetune.py", False),
+    ("leap_{binder,test}.py", "leap_test.py", True),
+    ("data/[a-c]?.json", "data/b1.json", True),
+])
+def test_glob_semantics(pattern, path, expected):
+    import leap_test
+
+    assert leap_test.glob_match(pattern, path) is expected
+
+
+def test_leap_yaml_bundles_the_entry_imports_and_nothing_heavy():
+    import leap_test
+
+    config = leap_test.read_leap_yaml()
+    include, exclude = config["include"], config["exclude"]
+    needed = [p.relative_to(ROOT).as_posix() for p in leap_test.import_closure(ROOT / config["entryFile"], ROOT)]
+    assert "armbench_segmentation/metrics/loss.py" in needed and "armbench_segmentation/visualize.py" in needed
+    for path in needed + ["requirements.txt", "armbench_segmentation/default_config.yaml"]:
+        assert leap_test.bundled(path, include, exclude), path
+    for path in ("models/armbench-yolov5s-seg.onnx", "armbench_segmentation/dataset/images/X.jpg", "tests/conftest.py",
+                 "tools/finetune.py", ".venv/lib/python3.11/site-packages/numpy/__init__.py", "leap_test.py"):
+        assert not leap_test.bundled(path, include, exclude), path
+
+
+# ---------------------------------------------------------------------------- end to end
+needs_model = pytest.mark.skipif(
+    not MODEL_PATH.is_file(),
+    reason=f"model {MODEL_PATH} absent (the shipped models/armbench-yolov5s-seg.onnx, or ARMBENCH_MODEL)")
+
+
+@pytest.fixture(scope="module")
+def synth_cache(tmp_path_factory):
+    """One synthetic dataset cache for every leap_test run of this module."""
+    return tmp_path_factory.mktemp("xdg-cache")
+
+
+def _run_leap_test(home: Path, cache: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("ARMBENCH_DATASET", "ARMBENCH_CONFIG", "TL_DISABLE_ANALYTICS", "XDG_CACHE_HOME")}
+    env.update(HOME=str(home), XDG_CACHE_HOME=str(cache), ARMBENCH_MODEL=str(MODEL_PATH.resolve()))
+    code = "import sys, leap_test; sys.exit(leap_test.main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=900)
+
+
+@pytest.mark.e2e
+@needs_model
+def test_leap_test_passes_without_telemetry(tmp_path, synth_cache):
+    home = tmp_path / "home"
+    home.mkdir()
+    proc = _run_leap_test(home, synth_cache)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    assert "PASSED" in proc.stdout
+    assert not (home / ".tensorleap").exists(), "code_loader telemetry wrote ~/.tensorleap"
+
+
+BREAKS = {
+    # one value too many: code_loader's own local check does not catch this
+    "matching_metrics": (
+        '    return _columns(_per_sample(_matching_row, detections, prototypes, gt_boxes, gt_masks), '
+        'list(MATCHING_DIRECTIONS))\n',
+        '    columns = _columns(_per_sample(_matching_row, detections, prototypes, gt_boxes, gt_masks), '
+        'list(MATCHING_DIRECTIONS))\n    return {k: v + [0.0] for k, v in columns.items()}\n',
+        "one value per sample",
+    ),
+    # raises inside the function
+    "uncertainty_metrics": (
+        '    rows = _per_sample(lambda d, p: uncertainty_scores(',
+        '    raise RuntimeError("broken on purpose")\n    rows = _per_sample(lambda d, p: uncertainty_scores(',
+        "broken on purpose",
+    ),
+}
+
+
+@pytest.mark.e2e
+@needs_model
+@pytest.mark.parametrize("function", sorted(BREAKS))
+def test_leap_test_fails_loudly_on_a_broken_function(function, tmp_path, synth_cache):
+    old, new, symptom = BREAKS[function]
+    source = (ROOT / "leap_binder.py").read_text(encoding="utf-8")
+    assert source.count(old) == 1, f"the text to break in {function} changed; update BREAKS"
+    broken = tmp_path / "entry" / "leap_binder.py"
+    broken.parent.mkdir()
+    broken.write_text(source.replace(old, new), encoding="utf-8")
+    home = tmp_path / "home"
+    home.mkdir()
+
+    proc = _run_leap_test(home, synth_cache, "--entry", str(broken), "--samples", "1")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-6000:]
+    assert "FAILED" in proc.stdout
+    failures = proc.stdout[proc.stdout.rfind("failure(s):"):]
+    assert f"leap_binder.{function}" in failures, failures[-3000:]
+    assert symptom in failures, failures[-3000:]
