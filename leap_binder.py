@@ -262,10 +262,16 @@ class _Memo:
 _memo = _Memo()
 
 
+def _fit(n: int, k: int) -> int:
+    if n > k:  # the loader already caps at K (data.max_instances) with a warning; never silent here either
+        log.warning("%d ground-truth instances, encoding the first %d (GT encoders have K=%d rows)", n, k, k)
+    return min(n, k)
+
+
 def encode_gt_boxes(gt: Instances, k: int) -> np.ndarray:
     """Instances -> (K, 6) float32 ``[x1, y1, x2, y2, class, valid]``, zero rows as padding."""
     out = np.zeros((k, len(GT_BOX_COLUMNS)), np.float32)
-    n = min(len(gt), k)
+    n = _fit(len(gt), k)
     out[:n, :4] = gt.boxes[:n]
     out[:n, 4] = gt.class_ids[:n]
     out[:n, 5] = 1.0
@@ -276,7 +282,7 @@ def encode_gt_masks(gt: Instances, k: int, stride: int = PROTO_STRIDE) -> np.nda
     """Instances (N, S, S) masks -> (K, S/stride, S/stride) float32 0/1 sampled at (stride*r, stride*c)."""
     h, w = gt.image_size
     out = np.zeros((k, h // stride, w // stride), np.float32)
-    n = min(len(gt), k)
+    n = _fit(len(gt), k)
     if n:
         out[:n] = gt.masks[:n, ::stride, ::stride][:, : h // stride, : w // stride]
     return out
