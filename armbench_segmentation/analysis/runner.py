@@ -127,6 +127,7 @@ class _Loaded:
     loaded: Any = None
     annotations: list | None = None
     error: str | None = None
+    internal: str | None = None  # traceback of an unexpected exception while loading
 
 
 def _load(dataset: Any, seq: int, sample: Any) -> _Loaded:
@@ -135,6 +136,8 @@ def _load(dataset: Any, seq: int, sample: Any) -> _Loaded:
         return _Loaded(seq, sample, loaded, dataset.annotations(sample))
     except SampleError as exc:
         return _Loaded(seq, sample, error=str(exc))
+    except Exception as exc:  # a bug or an unforeseen data problem: counted like processing bugs
+        return _Loaded(seq, sample, error=f"internal error: {type(exc).__name__}: {exc}", internal=traceback.format_exc())
 
 
 class _Writer(threading.Thread):
@@ -187,9 +190,21 @@ class _Writer(threading.Thread):
         if len(self.summary.error_samples) < 20:
             self.summary.error_samples.append((s.split, s.sample_id, message))
 
+    def _internal(self, item: _Loaded, message: str, trace: str, exc: BaseException | None = None) -> None:
+        s = item.sample
+        self._internal_errors += 1
+        logger.error("internal error on sample %s (split %s, file %s):\n%s", s.sample_id, s.split, s.file_name, trace)
+        self._error(item, message)
+        done = self.summary.computed + self.summary.errors
+        if self._internal_errors > _INTERNAL_ERROR_LIMIT and self._internal_errors > _INTERNAL_ERROR_SHARE * done:
+            raise RuntimeError(f"{self._internal_errors} of {done} samples failed with internal errors "
+                               f"(last: {message}); stopping. See the log above.") from exc
+
     def _handle(self, item: _Loaded, raw: Any) -> None:
         s = item.sample
-        if item.error is not None:
+        if item.internal is not None:
+            self._internal(item, item.error or "internal error", item.internal)
+        elif item.error is not None:
             self._error(item, item.error)
         else:
             try:
@@ -198,14 +213,7 @@ class _Writer(threading.Thread):
             except SampleError as exc:
                 self._error(item, str(exc))
             except Exception as exc:  # a bug for this sample: record it, go on, but not forever
-                self._internal_errors += 1
-                logger.error("internal error on sample %s (split %s, file %s):\n%s", s.sample_id, s.split,
-                             s.file_name, traceback.format_exc())
-                self._error(item, f"internal error: {type(exc).__name__}: {exc}")
-                done = self.summary.computed + self.summary.errors
-                if self._internal_errors > _INTERNAL_ERROR_LIMIT and self._internal_errors > _INTERNAL_ERROR_SHARE * done:
-                    raise RuntimeError(f"{self._internal_errors} of {done} samples failed with internal errors "
-                                       f"(last: {type(exc).__name__}: {exc}); stopping. See the log above.") from exc
+                self._internal(item, f"internal error: {type(exc).__name__}: {exc}", traceback.format_exc(), exc)
             else:
                 self._buffer.append(StoredSample(
                     split=s.split, sample_id=s.sample_id, status=STATUS_OK, row=result.row,
@@ -294,8 +302,10 @@ def run_samples(
 
     def send(item: Any) -> None:
         while True:  # a bounded put that notices a dead writer
-            if writer.failure is not None or not writer.is_alive():
-                raise RuntimeError("the analysis writer stopped") from writer.failure
+            if writer.failure is not None:
+                raise writer.failure
+            if not writer.is_alive():  # pragma: no cover - it only ends after None or a failure
+                raise RuntimeError("the analysis writer thread ended unexpectedly")
             try:
                 writer.inbox.put(item, timeout=0.2)
                 return
@@ -309,7 +319,7 @@ def run_samples(
             while pending and len(batch) < batch_size:
                 item = pending.popleft().result()
                 refill()
-                if item.error is not None:
+                if item.error is not None or item.internal is not None:
                     send((item, None))
                 else:
                     batch.append(item)

@@ -282,3 +282,34 @@ def test_batches_and_selection_order(setup):
     assert summary.computed == len(keys)
     assert list(zip(store.frame()["split"], store.frame()["sample_id"])) == keys
     assert len(commits) >= 4 and commits == sorted(commits)  # small transactions as it goes
+
+
+def test_unexpected_errors_are_recorded_then_abort_when_systematic(setup, monkeypatch, caplog):
+    from armbench_segmentation.analysis import runner
+
+    tiny, settings, tmp = setup
+    total = sum(tiny.expected["images"].values())
+    real = runner.process_sample
+
+    def flaky(loaded, *args):
+        if loaded.sample.sample_id == "val_a":
+            raise ZeroDivisionError("bug for this sample")
+        return real(loaded, *args)
+
+    monkeypatch.setattr(runner, "process_sample", flaky)
+    dataset, model, store = open_all(settings, tmp / "r.sqlite")
+    with caplog.at_level(logging.ERROR, logger="armbench_segmentation.analysis.runner"):
+        summary = run_samples(dataset, model, store, settings, progress=False)
+    assert (summary.computed, summary.errors) == (total - 1, 1)
+    assert store.errors()["error"].tolist() == ["internal error: ZeroDivisionError: bug for this sample"]
+    assert "Traceback" in caplog.text and "val_a" in caplog.text
+
+    def broken(*args):
+        raise ZeroDivisionError("bug everywhere")
+
+    monkeypatch.setattr(runner, "process_sample", broken)
+    monkeypatch.setattr(runner, "_INTERNAL_ERROR_LIMIT", 2)
+    dataset, model, store = open_all(settings, tmp / "r2.sqlite")
+    with pytest.raises(RuntimeError, match="failed with internal errors"):
+        run_samples(dataset, model, store, settings, progress=False)
+    assert store.counts()  # what failed before the abort is recorded, the store is usable
