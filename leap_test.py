@@ -440,13 +440,17 @@ def replay(module, registered: Registered, responses: Dict[str, Any], report: Re
             conn = connections.get((kind, name))
             if conn is None or kind == "custom_visualizer" or (not labeled and needs_gt(conn)):
                 continue
-            stats = summary.setdefault(f"{kind} '{name}'", {"calls": 0, "values": {}, "nones": {}})
+            stats = summary.setdefault(f"{kind} '{name}'", {"calls": 0, "values": {}, "nones": {}, "seconds": 0.0,
+                                                            "samples": 0})
             for batch in batches:
                 b = len(batch)
                 try:
                     kwargs = {arg: simulate_engine_float16_downcast(source(node, batch))
                               for arg, node in conn.node_inputs.items()}
+                    t0 = time.perf_counter()
                     result = handler.function(**kwargs)
+                    stats["seconds"] += time.perf_counter() - t0
+                    stats["samples"] += b
                 except Exception as exc:  # noqa: BLE001
                     traceback.print_exc()
                     report.fail(step, f"{kind} '{name}' ({_func_name(handler)}) on {split}, batch of {b}: "
@@ -480,11 +484,13 @@ def replay(module, registered: Registered, responses: Dict[str, Any], report: Re
             conn = connections.get((kind, name))
             if conn is None or kind != "custom_visualizer" or (not labeled and needs_gt(conn)):
                 continue
-            stats = summary.setdefault(f"{kind} '{name}'", {"calls": 0})
+            stats = summary.setdefault(f"{kind} '{name}'", {"calls": 0, "seconds": 0.0})
             for enc in encoded:
                 try:
                     kwargs = {arg: source(node, [enc]) for arg, node in conn.node_inputs.items()}
+                    t0 = time.perf_counter()
                     result = handler.function(**kwargs)
+                    stats["seconds"] += time.perf_counter() - t0
                 except Exception as exc:  # noqa: BLE001
                     traceback.print_exc()
                     report.fail(step, f"{kind} '{name}' ({_func_name(handler)}) on {split}: {_describe(exc)}")
@@ -707,11 +713,12 @@ def _summarize(summary: Dict[str, Dict[str, Any]]) -> List[str]:
                 mean = f"{np.mean(values):.3g}" if values else "-"
                 parts.append(f"{key}={mean}" + (f" ({nones} None)" if nones else ""))
             shown = ", ".join(parts[:6]) + (f", ... {len(parts) - 6} more" if len(parts) > 6 else "")
-            lines.append(f"{name}: {stats['calls']} batches; means: {shown}")
+            per = 1000 * stats["seconds"] / max(stats["samples"], 1)
+            lines.append(f"{name}: {stats['calls']} batches, {per:.0f} ms/sample; means: {shown}")
         elif "fields" in stats:
             lines.append(f"{name}: {stats['fields']} scalar fields per sample")
         else:
-            lines.append(f"{name}: {stats['calls']} samples")
+            lines.append(f"{name}: {stats['calls']} samples, {1000 * stats['seconds'] / max(stats['calls'], 1):.0f} ms/sample")
     return lines
 
 
