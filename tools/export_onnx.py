@@ -131,6 +131,11 @@ def export(weights: Path, out: Path, static: bool = False, check: bool = True, m
         except TypeError:  # torch without the dynamo switch
             torch.onnx.export(em, x, str(tmp), **kwargs)
     m = onnx.load(str(tmp))
+    # the legacy exporter leaves the width of output0 symbolic with dynamic axes: pin it
+    no = 5 + len(names) + model.model[-1].nm
+    d = m.graph.output[0].type.tensor_type.shape.dim[2]
+    d.ClearField("dim_param")
+    d.dim_value = no
     onnx.checker.check_model(m)
     meta = {
         "names": str({i: n for i, n in enumerate(names)}),

@@ -18,7 +18,9 @@ What it does
    (cv2.IMREAD_REDUCED_COLOR_2/4), letterboxed to ``--imgsz`` (gray 114) and cached in memory.
    Augmentation: random scale/translate (affine), left-right and up-down flips, HSV jitter;
    optionally a random ``--crop`` window is cut from the ``--imgsz`` canvas, which keeps objects
-   at the pixel scale the model sees at inference while making each step cheaper.
+   at the pixel scale the model sees at inference while making each step cheaper; a share
+   ``--full-prob`` of the batches shows whole canvases at ``--full-size`` so that the tote (which
+   spans the image) is seen whole.
 5. Saves ``tools/work/<run>/last.pt`` (plain state dicts, loadable with weights_only=True)
    every epoch, ``--resume`` continues from it. At the end exports the EMA weights with
    tools/export_onnx.py to ``<out>/armbench-yolov5s-seg.onnx`` and, with ``--eval-data``,
@@ -220,13 +222,19 @@ def augment_hsv(img: np.ndarray, rng: np.random.Generator, hgain: float, sgain: 
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
 
 
-def make_sample(ds: CachedSet, idx: int, out: int, hyp: dict, rng: np.random.Generator, augment: bool):
-    """One training sample: (out,out,3) uint8 RGB, (n,5) [cls,cx,cy,w,h] normalized, (n,out/4,out/4) uint8 masks."""
+def make_sample(ds: CachedSet, idx: int, out: int, hyp: dict, rng: np.random.Generator, augment: bool,
+                full_view: bool = True):
+    """One training sample: (out,out,3) uint8 RGB, (n,5) [cls,cx,cy,w,h] normalized, (n,out/4,out/4) uint8 masks.
+
+    ``full_view``: the whole canvas scaled to ``out`` (x scale jitter, translate); otherwise (only
+    when out < canvas) a random out x out window of the canvas scaled by the jitter only.
+    """
     S = ds.size
     img, instances = ds.images[idx], ds.instances[idx]
     # Affine canvas(S) -> output(out): scale about the centre, translate, crop, flip.
     s = rng.uniform(1 - hyp["scale"], 1 + hyp["scale"]) if augment else 1.0
-    if out < S:  # random window of the (scaled) canvas; objects keep their canvas pixel scale
+    full_view = full_view or out >= S
+    if not full_view:  # random window of the (scaled) canvas; objects keep their canvas pixel scale
         span = S * s - out
         ox = rng.uniform(min(0, span), max(0, span)) if augment else span / 2
         oy = rng.uniform(min(0, span), max(0, span)) if augment else span / 2
@@ -288,13 +296,17 @@ def collate(samples):
 class BatchIterator:
     """Shuffled batches built in one background thread (cv2 releases the GIL)."""
 
-    def __init__(self, ds: CachedSet, batch: int, out: int, hyp: dict, seed: int, epoch: int, augment: bool = True):
+    def __init__(self, ds: CachedSet, batch: int, out: int, hyp: dict, seed: int, epoch: int, augment: bool = True,
+                 full_size: int = 0, full_prob: float = 0.0):
         rng = np.random.default_rng([seed, epoch])
         order = rng.permutation(len(ds)) if augment else np.arange(len(ds))
         nb = len(ds) // batch if augment else math.ceil(len(ds) / batch)  # drop_last when training
         self.batches = [order[i * batch : (i + 1) * batch] for i in range(nb)]
         self.ds, self.out, self.hyp, self.augment = ds, out, hyp, augment
         self.seeds = rng.integers(0, 2**63, size=len(self.batches))
+        # per batch: a random window of size `out`, or (with full_prob) the whole canvas at full_size
+        self.full = (rng.random(len(self.batches)) < full_prob) if (full_size and out < ds.size) else np.zeros(len(self.batches), bool)
+        self.full_size = full_size
         self.pool = ThreadPoolExecutor(1)
 
     def __len__(self) -> int:
@@ -302,7 +314,9 @@ class BatchIterator:
 
     def _build(self, k):
         rng = np.random.default_rng(int(self.seeds[k]))
-        return collate([make_sample(self.ds, int(i), self.out, self.hyp, rng, self.augment) for i in self.batches[k]])
+        full = bool(self.full[k])
+        out = self.full_size if full else self.out
+        return collate([make_sample(self.ds, int(i), out, self.hyp, rng, self.augment, full_view=full) for i in self.batches[k]])
 
     def __iter__(self):
         if not self.batches:
@@ -408,7 +422,8 @@ def train(args) -> dict:
         sums = np.zeros(4)
         n_seen = 0
         optimizer.zero_grad()
-        for i, (x, targets, masks) in enumerate(BatchIterator(ds, args.batch, out_size, hyp, seed, epoch)):
+        for i, (x, targets, masks) in enumerate(BatchIterator(ds, args.batch, out_size, hyp, seed, epoch,
+                                                                     full_size=args.full_size, full_prob=args.full_prob)):
             it = epoch * nb + i
             # LR: warmup (bias from warmup_bias_lr down, others from 0 up), then cosine to lr0*lrf.
             frac = it / max(1, total_iters)
@@ -501,6 +516,9 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--imgsz", type=int, default=640, help="letterbox canvas the images are cached at (the model's inference scale)")
     p.add_argument("--crop", type=int, default=0, help="train on random crops of this size from the canvas (0 = whole canvas)")
+    p.add_argument("--full-prob", type=float, default=0.25,
+                   help="with --crop: share of batches that show whole canvases (at --full-size) instead of windows")
+    p.add_argument("--full-size", type=int, default=512, help="with --crop: size of the whole-canvas batches")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--accumulate", type=int, default=1, help="optimizer step every N batches")
     p.add_argument("--max-train", type=int, default=None, help="use only the first N training images")
