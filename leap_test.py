@@ -396,6 +396,8 @@ def replay(module, registered: Registered, responses: Dict[str, Any], report: Re
                 if value.dtype != np.float32 or (want is not None and value.shape != want):
                     report.fail(step, f"encoder '{h.name}' on {split}/{sid}: {value.dtype} {value.shape}, "
                                       f"expected float32 {want}")
+                elif h.name == "image" and not (0.0 <= value.min() and value.max() <= 1.0):
+                    report.fail(step, f"encoder 'image' on {split}/{sid}: values outside [0, 1]")
                 elif h.name != "image" and not np.isin(np.unique(value[..., 5] if h.name == "gt_boxes" else value),
                                                        [0.0, 1.0]).all():
                     report.fail(step, f"encoder '{h.name}' on {split}/{sid}: valid flags / mask values not 0/1")
@@ -417,7 +419,11 @@ def replay(module, registered: Registered, responses: Dict[str, Any], report: Re
             image = enc.get(registered.inputs[0].name)
             if image is None:
                 continue
-            outputs = model.run(None, {model.get_inputs()[0].name: image[None]})
+            try:
+                outputs = model.run(None, {model.get_inputs()[0].name: image[None]})
+            except Exception as exc:  # noqa: BLE001
+                report.fail(step, f"model on {split}/{sid}: {_describe(exc)}")
+                continue
             enc.update({f"__prediction{i}": np.asarray(o)[0] for i, o in enumerate(outputs)})
             encoded.append(enc)
         if not encoded:
@@ -502,12 +508,16 @@ def replay(module, registered: Registered, responses: Dict[str, Any], report: Re
 
 
 def float16_effect(module, registered: Registered, responses: Dict[str, Any], n_samples: int) -> List[str]:
-    """How float16 storage changes decoding and the loss (informational, labeled samples)."""
+    """How float16 storage changes decoding, F1 and the loss on the labeled samples
+    (informational). Detections are paired by box IoU: near-tied scores may reorder them."""
     from code_loader.utils import simulate_engine_float16_downcast as f16
+
+    from armbench_segmentation.metrics.overlap import box_iou, mask_overlaps
 
     model = module.load_model()
     n_same = n_total = 0
-    d_score = d_box = d_loss = 0.0
+    ious: List[float] = []
+    d_score = d_loss = d_f1 = 0.0
     for split in ("train", "val"):
         resp = responses.get(split)
         for sid in list(resp.sample_ids)[:n_samples] if resp is not None else []:
@@ -516,17 +526,19 @@ def float16_effect(module, registered: Registered, responses: Dict[str, Any], n_
             det, protos = (np.asarray(o)[0] for o in model.run(None, {model.get_inputs()[0].name: image[None]})[:2])
             p32, p16 = module._predictions(det, protos), module._predictions(f16(det), f16(protos))
             n_total += 1
-            if len(p32) == len(p16) and (p32.class_ids == p16.class_ids).all():
-                n_same += 1
-                if len(p32):
-                    d_score = max(d_score, float(np.abs(p32.scores - p16.scores).max()))
-                    d_box = max(d_box, float(np.abs(p32.boxes - p16.boxes).max()))
-            boxes, masks = enc["gt_boxes"], enc["gt_masks"]
-            l32 = module._losses(det, protos, boxes, masks)["total"]
-            l16 = module._losses(f16(det), f16(protos), f16(boxes), f16(masks))["total"]
+            n_same += len(p32) == len(p16)
+            if len(p32) and len(p16):
+                j = box_iou(p32.boxes, p16.boxes).argmax(axis=1)  # (N,) closest float16 detection
+                d_score = max(d_score, float(np.abs(p32.scores - p16.scores[j]).max()))
+                ious += mask_overlaps(p32.masks, p16.masks[j]).iou.diagonal().tolist()
+            gt32 = (det, protos, enc["gt_boxes"], enc["gt_masks"])
+            gt16 = (f16(det), f16(protos), f16(enc["gt_boxes"]), f16(enc["gt_masks"]))
+            l32, l16 = module._losses(*gt32)["total"], module._losses(*gt16)["total"]
             d_loss = max(d_loss, abs(l16 - l32) / max(abs(l32), 1e-12))
-    return [f"float16 storage vs float32: same detections (count, classes) in {n_same}/{n_total} samples; "
-            f"max |d score| {d_score:.2g}, max |d box| {d_box:.2g} px; loss total max rel. diff {d_loss:.2g}"]
+            d_f1 = max(d_f1, abs(module._matching_row(*gt32)["f1"] - module._matching_row(*gt16)["f1"]))
+    iou_text = f"mask IoU of paired detections min {min(ious):.3f} mean {np.mean(ious):.4f}" if ious else "no detections"
+    return [f"float16 storage vs float32 ({n_total} labeled samples): same detection count in {n_same}; {iou_text}; "
+            f"max |d score| {d_score:.2g}; max |d F1| {d_f1:.2g}; loss total max rel. diff {d_loss:.2g}"]
 
 
 # ============================================================================ step 4: check_dataset
