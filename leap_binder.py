@@ -33,8 +33,12 @@ sampled at the same pixels (4r, 4c); both are in one (S/4, S/4) frame, relative 
 GT masks repeated back to S (identical at the pixels it reads).
 
 Float16: the platform stores tensors as float16 and so does the local check when it calls a
-metric or loss; every function casts back to float32 before decoding. Decoding float16
-detections shifts boxes by at most ~0.25 px and scores by < 5e-4 (see ``leap_test.py``).
+metric or loss; every function casts back to float32 before decoding (no float16 arithmetic).
+What the storage itself loses: scores move by < 5e-4 and boxes by ~0.25 px, and where two
+overlapping candidates tie at float16 precision NMS may keep the other one. Measured with an
+early fine-tuned export on 40 synthetic val images: the same number of detections on every
+image, paired masks IoU 0.998 on average (0.84 at worst), F1 unchanged, loss within 0.06%.
+``leap_test.py`` reports this for the samples it runs. The simulation stays on.
 
 Configuration: ``armbench_segmentation.config.load_settings`` (defaults < user file <
 environment < flags). A ``leap_config.yaml`` next to this file, when present, is used as the
