@@ -129,9 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         rss_before = rss_mb()
         sampler = RssSampler()
         sampler.start()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         summary = run_samples(Subset(), model, store, settings, progress=False)
-        e2e_s = time.perf_counter() - t0
+        e2e_s, e2e_cpu = time.perf_counter() - t0, time.process_time() - c0
         rss_peak = sampler.stop()
         rss_after = rss_mb()
         store.close()
@@ -142,16 +142,19 @@ def main(argv: list[str] | None = None) -> int:
     images = [dataset.load(s).image for s in samples]
     bs = max(1, settings.model.batch_size)
     batches = [model.to_input(np.stack(images[i: i + bs])) for i in range(0, len(images), bs)]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for b in batches:
         model.run(b)
-    raw_s = time.perf_counter() - t0
+    raw_s, raw_cpu = time.perf_counter() - t0, time.process_time() - c0
     raw = len(images) / raw_s
 
     print(f"raw ONNX inference:      {raw:7.2f} img/s ({1000 * raw_s / len(images):.0f} ms/img)")
     print(f"end-to-end analysis:     {e2e:7.2f} img/s ({1000 * e2e_s / done:.0f} ms/img; {summary.computed} ok, "
           f"{summary.errors} errors)")
     print(f"ratio end-to-end / raw:  {e2e / raw:7.2f}   (goal >= 0.8)")
+    print(f"CPU time per image (all threads): raw {1000 * raw_cpu / len(images):.0f} ms, end-to-end "
+          f"{1000 * e2e_cpu / done:.0f} ms -> CPU-bound ratio {raw_cpu / len(images) / (e2e_cpu / done):.2f}; "
+          f"load average {os.getloadavg()[0]:.1f}")
     print(f"memory (RSS): {rss_before:.0f} MB before, {rss_peak:.0f} MB peak during, {rss_after:.0f} MB after the "
           f"run; ru_maxrss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
