@@ -85,6 +85,18 @@ def _has_dataset(folder: Path) -> bool:
     return all((folder / n).exists() for n in ("images", "train.json", "val.json", "test.json"))
 
 
+def _remove_stale_partials(folder: Path) -> None:
+    """Remove ``<folder>.tmp-<pid>`` left by generations that were killed (their pid is gone)."""
+    for partial in folder.parent.glob(f"{folder.name}.tmp-*"):
+        try:
+            pid = int(partial.name.rsplit("-", 1)[1])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(partial, ignore_errors=True)
+        except (ValueError, PermissionError, OSError):
+            continue
+
+
 def ensure_synthetic_dataset(spec: SyntheticSpec = DEFAULT_SYNTHETIC, folder: Path | None = None,
                              progress: bool = True) -> Path:
     """The synthetic dataset folder, generated on first use (atomically: a killed generation
@@ -96,12 +108,17 @@ def ensure_synthetic_dataset(spec: SyntheticSpec = DEFAULT_SYNTHETIC, folder: Pa
         logger.info("using the synthetic dataset (%s) at %s", spec.describe(), folder)
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(folder)
     tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     logger.info("generating the synthetic dataset once (%s) into %s ...", spec.describe(), folder)
     t0 = time.monotonic()
-    generate_dataset(tmp, spec.n_train, spec.n_val, spec.n_unlabeled, seed=spec.seed, width=spec.width,
-                     height=spec.height, progress=progress)
+    try:
+        generate_dataset(tmp, spec.n_train, spec.n_val, spec.n_unlabeled, seed=spec.seed, width=spec.width,
+                         height=spec.height, progress=progress)
+    except BaseException:  # interrupted or failed: no half dataset left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         tmp.rename(folder)
     except OSError:  # another process finished first, or a stale folder is in the way

@@ -147,6 +147,8 @@ def test_synthetic_dataset_generated_once_into_the_cache(tmp_path, isolated):
     from armbench_segmentation.config import load_settings
 
     spec = SyntheticSpec(n_train=2, n_val=1, n_unlabeled=1, width=612, height=512)
+    stale = tmp_path / "cache" / "armbench-segmentation" / f"{spec.folder_name()}.tmp-999999999"
+    (stale / "images").mkdir(parents=True)  # left by a generation that was killed
     settings, where = resolve_dataset(load_settings(env={}), synthetic=True, spec=spec, progress=False)
     folder = Path(settings.data.path)
     assert folder.parent == tmp_path / "cache" / "armbench-segmentation"
