@@ -158,25 +158,13 @@ def _class_names() -> List[str]:
     return list(_settings().data.class_names)
 
 
-def _count_instances(dataset: ArmbenchDataset) -> int:
-    """Largest number of annotations of a configured class on one image of the selected
-    train/val samples (an upper bound of the loader's instance count)."""
-    most = 0
-    for split in LABELED_SPLITS:
-        categories = dataset.category_map(split)
-        for sample in dataset.samples(split):
-            n = sum(1 for ann in dataset.annotations(sample) if ann.get("category_id") in categories)
-            most = max(most, n)
-    return most
-
-
 @functools.lru_cache(maxsize=None)
 def _dataset() -> ArmbenchDataset:
     """The dataset with ``max_instances`` fixed: the configured cap, or the data's maximum."""
     data = _settings().data
     dataset = ArmbenchDataset(data.path, data)
     if data.max_instances is None:
-        k = max(1, _count_instances(dataset))
+        k = max(1, dataset.max_instances_per_image(tuple(LABELED_SPLITS)))
         dataset = ArmbenchDataset(data.path, dataclasses.replace(data, max_instances=k))
         log.info("GT encoders padded to %d instances (the most on one train/val image)", k)
     return dataset

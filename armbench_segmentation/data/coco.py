@@ -338,6 +338,33 @@ class ArmbenchDataset:
                         self.split_path(split).name, size, split, len(ranked))
         return ranked[:size]
 
+    def max_instances_per_image(self, splits: tuple[str, ...] | list[str] = LABELED_SPLITS) -> int:
+        """The largest number of annotations of a configured class on one selected image of
+        ``splits`` (the samples ``samples(split)`` returns), from the COCO JSON only (no image
+        is decoded, no mask rasterized).
+
+        An upper bound of the instances the loader keeps: annotations it drops later (no
+        usable geometry, invalid RLE) are counted. The unlabeled split counts 0 (its labels
+        are ignored). 0 when no selected image has an annotation.
+
+        Raises:
+            ValueError: an unknown split name.
+        """
+        if isinstance(splits, str):
+            splits = (splits,)
+        for split in splits:
+            self._check_split(split)
+        most = 0
+        for split in splits:
+            if split not in LABELED_SPLITS:
+                continue
+            categories = self.category_map(split)
+            index = self.coco(split).imgToAnns
+            for sample in self.samples(split):
+                n = sum(1 for ann in index.get(sample.image_id, []) if ann.get("category_id") in categories)
+                most = max(most, n)
+        return most
+
     # ------------------------------------------------------------------ per-sample access
     def annotations(self, sample: Sample) -> list[dict]:
         """Raw COCO annotation dicts of the sample, in file order (all polygons kept).

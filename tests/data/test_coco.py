@@ -140,6 +140,37 @@ def test_max_instances_cap_warns_with_counts(tiny_dataset, tiny_config, caplog):
     assert "6 ground-truth instances, keeping the first 4" in caplog.text
 
 
+def test_max_instances_per_image_known_answers_from_json_only(tiny_dataset, tiny_config, monkeypatch):
+    import armbench_segmentation.data.coco as coco
+
+    def no_decode(*args, **kwargs):
+        raise AssertionError("max_instances_per_image must not decode images")
+
+    monkeypatch.setattr(coco, "decode_image_scaled", no_decode)
+    ds = ArmbenchDataset(tiny_dataset.root, tiny_config)
+    # annotations of a configured class in the JSON: train_a 6, train_b 0, train_c 4 (its
+    # degenerate 121 counted: an upper bound of what the loader keeps), val_a 3, val_portrait 2
+    assert ds.max_instances_per_image() == 6
+    assert ds.max_instances_per_image(("train", "val")) == 6
+    assert ds.max_instances_per_image(("val",)) == 3
+    assert ds.max_instances_per_image("val") == 3
+    assert ds.max_instances_per_image(("unlabeled",)) == 0  # labels ignored
+    assert ds.max_instances_per_image(()) == 0
+    objects_only = ArmbenchDataset(tiny_dataset.root, dataclasses.replace(tiny_config, class_names=("Object",)))
+    assert objects_only.max_instances_per_image() == 5  # train_a without its tote
+    with pytest.raises(ValueError, match="unknown split"):
+        ds.max_instances_per_image(("test",))
+
+
+def test_max_instances_per_image_counts_only_selected_samples(tiny_dataset, tiny_config):
+    counts = {"train_a": 6, "train_b": 0, "train_c": 4}
+    ds = ArmbenchDataset(tiny_dataset.root, dataclasses.replace(tiny_config, train_size=1))
+    (picked,) = ds.samples("train")
+    assert ds.max_instances_per_image(("train",)) == counts[picked.sample_id]
+    ds2 = ArmbenchDataset(tiny_dataset.root, dataclasses.replace(tiny_config, train_size=2))
+    assert ds2.max_instances_per_image(("train",)) == max(counts[s.sample_id] for s in ds2.samples("train"))
+
+
 # ---------------------------------------------------------------------- selection
 def _many_images_dataset(root, n=60, shuffle_seed=None):
     (root / "images").mkdir(parents=True)
