@@ -96,7 +96,7 @@ from code_loader.inner_leap_binder.leapbinder_decorators import (  # noqa: E402
 from armbench_segmentation.config import Settings, load_settings  # noqa: E402
 from armbench_segmentation.data.coco import ArmbenchDataset, LoadedSample, Sample  # noqa: E402
 from armbench_segmentation.errors import DatasetError, ModelError  # noqa: E402
-from armbench_segmentation.metadata import sample_metadata  # noqa: E402
+from armbench_segmentation.metadata import METADATA_FIELDS, sample_metadata  # noqa: E402
 from armbench_segmentation.metrics.loss import yolov5_seg_loss  # noqa: E402
 from armbench_segmentation.metrics.matching import confusion_elements, match, sample_ap  # noqa: E402
 from armbench_segmentation.metrics.overlap import Overlaps, mask_overlaps  # noqa: E402
@@ -120,20 +120,14 @@ EMBEDDING_DIM = 512  # tools/export_onnx.py: pooled SPPF output of yolov5s-seg
 GT_BOX_COLUMNS = ("x1", "y1", "x2", "y2", "class", "valid")
 MAX_MASK_LABELS = 255  # LeapImageMask is uint8: value i + 1 is instance i
 
-# sample_metadata fields -> platform type (needed where a value can be None). Identity
-# strings (sample_id, file_name) are not sent: the sample id already is the file stem.
+# sample_metadata fields -> platform type (needed where a value can be None), derived from the
+# core's schema. Identity strings (sample_id, file_name) are not sent: the sample id already
+# is the file stem.
 METADATA_SKIP = ("sample_id", "file_name")
-_F, _I, _S, _B = DatasetMetadataType.float, DatasetMetadataType.int, DatasetMetadataType.string, DatasetMetadataType.boolean
+_PLATFORM_TYPES = {int: DatasetMetadataType.int, float: DatasetMetadataType.float, str: DatasetMetadataType.string,
+                   bool: DatasetMetadataType.boolean}
 METADATA_TYPES: Dict[str, DatasetMetadataType] = {
-    "split": _S, "orig_width": _I, "orig_height": _I, "aspect_ratio": _F, "labeled": _B,
-    "brightness": _F, "contrast": _F, "sharpness": _F, "colorfulness": _F,
-    "n_annotations": _I, "n_instances": _I, "n_objects": _I, "n_totes": _I, "n_crowd": _I,
-    "dropped_annotations": _I, "object_area_mean": _F, "object_area_std": _F, "object_area_min": _F,
-    "object_area_max": _F, "small_object_count": _I, "small_object_share": _F,
-    "occluded_object_count": _I, "occluded_object_share": _F, "mean_box_overlaps": _F,
-    "max_box_overlaps": _I, "mean_visible_fraction": _F, "min_visible_fraction": _F,
-    "multi_polygon_objects": _I, "tote_area_share": _F, "background_share": _F,
-    "annotation_problems": _I, "tote_color_source": _S, "tote_color": _S, "tote_hue": _F,
+    key: _PLATFORM_TYPES[kind] for key, kind in METADATA_FIELDS.items() if key not in METADATA_SKIP
 }
 
 # segmentation_errors(...).as_dict() keys that are not error measures

@@ -26,6 +26,28 @@ MIN_VALUE = 40
 MIN_COLORED_SHARE = 0.2   # share of saturated pixels needed to call a colour
 BORDER_FRACTION = 0.1     # border ring used for the tote colour when there is no tote annotation
 
+#: Every key ``sample_metadata`` returns -> the Python type of its value (int, float, str or
+#: bool; ``type(value) is METADATA_FIELDS[key]``) when the value is not None. In the order
+#: ``sample_metadata`` returns them.
+METADATA_FIELDS: dict[str, type] = {
+    # identity and image (always set; the image statistics are None only for an empty image)
+    "sample_id": str, "split": str, "file_name": str, "orig_width": int, "orig_height": int,
+    "aspect_ratio": float, "labeled": bool,
+    "brightness": float, "contrast": float, "sharpness": float, "colorfulness": float,
+    # ground truth (GT_FIELDS: all None for an unlabeled sample)
+    "n_annotations": int, "n_instances": int, "n_objects": int, "n_totes": int, "n_crowd": int,
+    "dropped_annotations": int,
+    "object_area_mean": float, "object_area_std": float, "object_area_min": float, "object_area_max": float,
+    "small_object_count": int, "small_object_share": float,
+    "occluded_object_count": int, "occluded_object_share": float, "mean_box_overlaps": float,
+    "max_box_overlaps": int,
+    "mean_visible_fraction": float, "min_visible_fraction": float, "multi_polygon_objects": int,
+    "tote_area_share": float, "background_share": float, "annotation_problems": int,
+    # tote colour (labeled or not; tote_hue None when no colour is called)
+    "tote_color_source": str, "tote_color": str, "tote_hue": float,
+}
+
+#: The fields computed from the ground truth: None for every unlabeled sample.
 GT_FIELDS = (
     "n_annotations", "n_instances", "n_objects", "n_totes", "n_crowd", "dropped_annotations",
     "object_area_mean", "object_area_std", "object_area_min", "object_area_max",
@@ -117,8 +139,9 @@ def sample_metadata(
         class_names: model class order (``settings.data.class_names``); "Object" and
             "Tote" are looked up by name.
     Returns:
-        dict of int/float/str/bool/None. Areas are fractions of the image (the
-        un-padded content of the model input).
+        dict with exactly the keys of ``METADATA_FIELDS`` (in that order), each value of
+        the type given there or None; the ``GT_FIELDS`` are None for an unlabeled sample.
+        Areas are fractions of the image (the un-padded content of the model input).
     """
     sample, lb, gt = loaded.sample, loaded.letterbox, loaded.gt
     x1, y1, x2, y2 = lb.content_box()

@@ -133,6 +133,7 @@ def test_metadata_is_flat_typed_scalars(binder):
     for split, sid in (("train", "train_a"), ("train", "train_b"), ("unlabeled", "test_a")):
         meta = binder.metadata(sid, responses[split])
         assert len(meta) >= 20
+        assert list(meta) == list(binder.METADATA_TYPES)  # every sent field typed, from metadata.METADATA_FIELDS
         for key, value in meta.items():
             assert value is None or isinstance(value, (int, float, str, bool)), key
             assert not (isinstance(value, float) and np.isnan(value)), key

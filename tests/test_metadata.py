@@ -7,7 +7,7 @@ import math
 import pytest
 
 from armbench_segmentation.data.coco import ArmbenchDataset
-from armbench_segmentation.metadata import GT_FIELDS, sample_metadata
+from armbench_segmentation.metadata import GT_FIELDS, METADATA_FIELDS, sample_metadata
 
 
 @pytest.fixture
@@ -95,3 +95,26 @@ def test_visible_fraction_from_attributes(tiny_dataset, tiny_config):
     ds = ArmbenchDataset(tiny_dataset.root, tiny_config)
     m = meta_of(ds, "val", "val_a")  # objects 202 (0.5) and 203 (0.9)
     assert m["mean_visible_fraction"] == pytest.approx(0.7) and m["min_visible_fraction"] == pytest.approx(0.5)
+
+
+ALL_SAMPLES = [("train", "train_a"), ("train", "train_b"), ("train", "train_c"), ("val", "val_a"),
+               ("val", "val_portrait"), ("unlabeled", "test_a"), ("unlabeled", "test_b")]
+
+
+def test_schema_keys_and_types_match_every_sample(ds):
+    assert set(GT_FIELDS) <= set(METADATA_FIELDS)
+    assert set(METADATA_FIELDS.values()) <= {int, float, str, bool}
+    for split, sid in ALL_SAMPLES:
+        m = meta_of(ds, split, sid)
+        assert list(m) == list(METADATA_FIELDS), (sid, set(m) ^ set(METADATA_FIELDS))
+        for key, value in m.items():
+            # exact type: a bool is not an int field, an int not a float field
+            assert value is None or type(value) is METADATA_FIELDS[key], (sid, key, type(value))
+        if split == "unlabeled":
+            assert all(m[key] is None for key in GT_FIELDS), sid
+        else:  # labeled: counts always defined, even without objects (train_b)
+            for key in ("n_annotations", "n_instances", "n_objects", "n_totes", "small_object_count",
+                        "occluded_object_count", "multi_polygon_objects", "annotation_problems"):
+                assert m[key] is not None, (sid, key)
+        for key in set(METADATA_FIELDS) - set(GT_FIELDS) - {"tote_hue"}:
+            assert m[key] is not None, (sid, key)  # image fields are set for every (non-empty) image
