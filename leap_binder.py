@@ -96,6 +96,7 @@ from code_loader.inner_leap_binder.leapbinder_decorators import (  # noqa: E402
 from armbench_segmentation.config import Settings, load_settings  # noqa: E402
 from armbench_segmentation.data.coco import ArmbenchDataset, LoadedSample, Sample  # noqa: E402
 from armbench_segmentation.errors import DatasetError, ModelError  # noqa: E402
+from armbench_segmentation.frames import sample_masks, scale_boxes, to_model_frame, to_reduced_frame  # noqa: E402
 from armbench_segmentation.metadata import METADATA_FIELDS, sample_metadata  # noqa: E402
 from armbench_segmentation.metrics.loss import yolov5_seg_loss  # noqa: E402
 from armbench_segmentation.metrics.matching import confusion_elements, match, sample_ap  # noqa: E402
@@ -265,12 +266,13 @@ def encode_gt_boxes(gt: Instances, k: int) -> np.ndarray:
 
 
 def encode_gt_masks(gt: Instances, k: int, stride: int = PROTO_STRIDE) -> np.ndarray:
-    """Instances (N, S, S) masks -> (K, S/stride, S/stride) float32 0/1 sampled at (stride*r, stride*c)."""
+    """Instances (N, S, S) masks -> (K, S/stride, S/stride) float32 0/1 sampled at (stride*r, stride*c)
+    (``frames.sample_masks``: the pixels the YOLOv5-seg loss reads)."""
     h, w = gt.image_size
     out = np.zeros((k, h // stride, w // stride), np.float32)
     n = _fit(len(gt), k)
     if n:
-        out[:n] = gt.masks[:n, ::stride, ::stride][:, : h // stride, : w // stride]
+        out[:n] = sample_masks(gt.masks[:n], out.shape[1:])
     return out
 
 
@@ -285,29 +287,10 @@ def decode_gt(boxes: np.ndarray, masks: np.ndarray, input_hw: tuple) -> Optional
     if boxes.ndim != 2 or boxes.shape[1] != len(GT_BOX_COLUMNS) or masks.ndim != 3 or len(masks) != len(boxes):
         raise ValueError(f"expected gt_boxes (K, 6) and gt_masks (K, h, w), got {boxes.shape} and {masks.shape}")
     valid = np.flatnonzero(boxes[:, 5] > 0.5)
-    h, w = masks.shape[1:]
-    scale = np.array([w / input_hw[1], h / input_hw[0]] * 2, np.float32)
-    return Instances(boxes=boxes[valid, :4] * scale, class_ids=np.rint(boxes[valid, 4]).astype(np.int64),
-                     image_size=(h, w), masks=masks[valid] > 0.5, ids=valid)
-
-
-def to_model_frame(gt_small: Instances, input_hw: tuple) -> Instances:
-    """Reduced-frame GT -> model frame: boxes scaled back, masks repeated (nearest)."""
-    h, w = gt_small.image_size
-    sy, sx = input_hw[0] // h, input_hw[1] // w
-    scale = np.array([sx, sy, sx, sy], np.float32)
-    masks = gt_small.masks.repeat(sy, axis=1).repeat(sx, axis=2)
-    return Instances(boxes=gt_small.boxes * scale, class_ids=gt_small.class_ids, image_size=tuple(input_hw),
-                     masks=masks, ids=gt_small.ids)
-
-
-def to_reduced_frame(pred: Instances, hw: tuple) -> Instances:
-    """Model-frame predictions -> the (h, w) mask frame, masks sampled at the GT's pixels."""
-    H, W = pred.image_size
-    sy, sx = H // hw[0], W // hw[1]
-    scale = np.array([1 / sx, 1 / sy, 1 / sx, 1 / sy], np.float32)
-    return Instances(boxes=pred.boxes * scale, class_ids=pred.class_ids, image_size=tuple(hw),
-                     masks=pred.masks[:, ::sy, ::sx][:, : hw[0], : hw[1]], scores=pred.scores, ids=pred.ids)
+    hw = masks.shape[1:]
+    return Instances(boxes=scale_boxes(boxes[valid, :4], input_hw, hw),
+                     class_ids=np.rint(boxes[valid, 4]).astype(np.int64), image_size=hw, masks=masks[valid] > 0.5,
+                     ids=valid)
 
 
 def _input_hw(prototypes: np.ndarray) -> tuple:

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from ..frames import nearest_index
 from ..structures import Instances
 
 __all__ = [
@@ -137,13 +138,6 @@ def _ciou_xywh(b1: np.ndarray, b2: np.ndarray) -> np.ndarray:
     v = (4 / math.pi**2) * (np.arctan(w2 / h2) - np.arctan(w1 / h1)) ** 2
     alpha = v / (v - iou + (1 + eps))
     return iou - (rho2 / c2 + v * alpha)
-
-
-def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
-    """Source indices of ``F.interpolate(mode='nearest')`` along one axis (float32 scale, floor)."""
-    scale = np.float32(n_in) / np.float32(n_out)
-    idx = np.floor(np.arange(n_out, dtype=np.float32) * scale).astype(np.int64)
-    return np.minimum(idx, n_in - 1)
 
 
 def _as_2d(name: str, arr: Any, ndim: int) -> np.ndarray:
@@ -352,8 +346,8 @@ def _mask_loss(mask_parts: list, proto: np.ndarray, gt: Instances, mask_hw: tupl
         return 0.0
     mask_h, mask_w = mask_hw
     h_in, w_in = gt.image_size
-    iy = _nearest_index(h_in, mask_h)  # (mask_h,) GT rows sampled by F.interpolate(nearest)
-    ix = _nearest_index(w_in, mask_w)
+    iy = nearest_index(h_in, mask_h)  # (mask_h,) GT rows sampled by F.interpolate(nearest)
+    ix = nearest_index(w_in, mask_w)
     layer = np.concatenate([np.full(len(p[1]), p[0]) for p in mask_parts])
     tid = np.concatenate([p[1] for p in mask_parts])
     coeffs = np.concatenate([p[2] for p in mask_parts])  # (n, nm)
