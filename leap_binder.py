@@ -106,7 +106,7 @@ from armbench_segmentation.metrics.uncertainty import entropy_map, uncertainty_s
 from armbench_segmentation.model.decode import decode  # noqa: E402
 from armbench_segmentation.model.onnx_model import SegmentationModel  # noqa: E402
 from armbench_segmentation.structures import Instances  # noqa: E402
-from armbench_segmentation.visualize import draw_comparison  # noqa: E402
+from armbench_segmentation.visualize import draw_segmentation_errors, instance_labels, label_map  # noqa: E402
 
 log = logging.getLogger("leap_binder")
 
@@ -119,7 +119,7 @@ PROTO_STRIDE = 4  # YOLOv5-seg prototypes are at 1/4 of the input
 NUM_MASK_COEFFS = 32  # YOLOv5-seg export contract
 EMBEDDING_DIM = 512  # tools/export_onnx.py: pooled SPPF output of yolov5s-seg
 GT_BOX_COLUMNS = ("x1", "y1", "x2", "y2", "class", "valid")
-MAX_MASK_LABELS = 255  # LeapImageMask is uint8: value i + 1 is instance i
+MAX_MASK_LABELS = 255  # LeapImageMask is uint8: 0 background, 1..255 instances
 
 # sample_metadata fields -> platform type (needed where a value can be None), derived from the
 # core's schema. Identity strings (sample_id, file_name) are not sent: the sample id already
@@ -374,21 +374,6 @@ def _display_image(image: np.ndarray) -> np.ndarray:
     return np.clip(chw.transpose(1, 2, 0) * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
-def label_map(masks: np.ndarray) -> np.ndarray:
-    """(N, H, W) bool -> (H, W) uint8 with value i + 1 on instance i (larger instances drawn
-    first so small ones stay visible). Beyond 255 instances the smallest are left out (logged)."""
-    masks = np.asarray(masks, bool)
-    n, h, w = masks.shape
-    out = np.zeros((h, w), np.uint8)
-    if n > MAX_MASK_LABELS:
-        log.warning("label map: %d instances, showing the %d largest (LeapImageMask is uint8)", n, MAX_MASK_LABELS)
-    areas = masks.reshape(n, h * w).sum(axis=1)
-    order = np.argsort(-areas, kind="stable")[:MAX_MASK_LABELS]
-    for i in order:
-        out[masks[i]] = i + 1
-    return out
-
-
 def bounding_boxes(inst: Instances, prefix: str = "") -> List[BoundingBox]:
     """Instances -> Leap boxes (centre x, y, width, height relative to the frame)."""
     h, w = inst.image_size
@@ -404,15 +389,11 @@ def bounding_boxes(inst: Instances, prefix: str = "") -> List[BoundingBox]:
     return out
 
 
-def _instance_labels(inst: Instances, prefix: str) -> List[str]:
-    names = _class_names()
-    labels = []
-    for k in range(len(inst)):
-        text = f"{prefix}{names[int(inst.class_ids[k])]} #{k}"
-        if inst.scores is not None:
-            text += f" {float(inst.scores[k]):.2f}"
-        labels.append(text)
-    return labels
+def _mask_view(image: np.ndarray, inst: Instances, prefix: str) -> LeapImageMask:
+    """Instances -> LeapImageMask: ``labels[v]`` names mask value ``v`` (0 = background)."""
+    values, kept = label_map(inst.masks, MAX_MASK_LABELS)
+    texts = instance_labels(inst, _class_names(), prefix)
+    return LeapImageMask(values, image, ["background"] + [texts[i] for i in kept])
 
 
 def _gt_display(gt_boxes_: np.ndarray, gt_masks_: np.ndarray) -> Optional[Instances]:
@@ -614,8 +595,8 @@ def gt_masks_visualizer(image: np.ndarray, gt_boxes: np.ndarray, gt_masks: np.nd
     img = _display_image(image)
     gt = _gt_display(gt_boxes, gt_masks)
     if gt is None:
-        return LeapImageMask(np.zeros(img.shape[:2], np.uint8), img, [])
-    return LeapImageMask(label_map(gt.masks), img, _instance_labels(gt, "gt "))
+        return LeapImageMask(np.zeros(img.shape[:2], np.uint8), img, ["background"])
+    return _mask_view(img, gt, "gt ")
 
 
 @tensorleap_custom_visualizer("pred_instance_masks", LeapDataType.ImageMask)
@@ -623,7 +604,7 @@ def pred_masks_visualizer(image: np.ndarray, detections: np.ndarray, prototypes:
     """One label per predicted instance ("pred Object #0 0.93")."""
     img = _display_image(image)
     pred = _predictions(_unbatch(detections, 2), _unbatch(prototypes, 3))
-    return LeapImageMask(label_map(pred.masks), img, _instance_labels(pred, "pred "))
+    return _mask_view(img, pred, "pred ")
 
 
 @tensorleap_custom_visualizer("gt_bboxes", LeapDataType.ImageWithBBox)
@@ -656,9 +637,7 @@ def _segmentation_view(image, detections, prototypes, gt_boxes_, gt_masks_, kind
     ev = _evaluate(det, protos, boxes, masks)
     s = _settings()
     errors = segmentation_errors(ev.gt, ev.pred_small, s.metrics, s.data.class_names, overlaps=ev.overlaps)
-    gt_ids = getattr(errors, f"{kind}_segmented_gt_ids")
-    pred_ids = getattr(errors, f"{kind}_segmented_pred_ids")
-    return LeapImage(draw_comparison(img, gt, ev.pred, gt_ids=gt_ids, pred_ids=pred_ids, class_names=s.data.class_names))
+    return LeapImage(draw_segmentation_errors(img, gt, ev.pred, errors, kind, class_names=s.data.class_names))
 
 
 @tensorleap_custom_visualizer("under_segmentation", LeapDataType.Image)

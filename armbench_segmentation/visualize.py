@@ -11,12 +11,18 @@ palette), with dashed boxes of the same colour and the score written at the box 
 
 from __future__ import annotations
 
-from typing import Sequence
+import logging
+from typing import TYPE_CHECKING, Sequence
 
 import cv2
 import numpy as np
 
 from armbench_segmentation.structures import Instances
+
+if TYPE_CHECKING:  # pragma: no cover
+    from armbench_segmentation.metrics.segmentation import SegmentationErrors
+
+log = logging.getLogger(__name__)
 
 GT_COLOR = (0, 255, 0)  # ground-truth outlines
 TEXT_COLOR = (255, 255, 255)
@@ -219,6 +225,65 @@ def draw_comparison(image: np.ndarray, gt: Instances | None, pred: Instances | N
                 rect = _box_pixels(gt.boxes[k], *hw)
                 if rect is not None:
                     cv2.rectangle(out, rect[:2], rect[2:], GT_COLOR, lw + 1)
+    return out
+
+
+def draw_segmentation_errors(image: np.ndarray, gt: Instances, pred: Instances, errors: "SegmentationErrors",
+                             kind: str, class_names: Sequence[str] | None = None, alpha: float = 0.45) -> np.ndarray:
+    """``draw_comparison`` of only the instances involved in one kind of segmentation error.
+
+    Args:
+        image: (H, W, 3) uint8 RGB in the frame of ``gt``/``pred``.
+        gt, pred: the instances ``errors`` was computed from, or the same instances in
+            another frame (matched by ``Instances.ids``, which frame conversions keep).
+        errors: ``metrics.segmentation.segmentation_errors(gt, pred, ...)``.
+        kind: ``"over"`` (each split GT object and the predictions inside it) or ``"under"``
+            (each merging prediction and the GT objects it swallows).
+    Returns:
+        (H, W, 3) uint8; the plain image when there is no such error.
+    """
+    gt_ids, pred_ids = errors.involved_ids(kind)
+    return draw_comparison(image, gt, pred, gt_ids=gt_ids, pred_ids=pred_ids, class_names=class_names, alpha=alpha)
+
+
+def label_map(masks: np.ndarray, max_labels: int = 255) -> tuple[np.ndarray, np.ndarray]:
+    """Instance masks -> one (H, W) uint8 label image: 0 = background, ``j + 1`` on instance
+    ``kept[j]``. Larger instances are painted first, so small ones stay visible on top.
+
+    Args:
+        masks: (N, H, W) bool.
+        max_labels: at most this many instances get a value (<= 255 for uint8); beyond it
+            the smallest are left out, with a warning giving the counts.
+    Returns:
+        ``(label_map (H, W) uint8, kept (K,) int64)``: ``kept`` are the instance indices
+        with a value, ascending (``arange(N)`` when nothing is left out).
+    """
+    masks = np.asarray(masks, bool)
+    if masks.ndim != 3:
+        raise ValueError(f"expected (N, H, W) masks, got shape {masks.shape}")
+    if not 1 <= max_labels <= 255:
+        raise ValueError(f"max_labels must be in [1, 255] (uint8 values beside background 0), got {max_labels}")
+    n, h, w = masks.shape
+    out = np.zeros((h, w), np.uint8)
+    areas = masks.reshape(n, h * w).sum(axis=1)  # (N,)
+    kept = np.arange(n, dtype=np.int64)
+    if n > max_labels:
+        log.warning("label map: %d instances, showing the %d largest (values are uint8)", n, max_labels)
+        kept = np.sort(np.argsort(-areas, kind="stable")[:max_labels])
+    for j in np.argsort(-areas[kept], kind="stable"):  # largest first
+        out[masks[kept[j]]] = j + 1
+    return out, kept
+
+
+def instance_labels(inst: Instances, class_names: Sequence[str], prefix: str = "") -> list[str]:
+    """One text per instance: ``"{prefix}{class} #{row}"`` plus ``" {score:.2f}"`` for predictions
+    (e.g. ``"pred Object #0 0.93"``, ``"gt Tote #3"``)."""
+    out = []
+    for k in range(len(inst)):
+        text = f"{prefix}{class_names[int(inst.class_ids[k])]} #{k}"
+        if inst.scores is not None:
+            text += f" {float(inst.scores[k]):.2f}"
+        out.append(text)
     return out
 
 

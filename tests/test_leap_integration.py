@@ -162,7 +162,8 @@ def test_perfect_predictions_known_answers(binder):
     assert len(cm) == 1 and all(e.predicted_probability > 0.5 for e in cm[0] if e.expected_outcome.value == "Positive")
 
     viz = binder.pred_masks_visualizer(binder.input_image("val_a", val)[None], det, protos)
-    assert viz.mask.shape == (S, S) and int(viz.mask.max()) == n == len(viz.labels)
+    assert viz.mask.shape == (S, S) and int(viz.mask.max()) == n == len(viz.labels) - 1
+    assert viz.labels[0] == "background" and viz.labels[1].startswith("pred ")  # labels[v] names mask value v
 
 
 def test_merged_prediction_is_under_segmentation(binder):
@@ -207,14 +208,9 @@ def test_batches_give_one_value_per_sample_and_unlabeled_gives_none(binder):
     assert binder.confusion_matrix(det1, protos1, no_gt, no_gt) == [[]]
 
 
-def test_label_map_and_relative_boxes(binder):
+def test_relative_boxes(binder):
     from armbench_segmentation.structures import Instances
 
-    masks = np.zeros((2, 8, 10), bool)
-    masks[0, :, :] = True  # large, drawn first
-    masks[1, 2:4, 2:4] = True  # small, stays visible on top
-    lm = binder.label_map(masks)
-    assert lm.dtype == np.uint8 and lm[0, 0] == 1 and lm[2, 2] == 2
     inst = Instances(boxes=[[0, 0, 10, 8], [2, 2, 4, 4]], class_ids=[1, 0], image_size=(8, 10), scores=[0.9, 0.5])
     bbs = binder.bounding_boxes(inst)
     assert (bbs[0].x, bbs[0].y, bbs[0].width, bbs[0].height, bbs[0].label) == (0.5, 0.5, 1.0, 1.0, "Tote")

@@ -3,7 +3,8 @@ import pytest
 
 from armbench_segmentation.structures import Instances
 from armbench_segmentation.visualize import (
-    GT_COLOR, PALETTE, draw_boxes, draw_comparison, heatmap_overlay, instance_color, overlay_masks, thumbnail,
+    GT_COLOR, PALETTE, draw_boxes, draw_comparison, draw_segmentation_errors, heatmap_overlay, instance_color,
+    instance_labels, label_map, overlay_masks, thumbnail,
 )
 
 
@@ -100,3 +101,64 @@ def test_thumbnail():
     assert thumbnail(img, 500).shape == (200, 100, 3)
     with pytest.raises(ValueError):
         thumbnail(img, 0)
+
+
+def _rect_masks(hw, rects):
+    masks = np.zeros((len(rects), *hw), bool)
+    for i, (x1, y1, x2, y2) in enumerate(rects):
+        masks[i, y1:y2, x1:x2] = True
+    return masks
+
+
+def test_label_map_background_zero_small_on_top():
+    masks = _rect_masks((8, 10), [(0, 0, 10, 8), (2, 2, 4, 4)])  # large, then small inside it
+    lm, kept = label_map(masks)
+    assert lm.dtype == np.uint8 and lm.shape == (8, 10)
+    assert lm[0, 0] == 1 and lm[2, 2] == 2  # instance i has value i + 1; the small one stays visible
+    np.testing.assert_array_equal(kept, [0, 1])
+    empty, none_kept = label_map(np.zeros((0, 8, 10), bool))
+    assert not empty.any() and none_kept.shape == (0,)
+    lm, _ = label_map(_rect_masks((8, 10), [(2, 2, 4, 4), (0, 0, 10, 8)]))  # order does not matter
+    assert lm[0, 0] == 2 and lm[2, 2] == 1
+
+
+def test_label_map_cap_keeps_the_largest_and_warns(caplog):
+    # areas 1, 4, 9, 16: cap at 2 keeps instances 2 and 3, renumbered 1 and 2
+    masks = _rect_masks((20, 20), [(0, 0, 1, 1), (2, 0, 4, 2), (5, 0, 8, 3), (10, 0, 14, 4)])
+    with caplog.at_level("WARNING"):
+        lm, kept = label_map(masks, max_labels=2)
+    np.testing.assert_array_equal(kept, [2, 3])
+    assert lm[0, 0] == 0 and lm[0, 2] == 0 and lm[0, 5] == 1 and lm[0, 10] == 2
+    assert "4 instances, showing the 2 largest" in caplog.text
+    with pytest.raises(ValueError, match="max_labels"):
+        label_map(masks, max_labels=256)
+    masks300 = np.zeros((300, 4, 4), bool)
+    masks300[:, 0, 0] = True
+    lm, kept = label_map(masks300)  # more than uint8 can number: no overflow
+    assert len(kept) == 255 and lm.max() <= 255
+
+
+def test_instance_labels():
+    inst = Instances(boxes=np.zeros((2, 4)), class_ids=[1, 0], image_size=(8, 8), scores=[0.934, 0.5])
+    assert instance_labels(inst, ["Object", "Tote"], "pred ") == ["pred Tote #0 0.93", "pred Object #1 0.50"]
+    gt = Instances(boxes=np.zeros((1, 4)), class_ids=[0], image_size=(8, 8))
+    assert instance_labels(gt, ["Object", "Tote"]) == ["Object #0"]
+
+
+def test_draw_segmentation_errors_draws_only_the_involved_instances():
+    from armbench_segmentation.metrics.segmentation import segmentation_errors
+
+    hw = (40, 60)
+    gt = Instances(np.array([[0, 0, 10, 10], [20, 0, 30, 10], [40, 20, 50, 30]], np.float32), [0, 0, 0], hw,
+                   masks=_rect_masks(hw, [(0, 0, 10, 10), (20, 0, 30, 10), (40, 20, 50, 30)]), ids=[101, 102, 103])
+    # prediction 7 swallows GT 101 and 102; prediction 8 matches GT 103 exactly
+    pred = Instances(np.array([[0, 0, 30, 10], [40, 20, 50, 30]], np.float32), [0, 0], hw,
+                     masks=_rect_masks(hw, [(0, 0, 30, 10), (40, 20, 50, 30)]), scores=[0.9, 0.8], ids=[7, 8])
+    errors = segmentation_errors(gt, pred)
+    img = _gray()
+    under = draw_segmentation_errors(img, gt, pred, errors, "under")
+    np.testing.assert_array_equal(under, draw_comparison(img, gt[[0, 1]], pred[[0]]))
+    assert (under[25, 45] == img[25, 45]).all()  # the correct prediction is not drawn
+    np.testing.assert_array_equal(draw_segmentation_errors(img, gt, pred, errors, "over"), img)  # nothing split
+    with pytest.raises(ValueError, match="'over' or 'under'"):
+        draw_segmentation_errors(img, gt, pred, errors, "both")

@@ -98,6 +98,21 @@ class SegmentationErrors:
     _under_conf_sum: float = 0.0
     _under_conf_n: int = 0
 
+    def involved_ids(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(gt_ids, pred_ids)``: the ``Instances.ids`` involved in one kind of error.
+
+        Args:
+            kind: ``"over"`` (the split GT objects and the predictions inside them) or
+                ``"under"`` (the merging predictions and the GT objects they swallow).
+        Returns:
+            two sorted, unique (K,) int64 arrays (empty when there is no such error).
+        """
+        if kind == "over":
+            return self.over_segmented_gt_ids, self.over_segmented_pred_ids
+        if kind == "under":
+            return self.under_segmented_gt_ids, self.under_segmented_pred_ids
+        raise ValueError(f"kind must be 'over' or 'under', got {kind!r}")
+
     def as_dict(self, per_class: bool = False) -> dict[str, int | float | None]:
         """Flat scalars: flags as 0/1 ints, counts as ints, means as float or None.
 

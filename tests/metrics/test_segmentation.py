@@ -71,6 +71,20 @@ def test_two_objects_merged_in_one():
     assert e.under_segmented_mean_confidence == pytest.approx(0.5)
 
 
+def test_involved_ids_by_kind():
+    over = segmentation_errors(GT2, pred([(0, 0, 5, 10), (5, 0, 10, 10), (20, 0, 30, 10)], ids=[7, 8, 9]))
+    gt_ids, pred_ids = over.involved_ids("over")
+    np.testing.assert_array_equal(gt_ids, [101])
+    np.testing.assert_array_equal(pred_ids, [7, 8])
+    assert [len(a) for a in over.involved_ids("under")] == [0, 0]
+    under = segmentation_errors(GT2, pred([(0, 0, 30, 10)], ids=[3]))
+    gt_ids, pred_ids = under.involved_ids("under")
+    np.testing.assert_array_equal(gt_ids, [101, 102])
+    np.testing.assert_array_equal(pred_ids, [3])
+    with pytest.raises(ValueError, match="'over' or 'under'"):
+        under.involved_ids("duplicate")
+
+
 def test_nested_prediction_is_a_split_not_a_duplicate():
     # a full-object prediction and a small one inside it: IoU 0.16 < duplicate_iou
     p = pred([(0, 0, 10, 10), (0, 0, 4, 4)])
