@@ -9,6 +9,9 @@ One entry per predicted instance, readable by ``pycocotools.coco.COCO.loadRes``:
 Masks are mapped to the original resolution one instance at a time (only the columns a
 mask touches), so 2448x2048 originals stay cheap. Unreadable images are reported with
 their sample id and skipped; the file is written atomically at the end.
+
+``predict_split(settings, split)`` is the same loop for other commands (``armbench
+evaluate`` without ``--predictions``): it returns the result dicts instead of writing them.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from armbench_segmentation.commands._common import add_settings_arguments, open_dataset, settings_from_args
+from armbench_segmentation.config import Settings
 from armbench_segmentation.data.coco import SPLITS
 from armbench_segmentation.data.letterbox import Letterbox
 from armbench_segmentation.errors import ArmbenchError, SampleError
@@ -88,16 +93,51 @@ def write_json_atomic(path: Path, payload) -> None:
         raise
 
 
-def run(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class SplitPredictions:
+    """What one pass of the model over a split gives.
+
+    Attributes:
+        results: COCO result dicts (``results_for_image``), in sample order.
+        images: images predicted.
+        skipped: sample ids of unreadable images (each logged with its reason).
+    """
+
+    results: list[dict]
+    images: int
+    skipped: list[str]
+
+
+def predict_split(settings: Settings, split: str, progress: bool = True) -> list[dict]:
+    """Run the configured model (``settings.model``) over the selected samples of ``split``
+    and return COCO result dicts, exactly what ``armbench predict`` writes.
+
+    Args:
+        settings: the dataset (``data.*``: folder, split sizes, class names, image size)
+            and model (``model.*``: path, device, thresholds, batch size) to use.
+        split: one of ``data.coco.SPLITS``.
+        progress: show a progress bar on stderr (when it is a terminal).
+    Returns:
+        one dict per predicted instance (``image_id``, ``category_id`` of the dataset,
+        ``bbox`` [x, y, w, h] and RLE ``segmentation`` at the original resolution, ``score``).
+        Unreadable images are skipped with a warning naming them.
+    Raises:
+        DatasetError / ModelError / ArmbenchError: missing dataset or model, a class with no
+            category in the split file, a non-square static model input.
+    """
+    return run_split(settings, split, progress).results
+
+
+def run_split(settings: Settings, split: str, progress: bool = True) -> SplitPredictions:
+    """``predict_split`` with the counts (images predicted, skipped sample ids)."""
     from tqdm import tqdm
 
     from armbench_segmentation.model.decode import decode_batch
     from armbench_segmentation.model.onnx_model import SegmentationModel
 
-    settings = settings_from_args(args, extra={"model.device": args.device, "model.conf_threshold": args.conf_threshold})
     dataset = open_dataset(settings)
     class_names = settings.data.class_names
-    category_ids = _category_ids(dataset, args.split, class_names)
+    category_ids = _category_ids(dataset, split, class_names)
     model = SegmentationModel(settings.model.path, settings.model, class_names)
     size = settings.data.image_size
     if model.input_hw is not None and model.input_hw != (size, size):
@@ -106,37 +146,50 @@ def run(args: argparse.Namespace) -> int:
         log.info("the model takes %dx%d inputs (static export): using that instead of data.image_size=%d",
                  model.input_hw[0], model.input_hw[1], size)
         size = model.input_hw[0]
-    samples = dataset.samples(args.split)
+    samples = dataset.samples(split)
     batch_size = max(1, int(settings.model.batch_size))
-    log.info("predicting %d %s images with %s (%s)", len(samples), args.split, model.path.name, ", ".join(model.providers))
+    log.info("predicting %d %s images with %s (%s)", len(samples), split, model.path.name, ", ".join(model.providers))
 
     results: list[dict] = []
     skipped: list[str] = []
     done = 0
+    bar = tqdm(total=len(samples), desc=f"predict {split}", unit="img", file=sys.stderr,
+               disable=None if progress else True)
+    try:
+        for start in range(0, len(samples), batch_size):
+            images, letterboxes, kept = [], [], []
+            for sample in samples[start : start + batch_size]:
+                try:
+                    lb = Letterbox.compute(sample.hw, size)
+                    images.append(lb.apply_image(dataset.load_image(sample, size)))
+                except SampleError as exc:
+                    log.warning("skipped %s: %s", sample.sample_id, exc)
+                    skipped.append(sample.sample_id)
+                    continue
+                letterboxes.append(lb)
+                kept.append(sample)
+            if kept:
+                raw = model.run(model.to_input(np.stack(images)))
+                for sample, lb, pred in zip(kept, letterboxes, decode_batch(raw, (size, size), settings.model)):
+                    results.extend(results_for_image(pred, lb, sample.image_id, category_ids))
+                    done += 1
+            bar.update(len(samples[start : start + batch_size]))
+    finally:
+        bar.close()
+    if skipped:
+        log.warning("%d of %d %s images could not be read and have no predictions: %s", len(skipped), len(samples),
+                    split, ", ".join(skipped[:10]) + (" ..." if len(skipped) > 10 else ""))
+    return SplitPredictions(results, done, skipped)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args, extra={"model.device": args.device, "model.conf_threshold": args.conf_threshold})
     t0 = time.perf_counter()
-    bar = tqdm(total=len(samples), desc=f"predict {args.split}", unit="img", file=sys.stderr, disable=None)
-    for start in range(0, len(samples), batch_size):
-        images, letterboxes, kept = [], [], []
-        for sample in samples[start : start + batch_size]:
-            try:
-                lb = Letterbox.compute(sample.hw, size)
-                images.append(lb.apply_image(dataset.load_image(sample, size)))
-            except SampleError as exc:
-                log.warning("skipped %s: %s", sample.sample_id, exc)
-                skipped.append(sample.sample_id)
-                continue
-            letterboxes.append(lb)
-            kept.append(sample)
-        if kept:
-            raw = model.run(model.to_input(np.stack(images)))
-            for sample, lb, pred in zip(kept, letterboxes, decode_batch(raw, (size, size), settings.model)):
-                results.extend(results_for_image(pred, lb, sample.image_id, category_ids))
-                done += 1
-        bar.update(len(samples[start : start + batch_size]))
-    bar.close()
-    write_json_atomic(args.out, results)
+    out = run_split(settings, args.split)
+    write_json_atomic(args.out, out.results)
     elapsed = time.perf_counter() - t0
-    print(f"predict: {done} images, {len(results)} detections, {len(skipped)} skipped"
+    skipped = out.skipped
+    print(f"predict: {out.images} images, {len(out.results)} detections, {len(skipped)} skipped"
           f"{' (' + ', '.join(skipped[:10]) + (' ...' if len(skipped) > 10 else '') + ')' if skipped else ''}"
           f" in {elapsed:.1f}s -> {args.out}")
     return 0

@@ -152,3 +152,45 @@ def test_missing_file_and_predictions_for_other_images(env, tmp_path):
         run(env, "--split", "val", "--val-size", "1", "--predictions", str(write(tmp_path, outside)))
     assert run(env, "--split", "val", "--val-size", "1", "--predictions", str(write(tmp_path, PREDS)), "--json") == 0
     assert run(env, "--split", "val", "--val-size", "1", "--predictions", str(write(tmp_path, inside))) == 0
+
+
+# ---------------------------------------------------------------------------- end to end (shipped model)
+def _shipped_model():
+    import os
+    from pathlib import Path
+
+    from armbench_segmentation.config import DEFAULT_MODEL_PATH
+
+    return Path(os.environ.get("ARMBENCH_MODEL") or DEFAULT_MODEL_PATH)
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not _shipped_model().is_file(),
+                    reason=f"model {_shipped_model()} absent (the shipped models/armbench-yolov5s-seg.onnx, or ARMBENCH_MODEL)")
+def test_evaluate_without_predictions_runs_the_shipped_model(tmp_path, monkeypatch, capsys):
+    from armbench_segmentation.data.synth import generate_dataset
+
+    for var in ("ARMBENCH_DATASET", "ARMBENCH_MODEL", "ARMBENCH_CONFIG", "ARMBENCH_DEVICE", "ARMBENCH_VAL_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    model = _shipped_model().resolve()
+    root = tmp_path / "synth"
+    generate_dataset(root, 0, 2, 0, seed=424_242, width=612, height=512, workers=1, progress=False)  # held-out seed
+    config = tmp_path / "config.yaml"
+    config.write_text("model:\n  device: cpu\n  num_threads: 2\n")
+    parser = argparse.ArgumentParser()
+    evaluate.add_arguments(parser)
+    args = parser.parse_args(["--dataset", str(root), "--model", str(model), "--config", str(config),
+                              "--split", "val", "--val-size", "all", "--json"])
+    assert evaluate.run(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["num_images"] == 2 and out["num_predictions"] > 0
+    for iou_type in ("segm", "bbox"):
+        obj = out[iou_type]["Object"]
+        for key in ("AP", "AP50", "AP75"):
+            assert obj[key] is not None and 0.0 <= obj[key] <= 1.0, (iou_type, key, obj[key])
+        assert obj["AP50"] > 0.2, f"{iou_type} Object AP50 {obj['AP50']}: the model found almost nothing"
+    for key in ("over_segmented_instances", "over_segmented_images", "under_segmented_instances",
+                "under_segmented_images"):
+        assert isinstance(out[key], int) and out[key] >= 0, key
+    assert out["tp"] + out["fn"] > 0

@@ -118,3 +118,16 @@ def test_predict_missing_model_is_a_clear_error(predict_env, tmp_path):
     with pytest.raises(ModelError, match="missing.onnx.*--model"):
         _run(tiny, tmp_path / "missing.onnx", config, out)
     assert not out.exists()
+
+
+def test_predict_split_returns_what_the_command_writes(predict_env, tmp_path):
+    from armbench_segmentation.config import load_settings
+
+    tiny, model, config = predict_env
+    out = tmp_path / "preds.json"
+    assert _run(tiny, model, config, out) == 0
+    settings = load_settings(config, overrides={"data.path": str(tiny.root), "model.path": str(model),
+                                                "data.val_size": "all", "model.device": "cpu"}, env={})
+    results = predict.predict_split(settings, "val", progress=False)
+    assert results == json.loads(out.read_text())
+    assert len(results) == 4 and {r["image_id"] for r in results} == {10, 11}
