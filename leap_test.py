@@ -288,7 +288,7 @@ def check_visualization(name: str, kind, result: Any) -> List[str]:
     if isinstance(result, LeapImageMask):
         if result.mask.shape != image.shape[:2]:
             problems.append(f"{name}: mask {result.mask.shape} vs image {image.shape[:2]}")
-        if result.mask.size and int(result.mask.max()) > len(result.labels):
+        if result.mask.size and int(result.mask.max()) >= len(result.labels):
             problems.append(f"{name}: mask value {int(result.mask.max())} but {len(result.labels)} labels")
     if isinstance(result, LeapImageWithBBox):
         for b in result.bounding_boxes:
