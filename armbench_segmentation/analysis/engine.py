@@ -276,7 +276,8 @@ class AnalysisResult:
 
 def run_analysis(settings: Settings, out_dir: str | Path, synthetic: bool = False, *, resume: bool = True,
                  progress: bool = True, max_samples: int | None = None,
-                 synthetic_spec: SyntheticSpec = DEFAULT_SYNTHETIC, report: bool = True) -> AnalysisResult:
+                 synthetic_spec: SyntheticSpec = DEFAULT_SYNTHETIC, report: bool = True,
+                 process_workers: int | None = None) -> AnalysisResult:
     """Run the whole local analysis and write its outputs into ``out_dir``.
 
     Args:
@@ -289,6 +290,8 @@ def run_analysis(settings: Settings, out_dir: str | Path, synthetic: bool = Fals
         max_samples: process at most this many new samples, then build the outputs from what
             is stored (partial runs).
         report: write the HTML dashboard.
+        process_workers: processes computing per-sample metrics (None: automatic, 0 on
+            machines with <= 4 cores; see ``runner.default_process_workers``).
     Raises:
         DatasetError / ModelError / ConfigError with a message saying how to fix it.
     """
@@ -306,7 +309,8 @@ def run_analysis(settings: Settings, out_dir: str | Path, synthetic: bool = Fals
     store = ResultsStore(out_dir / STORE_NAME)
     try:
         open_run(store, dataset, model, settings, resume=resume)
-        summary = run_samples(dataset, model, store, settings, max_samples=max_samples, progress=progress)
+        summary = run_samples(dataset, model, store, settings, max_samples=max_samples, progress=progress,
+                              process_workers=process_workers)
         samples = selected_samples(dataset)
         frame = store.frame(keys=[(s.split, s.sample_id) for s in samples])
         embeddings = store.embeddings(frame) if len(frame) else np.zeros((0, 0), np.float32)

@@ -17,8 +17,10 @@ status ``error`` (retried on the next run, in case the file was fixed). An inter
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -140,13 +142,46 @@ def _load(dataset: Any, seq: int, sample: Any) -> _Loaded:
         return _Loaded(seq, sample, error=f"internal error: {type(exc).__name__}: {exc}", internal=traceback.format_exc())
 
 
+@dataclass(frozen=True)
+class _ModelInfo:
+    """What process_sample needs from the model, picklable for worker processes."""
+
+    input_hw: tuple[int, int] | None
+
+
+def _compute(loaded: Any, raw: Any, model: Any, settings: Settings, annotations: list | None) -> tuple:
+    """process_sample + compact predictions; never raises (runs in a worker process too).
+
+    Returns ("ok", row, embedding, predictions) | ("sample", message) | ("internal", message, traceback).
+    """
+    try:
+        result = process_sample(loaded, raw, model, settings, annotations)
+        return "ok", result.row, result.embedding, compact_predictions(result.predictions, loaded.letterbox)
+    except SampleError as exc:
+        return "sample", str(exc)
+    except Exception as exc:  # a bug for this sample: recorded, the run goes on (not forever)
+        return "internal", f"internal error: {type(exc).__name__}: {exc}", traceback.format_exc()
+
+
+def default_process_workers(cpu_count: int | None = None) -> int:
+    """Worker processes for per-sample metrics: none on small machines (the GIL-free parts
+    already overlap with inference there), else up to 8."""
+    n = cpu_count if cpu_count is not None else (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                                 else os.cpu_count() or 1)
+    return 0 if n <= 4 else min(8, n // 2)
+
+
 class _Writer(threading.Thread):
-    """Stage 3: process_sample + compact predictions + store writes, in order."""
+    """Stage 3: process_sample + compact predictions (here, or in ``pool`` worker processes)
+    and store writes, in sample order."""
 
     def __init__(self, store: ResultsStore, model: Any, settings: Settings, summary: RunSummary, bar: Any,
-                 commit_every: int, commit_seconds: float, on_commit: Callable[[int], None] | None):
+                 commit_every: int, commit_seconds: float, on_commit: Callable[[int], None] | None,
+                 pool: Any = None, pool_size: int = 0):
         super().__init__(name="analysis-writer", daemon=True)
-        self.inbox: queue.Queue = queue.Queue(maxsize=max(4, 2 * settings.model.batch_size))
+        self.inbox: queue.Queue = queue.Queue(maxsize=max(4, 2 * settings.model.batch_size, pool_size))
+        self.pool, self.window = pool, max(1, 2 * pool_size)
+        self._in_flight: deque = deque()  # (item, future) in sample order
         self.store, self.model, self.settings, self.summary, self.bar = store, model, settings, summary, bar
         self.commit_every, self.commit_seconds, self.on_commit = commit_every, commit_seconds, on_commit
         self.failure: BaseException | None = None
@@ -160,9 +195,13 @@ class _Writer(threading.Thread):
                 item = self.inbox.get()
                 if item is None:
                     break
-                self._handle(*item)
+                self._submit(*item)
+                while self._in_flight and (len(self._in_flight) >= self.window or self._in_flight[0][1].done()):
+                    self._finish(*self._in_flight.popleft())
                 if len(self._buffer) >= self.commit_every or time.monotonic() - self._last_commit >= self.commit_seconds:
                     self._flush()
+            while self._in_flight:
+                self._finish(*self._in_flight.popleft())
             self._flush()
         except BaseException as exc:  # surfaced in the main thread
             self.failure = exc
@@ -200,26 +239,41 @@ class _Writer(threading.Thread):
             raise RuntimeError(f"{self._internal_errors} of {done} samples failed with internal errors "
                                f"(last: {message}); stopping. See the log above.") from exc
 
-    def _handle(self, item: _Loaded, raw: Any) -> None:
-        s = item.sample
+    def _submit(self, item: _Loaded, raw: Any) -> None:
         if item.internal is not None:
-            self._internal(item, item.error or "internal error", item.internal)
+            outcome: Any = ("internal", item.error or "internal error", item.internal)
         elif item.error is not None:
-            self._error(item, item.error)
+            outcome = ("sample", item.error)
+        elif self.pool is None:
+            outcome = _compute(item.loaded, raw, self.model, self.settings, item.annotations)
         else:
-            try:
-                result = process_sample(item.loaded, raw, self.model, self.settings, item.annotations)
-                preds = compact_predictions(result.predictions, item.loaded.letterbox)
-            except SampleError as exc:
-                self._error(item, str(exc))
-            except Exception as exc:  # a bug for this sample: record it, go on, but not forever
-                self._internal(item, f"internal error: {type(exc).__name__}: {exc}", traceback.format_exc(), exc)
-            else:
-                self._buffer.append(StoredSample(
-                    split=s.split, sample_id=s.sample_id, status=STATUS_OK, row=result.row,
-                    embedding=result.embedding, predictions=preds, image_id=int(s.image_id),
-                    file_name=s.file_name, seq=item.seq))
-                self.summary.computed += 1
+            info = _ModelInfo(getattr(self.model, "input_hw", None))
+            outcome = self.pool.submit(_compute, item.loaded, raw, info, self.settings, item.annotations)
+            item = dataclasses.replace(item, loaded=None)  # the worker has its copy; free ours
+        if isinstance(outcome, Future):
+            self._in_flight.append((item, outcome))
+        elif self._in_flight:  # keep sample order behind pending results
+            done: Future = Future()
+            done.set_result(outcome)
+            self._in_flight.append((item, done))
+        else:
+            self._finish(item, outcome)
+
+    def _finish(self, item: _Loaded, outcome: Any) -> None:
+        if isinstance(outcome, Future):
+            outcome = outcome.result()  # a broken pool raises here: surfaced as the run's failure
+        s = item.sample
+        kind = outcome[0]
+        if kind == "ok":
+            _, row, embedding, preds = outcome
+            self._buffer.append(StoredSample(
+                split=s.split, sample_id=s.sample_id, status=STATUS_OK, row=row, embedding=embedding,
+                predictions=preds, image_id=int(s.image_id), file_name=s.file_name, seq=item.seq))
+            self.summary.computed += 1
+        elif kind == "sample":
+            self._error(item, outcome[1])
+        else:
+            self._internal(item, outcome[1], outcome[2])
         if self.bar is not None:
             self.bar.update(1)
             if self.summary.errors:
@@ -237,6 +291,7 @@ def run_samples(
     progress: bool = True,
     prefetch: int | None = None,
     load_workers: int = 2,
+    process_workers: int | None = 0,
     commit_every: int = 16,
     commit_seconds: float = 0.5,
     on_commit: Callable[[int], None] | None = None,
@@ -249,6 +304,10 @@ def run_samples(
         max_samples: stop after this many samples were taken up by this call (tests,
             partial runs); the summary says ``stopped_early``.
         prefetch: images decoded ahead of the model (default ``2 * batch_size + 2``).
+        load_workers: threads decoding images ahead of the model.
+        process_workers: worker processes computing the per-sample metrics (0: in the
+            writer thread; None: ``default_process_workers()``, i.e. 0 on <= 4 cores). Use
+            them when inference is much faster than the metrics (CUDA, many cores).
         commit_every / commit_seconds: a store transaction after this many samples or
             this much time, whichever comes first.
         on_commit: called after each commit with the number of samples processed so far.
@@ -287,7 +346,16 @@ def run_samples(
         from tqdm import tqdm
 
         bar = tqdm(total=len(todo), desc="analyzing", unit="img", dynamic_ncols=True, smoothing=0.1)
-    writer = _Writer(store, model, settings, summary, bar, commit_every, commit_seconds, on_commit)
+    if process_workers is None:
+        process_workers = default_process_workers()
+    proc_pool = None
+    if process_workers > 0:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        proc_pool = ProcessPoolExecutor(max_workers=process_workers, mp_context=multiprocessing.get_context("spawn"))
+    writer = _Writer(store, model, settings, summary, bar, commit_every, commit_seconds, on_commit,
+                     pool=proc_pool, pool_size=process_workers)
     writer.start()
     pool = ThreadPoolExecutor(max_workers=max(1, load_workers), thread_name_prefix="analysis-load")
     pending: deque[Future] = deque()
@@ -347,6 +415,8 @@ def run_samples(
             except queue.Full:  # pragma: no cover - writer wedged
                 pass
             writer.join(timeout=60)
+        if proc_pool is not None:
+            proc_pool.shutdown(wait=True, cancel_futures=True)
         if bar is not None:
             bar.close()
         summary.elapsed_s = time.monotonic() - t0

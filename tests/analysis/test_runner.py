@@ -313,3 +313,16 @@ def test_unexpected_errors_are_recorded_then_abort_when_systematic(setup, monkey
     with pytest.raises(RuntimeError, match="failed with internal errors"):
         run_samples(dataset, model, store, settings, progress=False)
     assert store.counts()  # what failed before the abort is recorded, the store is usable
+
+
+def test_worker_processes_give_identical_results(setup):
+    tiny, settings, tmp = setup
+    dataset, model, inline = open_all(settings, tmp / "inline.sqlite")
+    run_samples(dataset, model, inline, settings, progress=False, process_workers=0)
+    (tiny.root / "images" / "test_a.jpg").write_bytes(b"corrupt")
+    dataset, model, pooled = open_all(settings, tmp / "pooled.sqlite")
+    summary = run_samples(dataset, model, pooled, settings, progress=False, process_workers=2, commit_every=2)
+    assert (summary.computed, summary.errors) == (sum(tiny.expected["images"].values()) - 1, 1)
+    expected = {k: v for k, v in snapshot(inline).items() if k != ("unlabeled", "test_a")}
+    assert snapshot(pooled) == expected
+    assert pooled.errors()["sample_id"].tolist() == ["test_a"]

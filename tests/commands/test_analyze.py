@@ -136,7 +136,8 @@ def test_missing_dataset_says_how_to_fix(tmp_path, isolated, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--budget", "-1"], "--budget"), (["--keep-fraction", "0"], "--keep-fraction"),
-    (["--keep-fraction", "1.5"], "--keep-fraction"), (["--batch-size", "0"], "--batch-size")])
+    (["--keep-fraction", "1.5"], "--keep-fraction"), (["--batch-size", "0"], "--batch-size"),
+    (["--workers", "-1"], "--workers")])
 def test_bad_flags(argv, message, isolated, capsys):
     assert _main(*argv) == 1
     assert message in capsys.readouterr().err
