@@ -238,7 +238,7 @@ class SampleViews:
 
     def overlay(self, sample_id: str, kind: str) -> np.ndarray:
         from armbench_segmentation.metrics.segmentation import segmentation_errors
-        from armbench_segmentation.visualize import draw_comparison
+        from armbench_segmentation.visualize import draw_comparison, draw_segmentation_errors
 
         sample = self.samples[sample_id]
         loaded = self.dataset.load(sample)
@@ -247,11 +247,7 @@ class SampleViews:
         if loaded.gt is None:
             return draw_comparison(loaded.image, None, pred, class_names=names)
         errors = segmentation_errors(loaded.gt, pred, self.settings.metrics, names)
-        if kind == "over":
-            gt_ids, pred_ids = errors.over_segmented_gt_ids, errors.over_segmented_pred_ids
-        else:
-            gt_ids, pred_ids = errors.under_segmented_gt_ids, errors.under_segmented_pred_ids
-        return draw_comparison(loaded.image, loaded.gt, pred, gt_ids=gt_ids, pred_ids=pred_ids, class_names=names)
+        return draw_segmentation_errors(loaded.image, loaded.gt, pred, errors, kind, class_names=names)
 
     def thumbnail(self, sample_id: str) -> np.ndarray:
         from armbench_segmentation.visualize import thumbnail
