@@ -240,7 +240,14 @@ def sample_metadata(
     meta["min_visible_fraction"] = _num(np.min(visible)) if visible else None
     meta["multi_polygon_objects"] = multi
     # annotations with at least one problem (degenerate polygon, no geometry, bad RLE/bbox, out of bounds)
-    meta["annotation_problems"] = int(sum(1 for a in annotations if check_annotation(a, sample.width, sample.height)[0]))
+    # (the loader already checked the annotations it loaded: reused, not validated again)
+    n_problems = 0
+    for i, ann in enumerate(annotations):
+        problems = loaded.checked_problems(i, ann)
+        if problems is None:
+            problems = check_annotation(ann, sample.width, sample.height)[0]
+        n_problems += bool(problems)
+    meta["annotation_problems"] = n_problems
 
     # ------------------------------------------------------------ coverage
     region = tote_region if tote_region is not None else np.ones((lb.new_h, lb.new_w), bool)

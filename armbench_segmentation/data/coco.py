@@ -77,6 +77,18 @@ class LoadedSample:
     image: np.ndarray
     letterbox: Letterbox
     gt: Instances | None
+    #: the raw COCO annotations checked while loading (``ArmbenchDataset.annotations``) and,
+    #: aligned with them, each one's ``check_annotation`` problems: ``metadata`` reuses them
+    #: instead of validating every polygon a second time. None when not checked (unlabeled).
+    annotations: tuple[dict, ...] | None = None
+    annotation_problems: tuple[tuple[tuple[str, str], ...], ...] | None = None
+
+    def checked_problems(self, index: int, ann: dict) -> tuple[tuple[str, str], ...] | None:
+        """The loader's problems of ``ann`` when it is the very annotation it checked at
+        ``index`` (same object), else None (the caller checks it itself)."""
+        if self.annotations is None or self.annotation_problems is None or not 0 <= index < len(self.annotations):
+            return None
+        return self.annotation_problems[index] if self.annotations[index] is ann else None
 
 
 def dataset_help(root: Path) -> str:
@@ -110,19 +122,47 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+_PLAIN_NUMBER_TYPES = frozenset((int, float))  # what json.load gives for numbers
+
+
+def _polygon_array(poly: Any) -> np.ndarray | None:
+    """A flat ``[x1, y1, x2, y2, ...]`` polygon -> (2K,) float64 when it has >= 3 points, an
+    even length and only finite int/float coordinates (not bool), else None.
+
+    Vectorized: one C-level pass over the element types, one conversion, one isfinite.
+    Elements of other types (numpy scalars, int/float subclasses) take the per-element
+    ``_is_number`` path, so the accepted set is exactly ``all(_is_number(v) for v in poly)``.
+    """
+    if not isinstance(poly, (list, tuple)) or len(poly) < 6 or len(poly) % 2:
+        return None
+    if set(map(type, poly)) <= _PLAIN_NUMBER_TYPES:
+        try:
+            arr = np.array(poly, dtype=np.float64)  # (2K,) exactly float(v) for each v
+        except OverflowError:  # an int beyond the float range
+            return None
+        return arr if np.isfinite(arr).all() else None
+    try:
+        if not all(_is_number(v) for v in poly):
+            return None
+    except OverflowError:
+        return None
+    return np.array([float(v) for v in poly], dtype=np.float64)
+
+
+def _polygon_arrays(segmentation: Any) -> list[np.ndarray | None]:
+    """Per polygon of a COCO list segmentation: ``_polygon_array`` (None = unusable)."""
+    if not isinstance(segmentation, (list, tuple)):
+        return []
+    return [_polygon_array(poly) for poly in segmentation]
+
+
 def valid_polygons(segmentation: Any) -> list[list[float]]:
     """Polygons of a COCO list segmentation with >= 3 finite points (others dropped).
 
     Degenerate parts must be removed before pycocotools, which takes a 4-number list
     for a *box*.
     """
-    out = []
-    if not isinstance(segmentation, (list, tuple)):
-        return out
-    for poly in segmentation:
-        if isinstance(poly, (list, tuple)) and len(poly) >= 6 and len(poly) % 2 == 0 and all(_is_number(v) for v in poly):
-            out.append([float(v) for v in poly])
-    return out
+    return [arr.tolist() for arr in _polygon_arrays(segmentation) if arr is not None]
 
 
 def rle_from_segmentation(segmentation: dict, sample_id: str = "") -> dict:
@@ -173,11 +213,26 @@ def check_annotation(ann: dict, width: int | None, height: int | None) -> tuple[
     """Problems of one COCO annotation (kinds in ``PROBLEM_KINDS``) and its area in
     original pixels when measurable (sum of valid polygon areas, or RLE pixel count).
 
-    Cheap: no rasterization of polygons.
+    Cheap: no rasterization of polygons; each polygon is validated with one vectorized pass.
+    """
+    _, problems, area = _inspect_annotation(ann, width, height)
+    return problems, area
+
+
+def _inspect_annotation(ann: dict, width: int | None, height: int | None
+                        ) -> tuple[list[np.ndarray] | None, list[tuple[str, str]], float | None]:
+    """``check_annotation`` plus the usable polygons of a list segmentation.
+
+    Returns:
+        (polygons, problems, area): ``polygons`` is, for a list segmentation, every polygon
+        ``valid_polygons`` keeps, as (2K,) float64 arrays (zero-area ones included: the
+        rasterizer gets the same input as before), and None for an RLE or a missing
+        segmentation. Every polygon is parsed once for both uses.
     """
     problems: list[tuple[str, str]] = []
     seg = ann.get("segmentation")
     area: float | None = None
+    polygons: list[np.ndarray] | None = None
     has_size = _is_number(width) and _is_number(height)
     outside: list[str] = []
     if isinstance(seg, dict):
@@ -190,25 +245,27 @@ def check_annotation(ann: dict, width: int | None, height: int | None) -> tuple[
             problems.append(("invalid_rle", str(exc)))
     elif isinstance(seg, list) and seg:
         total, good = 0.0, 0
-        for i, poly in enumerate(seg):
-            ok = isinstance(poly, (list, tuple)) and len(poly) >= 6 and len(poly) % 2 == 0 and all(_is_number(v) for v in poly)
-            poly_area = polygon_area(poly) if ok else 0.0
-            if not ok or poly_area <= 0:
+        polygons = []
+        for i, (poly, arr) in enumerate(zip(seg, _polygon_arrays(seg))):
+            if arr is not None:
+                polygons.append(arr)
+            poly_area = polygon_area(arr) if arr is not None else 0.0
+            if arr is None or poly_area <= 0:
                 n_pts = len(poly) // 2 if isinstance(poly, (list, tuple)) else 0
                 problems.append(("degenerate_polygon", f"polygon {i}: {n_pts} points, area {poly_area:g}"))
                 continue
             good += 1
             total += poly_area
             if has_size:
-                pts = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
-                if (pts.min() < -BOUNDS_TOLERANCE or pts[:, 0].max() > width + BOUNDS_TOLERANCE
-                        or pts[:, 1].max() > height + BOUNDS_TOLERANCE):
+                if (arr.min() < -BOUNDS_TOLERANCE or arr[0::2].max() > width + BOUNDS_TOLERANCE
+                        or arr[1::2].max() > height + BOUNDS_TOLERANCE):
                     outside.append(f"polygon {i}")
         if good:
             area = total
         else:
             problems.append(("no_geometry", "no valid polygon"))
     else:
+        polygons = [arr for arr in _polygon_arrays(seg) if arr is not None]  # e.g. a tuple: usable, but flagged
         problems.append(("no_geometry", f"segmentation is {type(seg).__name__}"))
     bbox = ann.get("bbox")
     if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(_is_number(v) for v in bbox) and bbox[2] > 0 and bbox[3] > 0):
@@ -219,7 +276,7 @@ def check_annotation(ann: dict, width: int | None, height: int | None) -> tuple[
             outside.append(f"bbox {list(bbox)}")
     if outside:  # one problem per annotation
         problems.append(("out_of_bounds", f"{' and '.join(outside)} outside the {width}x{height} image"))
-    return problems, area
+    return polygons, problems, area
 
 
 class ArmbenchDataset:
@@ -437,11 +494,21 @@ class ArmbenchDataset:
         )
 
     def load(self, sample: Sample) -> LoadedSample:
-        """Decode (reduced when possible) + letterbox + ground truth at model resolution."""
+        """Decode (reduced when possible) + letterbox + ground truth at model resolution.
+
+        Each annotation is validated once (``check_annotation``): its problems travel with
+        the LoadedSample (for ``metadata``) and its parsed polygons are rasterized.
+        """
         letterbox = Letterbox.compute(sample.hw, self.config.image_size)
         image = letterbox.apply_image(self.load_image(sample, self.config.image_size))
-        gt = self.ground_truth(sample, letterbox) if sample.split in LABELED_SPLITS else None
-        return LoadedSample(sample, image, letterbox, gt)
+        if sample.split not in LABELED_SPLITS:
+            return LoadedSample(sample, image, letterbox, None)
+        annotations = self.annotations(sample)
+        inspected = [_inspect_annotation(ann, sample.width, sample.height) for ann in annotations]
+        gt = _annotations_to_instances(annotations, self.category_map(sample.split), sample, letterbox,
+                                       self.config.max_instances, [polys for polys, _, _ in inspected])
+        return LoadedSample(sample, image, letterbox, gt, tuple(annotations),
+                            tuple(tuple(problems) for _, problems, _ in inspected))
 
 
 # ---------------------------------------------------------------------- module functions
@@ -528,6 +595,19 @@ def annotations_to_instances(
     An instance whose mask vanishes in the target frame (sub-pixel object) keeps the
     pixel at its box centre, so every GT instance has a non-empty mask.
     """
+    return _annotations_to_instances(annotations, category_map, sample, letterbox, max_instances, None)
+
+
+def _annotations_to_instances(
+    annotations: list[dict],
+    category_map: dict[int, int],
+    sample: Sample,
+    letterbox: Letterbox | None,
+    max_instances: int | None,
+    polygons: list[list[np.ndarray] | None] | None,
+) -> Instances:
+    """``annotations_to_instances`` with, optionally, each annotation's usable polygons
+    already parsed (``_inspect_annotation``; aligned with ``annotations``)."""
     frame = (letterbox.out_h, letterbox.out_w) if letterbox is not None else sample.hw
     fh, fw = frame
     rles: list[dict] = []
@@ -538,7 +618,7 @@ def annotations_to_instances(
     unknown: dict[Any, int] = {}
     no_geometry: list[Any] = []
     bad_rle: list[str] = []
-    for ann in annotations:
+    for k, ann in enumerate(annotations):
         cls = category_map.get(ann.get("category_id"))  # type: ignore[arg-type]
         if cls is None:
             unknown[ann.get("category_id")] = unknown.get(ann.get("category_id"), 0) + 1
@@ -562,16 +642,17 @@ def annotations_to_instances(
                 small = letterbox.masks_to_model(full[None])[0]  # (S, S)
                 rle = mask_utils.encode(np.asfortranarray(small.view(np.uint8)))
         else:
-            polys = valid_polygons(seg)
+            parsed = polygons[k] if polygons is not None else None
+            polys = parsed if parsed is not None else [a for a in _polygon_arrays(seg) if a is not None]  # (2K,) each
             if not polys:
                 no_geometry.append(ann.get("id"))
                 continue
             if box is None:
-                pts = np.concatenate([np.asarray(p).reshape(-1, 2) for p in polys])
+                pts = np.concatenate([p.reshape(-1, 2) for p in polys])
                 box = np.concatenate([pts.min(axis=0), pts.max(axis=0)])
             if letterbox is not None:
-                polys = [letterbox.polygon_to_model(p).tolist() for p in polys]
-            rle = mask_utils.merge(mask_utils.frPyObjects(polys, fh, fw))
+                polys = [letterbox.polygon_to_model(p) for p in polys]
+            rle = mask_utils.merge(mask_utils.frPyObjects(polys, fh, fw))  # float64 arrays, as frPoly converts lists
         if box is None:
             no_geometry.append(ann.get("id"))
             continue

@@ -354,3 +354,46 @@ def test_reduced_decode_used_for_large_images(tmp_path, make_exif_jpeg):
     assert (a.gt.masks == b.gt.masks).all()
     inside = a.gt.masks[0]
     assert a.image[inside].mean(axis=0)[:2].min() > 230
+
+
+def _reference_is_number(v):  # the per-element rule the vectorized validation must keep
+    import math
+
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@pytest.mark.parametrize("poly", [
+    [0, 0, 10, 0, 10, 10], [0.5, 0, 10, 0, 10, 10.25], [0, 0, 10, 0, 10], [0, 0, 10, 0, 10, 10, 5],
+    [1, 2, True, 4, 5, 6], [1, 2, float("nan"), 4, 5, 6], [1, 2, float("-inf"), 4, 5, 6], [1, 2, "3", 4, 5, 6],
+    [1, 2, None, 4, 5, 6], [1, 2, [3], 4, 5, 6], [np.float64(1.5), 2, 30, 4, 5, 60], [np.int64(1), 2, 30, 4, 5, 60],
+    (0, 0, 50, 0, 50, 50), [0, 0, 1e300, 0, 50, 50], [0, 0, 10**30, 0, 50, 50], "abcdef", None, [],
+])
+def test_polygon_validation_matches_the_per_element_rule(poly):
+    from armbench_segmentation.data.coco import valid_polygons
+
+    ok = isinstance(poly, (list, tuple)) and len(poly) >= 6 and len(poly) % 2 == 0 and all(
+        _reference_is_number(v) for v in poly)
+    got = valid_polygons([poly])
+    assert got == ([[float(v) for v in poly]] if ok else [])
+    assert all(type(v) is float for p in got for v in p)
+
+
+def test_load_checks_each_annotation_once_and_metadata_reuses_it(ds, monkeypatch):
+    from armbench_segmentation.data import coco
+    from armbench_segmentation.metadata import sample_metadata
+
+    sample = next(s for s in ds.samples("train") if s.sample_id == "train_c")  # degenerate 121, out-of-bounds 122
+    anns = ds.annotations(sample)
+    calls = []
+    real = coco._inspect_annotation
+    monkeypatch.setattr(coco, "_inspect_annotation", lambda *a: calls.append(a[0]["id"]) or real(*a))
+    loaded = ds.load(sample)
+    assert sorted(calls) == sorted(a["id"] for a in anns)  # once each, while loading
+    expected = [coco.check_annotation(a, sample.width, sample.height)[0] for a in anns]
+    assert [list(loaded.checked_problems(i, a)) for i, a in enumerate(anns)] == expected
+    assert loaded.checked_problems(0, dict(anns[0])) is None  # another object: not the loader's
+    calls.clear()
+    assert sample_metadata(loaded, anns)["annotation_problems"] == 2
+    assert calls == []  # reused, not validated again
+    assert sample_metadata(loaded, [dict(a) for a in anns])["annotation_problems"] == 2  # copies: checked anew
+    assert len(calls) == len(anns)
