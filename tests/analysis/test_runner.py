@@ -326,3 +326,22 @@ def test_worker_processes_give_identical_results(setup):
     expected = {k: v for k, v in snapshot(inline).items() if k != ("unlabeled", "test_a")}
     assert snapshot(pooled) == expected
     assert pooled.errors()["sample_id"].tolist() == ["test_a"]
+
+
+def test_metrics_run_with_one_blas_thread_and_the_limit_is_restored(setup, monkeypatch):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from armbench_segmentation.analysis import runner
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas_threads()
+    seen = []
+    real = runner.process_sample
+    monkeypatch.setattr(runner, "process_sample", lambda *a, **k: seen.append(blas_threads()) or real(*a, **k))
+    tiny, settings, tmp = setup
+    dataset, model, store = open_all(settings, tmp / "r.sqlite")
+    summary = run_samples(dataset, model, store, settings, progress=False)
+    assert summary.errors == 0 and len(seen) == summary.computed > 0
+    assert all(set(threads) <= {1} for threads in seen)  # busy-waiting BLAS workers would take the model's cores
+    assert blas_threads() == before
