@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
@@ -116,6 +117,18 @@ def _rle_decode(rle):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*__array__.*")
         return mask_utils.decode(rle)
+
+
+def _decode_masks(rles: list[dict], h: int, w: int) -> np.ndarray:
+    """RLEs of an (h, w) frame -> (N, h, w) C-contiguous bool masks.
+
+    pycocotools decodes column-major ((h, w, N) Fortran order); each mask is transposed
+    with OpenCV (blocked, several times faster than numpy's strided copy)."""
+    decoded = _rle_decode(rles)  # (h, w, N) Fortran order, 0/1 uint8
+    masks = np.empty((len(rles), h, w), np.uint8)
+    for i in range(len(rles)):
+        cv2.transpose(decoded[:, :, i].T, dst=masks[i])  # (w, h) C-contiguous view -> (h, w)
+    return masks.view(bool)
 
 
 def _is_number(v: Any) -> bool:
@@ -678,7 +691,7 @@ def _annotations_to_instances(
         rles, boxes, class_ids, ids, crowd = (x[:max_instances] for x in (rles, boxes, class_ids, ids, crowd))
         if not rles:
             return _empty_gt(frame)
-    masks = np.ascontiguousarray(_rle_decode(rles).transpose(2, 0, 1)).view(bool)  # (N, fh, fw)
+    masks = _decode_masks(rles, fh, fw)  # (N, fh, fw)
     boxes_arr = np.stack(boxes)  # (N, 4) original frame
     if letterbox is not None:
         boxes_arr = letterbox.boxes_to_model(boxes_arr)
