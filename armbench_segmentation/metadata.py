@@ -95,11 +95,29 @@ def classify_color(pixels: np.ndarray) -> tuple[str, float | None]:
     """("yellow" | "blue" | "other", median hue in degrees or None) of (K, 3) uint8 RGB pixels."""
     if len(pixels) == 0:
         return "other", None
-    hsv = cv2.cvtColor(pixels.reshape(-1, 1, 3), cv2.COLOR_RGB2HSV).reshape(-1, 3)
-    colored = (hsv[:, 1] >= MIN_SATURATION) & (hsv[:, 2] >= MIN_VALUE)
-    if colored.mean() < MIN_COLORED_SHARE:
+    return _classify_region(pixels.reshape(-1, 1, 3), None)
+
+
+def _classify_region(image: np.ndarray, region: np.ndarray | None) -> tuple[str, float | None]:
+    """``classify_color`` of the pixels of an (H, W, 3) uint8 RGB image inside ``region``
+    ((H, W) bool; None = all), without gathering them: HSV of the whole image, a masked
+    hue histogram and the median read off it (the exact ``np.median``: mean of the two
+    middle values)."""
+    n = int(np.count_nonzero(region)) if region is not None else image.shape[0] * image.shape[1]
+    if n == 0:
         return "other", None
-    hue = float(np.median(hsv[colored, 0]))
+    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)  # (H, W, 3), H in 0..179
+    colored = (hsv[..., 1] >= MIN_SATURATION) & (hsv[..., 2] >= MIN_VALUE)  # (H, W)
+    if region is not None:
+        colored &= region
+    counts = np.bincount(hsv[..., 0][colored], minlength=256) if image.size > 3 * 2**24 else cv2.calcHist(
+        [hsv], [0], colored.view(np.uint8), [256], [0, 256]).ravel()  # float32 counts: exact below 2**24 pixels
+    m = int(counts.sum())
+    if m / n < MIN_COLORED_SHARE:  # == colored.mean() of the region's pixels
+        return "other", None
+    cum = np.cumsum(counts, dtype=np.float64)  # (256,)
+    lo, hi = np.searchsorted(cum, [(m - 1) // 2, m // 2], side="right")  # the two middle order statistics
+    hue = (float(lo) + float(hi)) / 2.0
     if YELLOW_HUE[0] <= hue <= YELLOW_HUE[1]:
         name = "yellow"
     elif BLUE_HUE[0] <= hue <= BLUE_HUE[1]:
@@ -172,17 +190,18 @@ def sample_metadata(
             objects_union = masks[gt.class_ids == obj_cls].any(axis=0)
         if tote_cls is not None and (gt.class_ids == tote_cls).any():
             tote_region = masks[gt.class_ids == tote_cls].any(axis=0)
-    if tote_region is not None and (tote_region & ~objects_union).any():
-        color_pixels = content[tote_region & ~objects_union]
+    tote_free = tote_region & ~objects_union if tote_region is not None else None
+    if tote_free is not None and tote_free.any():
+        color_region = tote_free
         meta["tote_color_source"] = "tote"
     else:
         b = max(1, int(round(BORDER_FRACTION * min(lb.new_h, lb.new_w))))
         ring = np.ones((lb.new_h, lb.new_w), bool)
         ring[b:-b, b:-b] = False
         ring &= ~objects_union
-        color_pixels = content[ring]
+        color_region = ring
         meta["tote_color_source"] = "border"
-    meta["tote_color"], meta["tote_hue"] = classify_color(color_pixels)
+    meta["tote_color"], meta["tote_hue"] = _classify_region(content, color_region)
 
     if gt is None:
         return meta
