@@ -164,9 +164,20 @@ def to_rgb_uint8(image: np.ndarray, bgr: bool = True) -> np.ndarray:
     """Any decoded OpenCV array -> (H, W, 3) uint8 RGB.
 
     Gray (H, W) or (H, W, 1) is replicated, alpha dropped, 16-bit scaled by 1/257,
-    float assumed in [0, 1].
+    float assumed in [0, 1]. ``image`` is never modified.
     """
+    return _to_rgb_uint8(image, bgr, in_place=False)
+
+
+def _to_rgb_uint8(image: np.ndarray, bgr: bool, in_place: bool) -> np.ndarray:
+    """``to_rgb_uint8``; with ``in_place`` a contiguous (H, W, 3) uint8 BGR array (a fresh
+    decode nobody else holds) is converted in its own memory (no 4 MB allocation)."""
     img = image
+    if (img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] in (3, 4) and img.size and bgr
+            and img.flags.c_contiguous):  # the usual case: one SIMD pass of OpenCV, not numpy's strided copy
+        if img.shape[2] == 4:
+            return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=img if in_place else None)
     if img.dtype == np.uint16:
         img = ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)
     elif img.dtype in (np.float32, np.float64):
@@ -227,14 +238,14 @@ def decode_bytes(data: bytes, target_size: int | None = None, sample_id: str = "
         if img.shape[:2] != reduced_size(stored_hw, factor):  # defensive: a decoder that did not scale as asked
             log.debug("%s: decoded %s, expected %s at 1/%d", name, img.shape[:2], reduced_size(stored_hw, factor), factor)
             factor = next((k for k in (1, *REDUCTIONS) if reduced_size(stored_hw, k) == img.shape[:2]), factor)
-        img = apply_orientation(img, header.orientation)
-        return DecodedImage(to_rgb_uint8(img), factor, header.oriented_hw)
+        img = apply_orientation(img, header.orientation)  # still ours: converted in place
+        return DecodedImage(_to_rgb_uint8(img, True, in_place=True), factor, header.oriented_hw)
     # not a JPEG (or an unusual header): decode everything as stored, normalize ourselves
     img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if img is None or img.size == 0:
         raise SampleError(sample_id, f"image file {name} is corrupt or in an unsupported format")
     try:
-        rgb = to_rgb_uint8(img)
+        rgb = _to_rgb_uint8(img, True, in_place=True)
     except ValueError as exc:
         raise SampleError(sample_id, f"image file {name}: {exc}") from None
     return DecodedImage(rgb, 1, (int(rgb.shape[0]), int(rgb.shape[1])))
