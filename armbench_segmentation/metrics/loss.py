@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from ..frames import nearest_index
+from ..frames import sample_masks
 from ..structures import Instances
 
 __all__ = [
@@ -345,9 +345,7 @@ def _mask_loss(mask_parts: list, proto: np.ndarray, gt: Instances, mask_hw: tupl
     if not mask_parts:
         return 0.0
     mask_h, mask_w = mask_hw
-    h_in, w_in = gt.image_size
-    iy = nearest_index(h_in, mask_h)  # (mask_h,) GT rows sampled by F.interpolate(nearest)
-    ix = nearest_index(w_in, mask_w)
+    small = sample_masks(gt.masks, (mask_h, mask_w))  # (N, mask_h, mask_w) GT pixels F.interpolate(nearest) reads; a view
     layer = np.concatenate([np.full(len(p[1]), p[0]) for p in mask_parts])
     tid = np.concatenate([p[1] for p in mask_parts])
     coeffs = np.concatenate([p[2] for p in mask_parts])  # (n, nm)
@@ -370,9 +368,14 @@ def _mask_loss(mask_parts: list, proto: np.ndarray, gt: Instances, mask_hw: tupl
         window = proto32[:, r0:r1, c0:c1].reshape(nm, hh * ww)  # (nm, hh*ww)
         # float32 like yolov5 (and ~10x faster exp/log1p than float64); sums in float64
         x = coeffs32[sel] @ window  # (k, hh*ww) mask logits
-        y = gt.masks[t][np.ix_(iy[r0:r1], ix[c0:c1])].reshape(-1)  # (hh*ww,) GT at proto resolution
-        bce = _softplus(x)
-        bce -= x * y  # BCE with logits = softplus(x) - y * x
+        y = small[t, r0:r1, c0:c1].reshape(-1)  # (hh*ww,) bool GT at proto resolution
+        # BCE with logits = softplus(x) - y * x, in place (the values of _softplus(x) - x * y exactly)
+        bce = np.abs(x)
+        np.negative(bce, out=bce)
+        np.exp(bce, out=bce)
+        np.log1p(bce, out=bce)  # log1p(exp(-|x|))
+        bce += np.maximum(x, 0.0)  # softplus(x)
+        np.subtract(bce, x, out=bce, where=y)  # - y * x with y in {0, 1}
         if (b == b[0]).all():  # all matches share the crop box: the common case
             per_match[sel] = bce.sum(axis=1, dtype=np.float64)
             continue
