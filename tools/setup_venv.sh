@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Recreate the tools virtualenv (fine-tuning, ONNX export, evaluation) at tools/.venv.
-# Not part of the runtime install. Usage: bash tools/setup_venv.sh [PYTHON]
+# Not part of the runtime install. Usage: bash tools/setup_venv.sh [PYTHON]   (python 3.11 was used)
 #
 # Why pip and not Poetry/uv: torch 2.14.1 + torchvision 0.29.1 are taken as a matching pair
 # from the local wheel indexes of the build machines (pip's extra-index-url); other resolvers
@@ -11,7 +11,7 @@
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PY="${1:-python3}"
-VENV="$HERE/.venv"
+VENV="${TOOLS_VENV:-$HERE/.venv}"  # TOOLS_VENV: build elsewhere (e.g. to test this script)
 
 "$PY" -m venv "$VENV"
 "$VENV/bin/pip" install -q -r "$HERE/requirements.txt"
