@@ -15,6 +15,10 @@ them plus a few false positives, scores and ``proto_probs`` at 160x160 like
   intersection/IoU/IoA matrices (measured on up to 2,500 pairs, extrapolated beyond);
 - the model: onnxruntime on one 640 input when ``models/armbench-yolov5s-seg.onnx`` exists.
 
+The metrics are timed with numpy's BLAS on one thread (``--blas-threads``, default 1), as
+``analysis.runner`` computes them: a multi-threaded OpenBLAS busy-waits after each call and
+its CPU time would count here (the loss's matmuls), as it would take the model's cores there.
+
 Prints ratios; nothing is asserted (see CONTRIBUTING: benchmarks are not tests).
 """
 
@@ -163,6 +167,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--densities", type=int, nargs="+", default=[10, 15, 50, 150])
     ap.add_argument("--legacy-pairs", type=int, default=2500, help="pairs timed for the per-pair loop")
+    ap.add_argument("--blas-threads", type=int, default=1,
+                    help="numpy BLAS threads for the metrics (default 1, as analysis.runner; 0 = the library default)")
     args = ap.parse_args(argv)
 
     try:
@@ -175,6 +181,11 @@ def main(argv=None) -> int:
     print(f"model: {infer_note}" + (f": {infer_ms:.1f} ms" if infer_ms else
                                      f"; the reference is ~{INFERENCE_REFERENCE_MS:.0f} ms (docs, 2 CPU threads)"))
     budget_ref = infer_ms or INFERENCE_REFERENCE_MS
+    if args.blas_threads > 0:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=args.blas_threads, user_api="blas")  # after the model: ORT keeps its own threads
+    print(f"metrics with numpy BLAS on {args.blas_threads or 'default'} thread(s)")
     cfg = MetricsConfig()
     rng = np.random.default_rng(0)
     raw_det = rng.random((25200, 5 + 2 + 32), dtype=np.float32)
@@ -182,7 +193,7 @@ def main(argv=None) -> int:
     raw_proto = rng.normal(0, 1, (32, SIZE // 4, SIZE // 4)).astype(np.float32)
 
     header = (f"{'N':>4} {'GT x pred':>10} {'overlaps':>9} {'over/und':>9} {'match':>7} {'AP':>7} {'confus':>7} "
-              f"{'uncert':>7} {'TOTAL':>7} {'wall':>7} {'loss':>7} {'% model':>8} {'legacy loop':>12} {'speed-up':>9}")
+              f"{'uncert':>7} {'TOTAL':>7} {'wall':>7} {'loss':>7} {'% model':>8} {'+loss %':>8} {'legacy loop':>12} {'speed-up':>9}")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\nper-sample milliseconds at {SIZE}x{SIZE}, median of {args.repeats} runs of the whole set, CPU time of this "
           f"process ({os.cpu_count()} cores, load average {load:.1f}); 'wall' = wall-clock TOTAL")
@@ -234,12 +245,14 @@ def main(argv=None) -> int:
         pairs = len(gt) * len(pred)
         extrap = "" if timed == pairs else "*"
         loss_txt = f"{loss_ms:7.1f}" if loss_ms is not None else f"{'-':>7}"
+        with_loss = f"{100 * (ms['total'] + loss_ms) / budget_ref:7.1f}%" if loss_ms is not None else f"{'-':>8}"
         print(f"{n:>4} {f'{len(gt)}x{len(pred)}':>10} {ms['overlaps']:9.2f} {ms['over/under']:9.2f} {ms['match']:7.2f} "
               f"{ms['AP']:7.2f} {ms['confusion']:7.2f} {ms['uncertainty']:7.2f} {ms['total']:7.2f} {wall:7.2f} {loss_txt} "
-              f"{100 * ms['total'] / budget_ref:7.1f}% {legacy_ms:11.0f}{extrap} {legacy_ms / ms['overlaps']:8.0f}x")
+              f"{100 * ms['total'] / budget_ref:7.1f}% {with_loss} {legacy_ms:11.0f}{extrap} {legacy_ms / ms['overlaps']:8.0f}x")
     print("\noverlaps = packing both mask sets + the GT x prediction matrices; TOTAL = the whole set without the loss;")
     print("CPU time excludes time other processes hold the cores; on an idle machine wall time equals it")
-    print(f"'% model' = TOTAL / model inference ({budget_ref:.0f} ms); the loss (metrics.loss) is listed apart;")
+    print(f"'% model' = TOTAL / model inference ({budget_ref:.0f} ms); the loss (metrics.loss) is listed apart, "
+          f"'+loss %' = (TOTAL + loss) / model inference;")
     print("legacy loop = per-pair logical_and().sum() for the same GT x prediction matrices; speed-up = legacy / overlaps")
     print(f"(* extrapolated from {args.legacy_pairs} timed pairs: the per-pair cost is constant at full resolution)")
     return 0
