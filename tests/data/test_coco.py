@@ -397,3 +397,26 @@ def test_load_checks_each_annotation_once_and_metadata_reuses_it(ds, monkeypatch
     assert calls == []  # reused, not validated again
     assert sample_metadata(loaded, [dict(a) for a in anns])["annotation_problems"] == 2  # copies: checked anew
     assert len(calls) == len(anns)
+
+
+@pytest.mark.parametrize("hw", [(64, 48), (7, 5), (1, 1), (1, 9), (9, 1), (2048, 2448)])
+def test_gt_mask_decoding_equals_pycocotools(hw):
+    from pycocotools import mask as mask_utils
+
+    from armbench_segmentation.data.coco import _decode_masks
+
+    h, w = hw
+    rng = np.random.default_rng(h * w)
+    masks = [np.zeros(hw, np.uint8), np.ones(hw, np.uint8), (rng.random(hw) < 0.5).astype(np.uint8),
+             (rng.random(hw) < 0.01).astype(np.uint8)]
+    corner = np.zeros(hw, np.uint8)
+    corner[-1, -1] = corner[0, 0] = 1
+    block = np.zeros(hw, np.uint8)
+    block[h // 3: h // 2 + 1, w // 4: max(w // 4 + 1, w - 1)] = 1
+    masks += [corner, block]
+    rles = [mask_utils.encode(np.asfortranarray(m)) for m in masks]
+    got = _decode_masks(rles, h, w)
+    assert got.dtype == bool and got.flags.c_contiguous
+    assert np.array_equal(got, np.stack(masks).astype(bool))
+    as_str = [{"size": r["size"], "counts": r["counts"].decode("ascii")} for r in rles]
+    assert np.array_equal(_decode_masks(as_str, h, w), got)
