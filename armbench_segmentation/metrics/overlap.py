@@ -336,6 +336,23 @@ def _unpack(masks: np.ndarray | PackedMasks) -> np.ndarray:
     return bits[:, :, : masks.hw[1]].astype(bool)
 
 
+# pycocotools' ``area`` fails under numpy 2 for lists longer than 255 RLEs ("Python
+# integer 256 out of bounds for uint8"): it is called on chunks of at most this many.
+_RLE_AREA_CHUNK = 255
+
+
+def rle_areas(rles: list[dict]) -> np.ndarray:
+    """(N,) int64 pixel areas of COCO RLEs (any N, including 0 and > 255)."""
+    from pycocotools import mask as mask_utils
+
+    rles = list(rles)
+    if not rles:
+        return np.zeros(0, np.int64)
+    parts = [np.asarray(mask_utils.area(rles[i : i + _RLE_AREA_CHUNK]), np.int64).reshape(-1)
+             for i in range(0, len(rles), _RLE_AREA_CHUNK)]
+    return np.concatenate(parts)
+
+
 def rle_overlaps(rles_a: list[dict], rles_b: list[dict]) -> Overlaps:
     """Overlaps between two lists of COCO RLEs (pycocotools format), without decoding.
 
@@ -352,8 +369,7 @@ def rle_overlaps(rles_a: list[dict], rles_b: list[dict]) -> Overlaps:
     from pycocotools import mask as mask_utils
 
     n, m = len(rles_a), len(rles_b)
-    area_a = np.asarray(mask_utils.area(rles_a), np.int64).reshape(-1) if n else np.zeros(0, np.int64)
-    area_b = np.asarray(mask_utils.area(rles_b), np.int64).reshape(-1) if m else np.zeros(0, np.int64)
+    area_a, area_b = rle_areas(rles_a), rle_areas(rles_b)
     if n == 0 or m == 0:
         return overlaps_from_counts(np.zeros((n, m), np.int64), area_a, area_b)
     iou = np.asarray(mask_utils.iou(list(rles_a), list(rles_b), [0] * m), np.float64).reshape(n, m)  # (N, M)

@@ -188,3 +188,24 @@ def test_property_equals_brute_force(sets):
         np.testing.assert_allclose(ov.iou, iou, rtol=0, atol=1e-12)
         np.testing.assert_allclose(ov.a_in_b, a_in_b, rtol=0, atol=1e-12)
         np.testing.assert_allclose(ov.b_in_a, b_in_a, rtol=0, atol=1e-12)
+
+
+def test_rle_overlaps_more_than_255_instances():
+    # pycocotools' area() overflows a uint8 for lists of > 255 RLEs under numpy 2; 300
+    # detections (the YOLOv5 max_det) must work and give exact counts.
+    from pycocotools import mask as mask_utils
+
+    from armbench_segmentation.metrics.overlap import rle_areas, rle_overlaps
+
+    masks = np.zeros((20, 30, 300), np.uint8, order="F")
+    for i in range(300):
+        masks[i % 20, : 1 + i % 30, i] = 1  # row i % 20, (1 + i % 30) pixels
+    preds = mask_utils.encode(masks)
+    gt = mask_utils.encode(np.asfortranarray(masks[:, :, :3]))
+    areas = rle_areas(preds)
+    assert areas.tolist() == [1 + i % 30 for i in range(300)]
+    ov = rle_overlaps(gt, preds)
+    assert ov.iou.shape == (3, 300)
+    dense = masks.reshape(-1, 300).T.astype(np.int64)  # (300, HW), pixel order irrelevant for counts
+    expected = dense[:3] @ dense.T
+    np.testing.assert_array_equal(ov.intersection, expected)
