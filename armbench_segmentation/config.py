@@ -74,6 +74,7 @@ class ModelConfig:
     num_threads: int | None = None
     device: str = "auto"
     batch_size: int = 1
+    intra_op_spinning: bool = False
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,8 @@ class Settings:
 
         d = self.to_dict()
         relevant = {"data": {k: d["data"][k] for k in ("class_names", "image_size", "reduced_decode")},
-                    "model": {k: v for k, v in d["model"].items() if k not in ("path", "num_threads", "device", "batch_size")},
+                    "model": {k: v for k, v in d["model"].items() if k not in ("path", "num_threads", "device", "batch_size",
+                                                                                "intra_op_spinning")},
                     "metrics": d["metrics"]}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 

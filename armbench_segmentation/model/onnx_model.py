@@ -152,6 +152,11 @@ class SegmentationModel:
             if int(config.num_threads) < 0:
                 raise ModelError(f"model.num_threads must be >= 0 (0 = onnxruntime default), got {config.num_threads}")
             options.intra_op_num_threads = int(config.num_threads)
+        # Spinning workers keep their cores between ops and between runs. The CLI decodes,
+        # letterboxes and computes metrics on the same cores meanwhile: on the 2-core machine
+        # (shared, load 9-10) spinning cost 70-100 ms more CPU per image in the analysis engine
+        # and even made inference alone slower (368-392 vs 295-317 ms CPU/image).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if config.intra_op_spinning else "0")
         self.session = self._create_session(ort, options, device)
         self.providers = list(self.session.get_providers())
         self._inspect_io()

@@ -111,6 +111,18 @@ def test_sha256_and_threads(tiny_model):
     assert m.providers == ["CPUExecutionProvider"]
 
 
+def test_intra_op_spinning_off_by_default(tiny_model):
+    from armbench_segmentation.config import load_settings
+
+    path = tiny_model()
+    assert load_settings(env={}).model.intra_op_spinning is False
+    key = "session.intra_op.allow_spinning"
+    m = SegmentationModel(path, ModelConfig(device="cpu", num_threads=2), NAMES)
+    assert m.session.get_session_options().get_session_config_entry(key) == "0"
+    m = SegmentationModel(path, ModelConfig(device="cpu", num_threads=2, intra_op_spinning=True), NAMES)
+    assert m.session.get_session_options().get_session_config_entry(key) == "1"
+
+
 def test_to_input():
     img = np.full((2, 4, 5, 3), 255, np.uint8)
     img[:, :, :, 1] = 0
