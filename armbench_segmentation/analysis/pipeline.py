@@ -228,7 +228,8 @@ def process_sample(loaded: Any, raw: RawSample, model: Any, settings: Settings,
         for key in _segmentation_keys(settings.metrics, class_names, input_hw) + LABELED_ONLY_COLUMNS:
             row.setdefault(key, None)
     _merge(row, _as_dict(uncertainty_scores(pred, settings.metrics)), prefix=UNCERTAINTY_PREFIX)
-    _merge(row, _as_dict(sample_metadata(loaded, list(annotations or []))), prefix=METADATA_PREFIX)
+    metadata = sample_metadata(loaded, list(annotations or []), settings.metrics.small_area_fraction, class_names)
+    _merge(row, _as_dict(metadata), prefix=METADATA_PREFIX)
     return SampleResult(row=row, embedding=sample_embedding(raw), predictions=pred)
 
 

@@ -134,3 +134,16 @@ def test_split_raw_views():
     parts = split_raw(Raw())
     assert len(parts) == 2 and isinstance(parts[0], RawSample) and parts[0].embedding is None
     assert parts[1].detections.shape == (5, 39)
+
+
+def test_metadata_uses_the_configured_small_area_fraction(env):
+    # Every object is "small" under a threshold of 100% of the image and none under 0%:
+    # the row must follow settings.metrics.small_area_fraction, not the metadata default.
+    settings, dataset, model = env
+    counts = {}
+    for fraction in (0.0, 1.0):
+        tuned = settings.replace({"metrics.small_area_fraction": fraction})
+        result, _ = _result((tuned, dataset, model), "val")
+        counts[fraction] = (result.row["meta_small_object_count"], result.row["meta_n_objects"])
+    assert counts[0.0][0] == 0
+    assert counts[1.0][0] == counts[1.0][1] > 0
