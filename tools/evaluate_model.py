@@ -31,19 +31,19 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project root
+from armbench_segmentation.data.letterbox import Letterbox  # noqa: E402
+
 LOG = logging.getLogger("evaluate_model")
 CLASS_NAMES = ("Object", "Tote")
 PAD = 114
 MAX_WH = 7680
 
 
-def letterbox_params(h, w, size):
-    r = min(size / h, size / w)
-    new_w = min(size, max(1, int(round(w * r))))
-    new_h = min(size, max(1, int(round(h * r))))
-    pad_x = max(int(round((size - new_w) / 2 - 0.1)), 0)
-    pad_y = max(int(round((size - new_h) / 2 - 0.1)), 0)
-    return new_w / w, new_h / h, new_w, new_h, pad_x, pad_y
+def letterbox_params(h: int, w: int, size: int) -> tuple[float, float, int, int, int, int]:
+    """(scale_x, scale_y, new_w, new_h, pad_x, pad_y): the project's own Letterbox (YOLOv5 rule)."""
+    lb = Letterbox.compute((h, w), size)
+    return lb.scale_x, lb.scale_y, lb.new_w, lb.new_h, lb.pad_x, lb.pad_y
 
 
 def load_input(path: Path, h: int, w: int, size: int) -> np.ndarray:

@@ -46,6 +46,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project root
+from armbench_segmentation.data.letterbox import Letterbox  # noqa: E402
+
 TOOLS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TOOLS))
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
@@ -112,13 +115,9 @@ def transfer_pretrained(model, work_dir: Path) -> dict:
 
 # ====================================================================== data
 def letterbox_params(h: int, w: int, size: int) -> tuple[float, float, int, int, int, int]:
-    """YOLOv5 letterbox of (h, w) into size x size: (scale_x, scale_y, new_w, new_h, pad_x, pad_y)."""
-    r = min(size / h, size / w)
-    new_w = min(size, max(1, int(round(w * r))))
-    new_h = min(size, max(1, int(round(h * r))))
-    pad_x = max(int(round((size - new_w) / 2 - 0.1)), 0)
-    pad_y = max(int(round((size - new_h) / 2 - 0.1)), 0)
-    return new_w / w, new_h / h, new_w, new_h, pad_x, pad_y
+    """(scale_x, scale_y, new_w, new_h, pad_x, pad_y): the project's own Letterbox (YOLOv5 rule)."""
+    lb = Letterbox.compute((h, w), size)
+    return lb.scale_x, lb.scale_y, lb.new_w, lb.new_h, lb.pad_x, lb.pad_y
 
 
 def reduced_flag(h: int, w: int, size: int) -> tuple[int, int]:
