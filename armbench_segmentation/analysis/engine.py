@@ -200,6 +200,11 @@ def compute_insights(frame: Any, embeddings: np.ndarray, settings: Settings, sto
 
 
 # ---------------------------------------------------------------------------- images for the dashboard
+# side of the "hardest region" window, in model-input pixels (640 frame): 160 px is
+# about 610 px of a 2448x2048 ARMBench image
+HARD_REGION_WINDOW = 160
+
+
 class SampleViews:
     """Images for the dashboard, rebuilt from the dataset and the STORED predictions.
 
@@ -249,6 +254,30 @@ class SampleViews:
         errors = segmentation_errors(loaded.gt, pred, self.settings.metrics, names)
         return draw_segmentation_errors(loaded.image, loaded.gt, pred, errors, kind, class_names=names)
 
+    def hard_region_crop(self, sample_id: str, window: int = HARD_REGION_WINDOW) -> np.ndarray:
+        """The original-resolution crop around the sample's hardest region: the
+        ``window`` x ``window`` model-frame window of highest prediction entropy
+        (``metrics.uncertainty.entropy_map`` of the stored predictions), mapped back
+        through the letterbox. (h, w, 3) uint8 RGB; the whole image when there are no
+        predictions."""
+        from armbench_segmentation.metrics.uncertainty import entropy_map, hardest_region
+
+        sample = self.samples[sample_id]
+        loaded = self.dataset.load(sample)
+        pred = self._model_frame_predictions(sample, loaded.letterbox)
+        image = self.dataset.load_image(sample)  # original resolution (EXIF-oriented)
+        if len(pred) == 0:
+            return image
+        x1, y1, x2, y2 = hardest_region(entropy_map(pred), window)
+        box = loaded.letterbox.boxes_to_original(np.array([[x1, y1, x2, y2]], np.float32))[0]
+        h, w = image.shape[:2]
+        sx, sy = w / loaded.letterbox.orig_w, h / loaded.letterbox.orig_h  # 1.0 unless decoded reduced
+        cx1, cy1 = int(np.floor(box[0] * sx)), int(np.floor(box[1] * sy))
+        cx2, cy2 = int(np.ceil(box[2] * sx)), int(np.ceil(box[3] * sy))
+        if cx2 <= cx1 or cy2 <= cy1:  # window entirely in the letterbox padding
+            return image
+        return np.ascontiguousarray(image[cy1:cy2, cx1:cx2])
+
     def thumbnail(self, sample_id: str) -> np.ndarray:
         from armbench_segmentation.visualize import thumbnail
 
@@ -273,7 +302,7 @@ class AnalysisResult:
 def run_analysis(settings: Settings, out_dir: str | Path, synthetic: bool = False, *, resume: bool = True,
                  progress: bool = True, max_samples: int | None = None,
                  synthetic_spec: SyntheticSpec = DEFAULT_SYNTHETIC, report: bool = True,
-                 process_workers: int | None = None) -> AnalysisResult:
+                 process_workers: int | None = None, crops: bool = True) -> AnalysisResult:
     """Run the whole local analysis and write its outputs into ``out_dir``.
 
     Args:
@@ -313,9 +342,10 @@ def run_analysis(settings: Settings, out_dir: str | Path, synthetic: bool = Fals
         frame, insights = compute_insights(frame, embeddings, settings, store, model_hash=model.sha256)
         result = AnalysisResult(out_dir=out_dir, dataset=where, store_path=store.path, summary=summary,
                                 n_samples=len(frame), insights=insights)
-        result.files.update(write_outputs(out_dir, frame, insights, store, dataset, settings, where))
+        views = SampleViews(dataset, store, settings, samples)
+        result.files.update(write_outputs(out_dir, frame, insights, store, dataset, settings, where,
+                                          crop_provider=views.hard_region_crop if crops else None))
         if report:
-            views = SampleViews(dataset, store, settings, samples)
             result.dashboard = write_dashboard(out_dir, frame, insights, views, store, settings)
             result.files["dashboard"] = result.dashboard
         return result
@@ -324,8 +354,9 @@ def run_analysis(settings: Settings, out_dir: str | Path, synthetic: bool = Fals
 
 
 def write_outputs(out_dir: Path, frame: Any, insights: Insights, store: ResultsStore, dataset: Any,
-                  settings: Settings, where: str) -> dict[str, Path]:
-    """Tables, COCO predictions, errors, provenance, labeling picks and pruning lists."""
+                  settings: Settings, where: str, crop_provider: Any = None) -> dict[str, Path]:
+    """Tables, COCO predictions, errors, provenance, labeling picks (with ``crop_provider``:
+    crops of each pick's hardest region under ``crops/``) and pruning lists."""
     from armbench_segmentation.analysis import selection
 
     files: dict[str, Path] = {}
@@ -341,7 +372,8 @@ def write_outputs(out_dir: Path, frame: Any, insights: Insights, store: ResultsS
         files["clusters"] = path
     if insights.picks is not None:
         categories = dataset.coco("unlabeled").dataset.get("categories") or None
-        for name, path in selection.write_label_picks(out_dir, insights.picks, frame, categories=categories).items():
+        for name, path in selection.write_label_picks(out_dir, insights.picks, frame, categories=categories,
+                                                     crop_provider=crop_provider).items():
             files[f"label_picks_{name}"] = path
     if insights.pruning is not None:
         for name, path in selection.write_prune_lists(out_dir, insights.pruning).items():

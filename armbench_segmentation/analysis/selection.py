@@ -523,8 +523,14 @@ def _write_crops(folder: Path, result: LabelingResult, provider: Callable[[str],
 
     folder.mkdir(parents=True, exist_ok=True)
     n_written = 0
+    from armbench_segmentation.errors import ArmbenchError
+
     for pick in result.picks.itertuples(index=False):
-        crops = provider(str(pick.sample_id))
+        try:
+            crops = provider(str(pick.sample_id))
+        except ArmbenchError as exc:  # e.g. the image became unreadable since the run: skip that pick
+            logger.warning("no crop for pick %s: %s", pick.sample_id, exc)
+            continue
         if crops is None:
             continue
         if isinstance(crops, np.ndarray) and crops.ndim == 3:
@@ -533,9 +539,10 @@ def _write_crops(folder: Path, result: LabelingResult, provider: Callable[[str],
             crop = np.asarray(crop)
             if crop.ndim != 3 or crop.shape[2] != 3 or crop.size == 0:
                 raise ValueError(f"crop_provider({pick.sample_id!r}) must return RGB (H, W, 3) images, got shape {crop.shape}")
-            ok, buf = cv2.imencode(".png", cv2.cvtColor(crop.astype(np.uint8), cv2.COLOR_RGB2BGR))
+            ok, buf = cv2.imencode(".jpg", cv2.cvtColor(crop.astype(np.uint8), cv2.COLOR_RGB2BGR),
+                                   [cv2.IMWRITE_JPEG_QUALITY, 95])
             if ok:
-                (folder / f"{int(pick.rank):04d}_{pick.sample_id}_{j}.png").write_bytes(buf.tobytes())
+                (folder / f"{int(pick.rank):04d}_{pick.sample_id}_{j}.jpg").write_bytes(buf.tobytes())
                 n_written += 1
     logger.info("wrote %d crops to %s", n_written, folder)
     return folder

@@ -46,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "more help when inference is fast (CUDA)")
     parser.add_argument("--max-samples", metavar="N", type=int, default=None,
                         help="compute at most N new samples this time (the rest on the next run)")
+    parser.add_argument("--no-crops", action="store_true",
+                        help="do not write crops of each labeling pick's hardest region (crops/)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -82,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"dataset: {where}")
     print(f"output:  {out}")
     result = run_analysis(settings, out, synthetic=False, resume=not args.no_resume, progress=progress,
-                          max_samples=args.max_samples, process_workers=args.workers)
+                          max_samples=args.max_samples, process_workers=args.workers,
+                          crops=not args.no_crops)
     s = result.summary
     print(f"samples: {result.n_samples} analysed ({s.computed} computed now at {s.rate:.2f} img/s, "
           f"{s.already_finished} from earlier runs, {s.errors} failed)")

@@ -123,7 +123,7 @@ def test_label_exports_csv_coco_and_crops(tmp_path):
     assert coco["annotations"] == [] and {c["name"] for c in coco["categories"]} == {"Tote", "Object"}
     assert coco["images"][0]["width"] == 2448 and coco["images"][0]["id"] >= 100
     assert json.loads(paths["provenance"].read_text())["model_hash"] == "m1"
-    assert len(list(paths["crops"].glob("*.png"))) == 4
+    assert len(list(paths["crops"].glob("*.jpg"))) == 4
 
 
 # ------------------------------------------------------------------ pruning

@@ -94,7 +94,16 @@ def test_analyze_writes_every_output(tiny_dataset, tmp_path, isolated, capsys):
         assert (out / name).is_file(), name
     table = pd.read_parquet(out / "samples.parquet")
     assert len(table) == 8 and table["cluster"].notna().all() and table["map_x"].notna().all()
-    assert len(pd.read_csv(out / "label_picks.csv")) == 2
+    picks = pd.read_csv(out / "label_picks.csv")
+    assert len(picks) == 2
+    # one crop of the hardest region per pick, cut from the original-resolution image
+    crops = sorted((out / "crops").glob("*.jpg"))
+    assert [c.name.split("_", 1)[1].rsplit("_", 1)[0] for c in crops] == [str(s) for s in picks["sample_id"]]
+    import cv2
+
+    for c in crops:
+        crop = cv2.imread(str(c))
+        assert crop is not None and crop.ndim == 3 and min(crop.shape[:2]) > 0
     assert list(isolated.iterdir()) == []  # nothing written into the working directory
 
     # same command again: everything resumed, nothing computed
