@@ -257,14 +257,19 @@ class SampleViews:
     def hard_region_crop(self, sample_id: str, window: int = HARD_REGION_WINDOW) -> np.ndarray:
         """The original-resolution crop around the sample's hardest region: the
         ``window`` x ``window`` model-frame window of highest prediction entropy
-        (``metrics.uncertainty.entropy_map`` of the stored predictions), mapped back
-        through the letterbox. (h, w, 3) uint8 RGB; the whole image when there are no
-        predictions."""
+        (``metrics.uncertainty.entropy_map`` of the stored predictions of the
+        ``metrics.segmentation_classes``, Object by default), mapped back through the
+        letterbox. (h, w, 3) uint8 RGB; the whole image when there are no such predictions."""
         from armbench_segmentation.metrics.uncertainty import entropy_map, hardest_region
 
         sample = self.samples[sample_id]
         loaded = self.dataset.load(sample)
         pred = self._model_frame_predictions(sample, loaded.letterbox)
+        # only the classes whose instances get annotated one by one (Object): a confident-ish
+        # tote mask would otherwise make "the hardest region" an empty stretch of tote floor
+        names = list(self.settings.data.class_names)
+        wanted = [names.index(c) for c in self.settings.metrics.segmentation_classes]
+        pred = pred[np.isin(pred.class_ids, wanted)]
         image = self.dataset.load_image(sample)  # original resolution (EXIF-oriented)
         if len(pred) == 0:
             return image
