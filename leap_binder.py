@@ -105,7 +105,7 @@ from armbench_segmentation.metrics.segmentation import segmentation_errors  # no
 from armbench_segmentation.metrics.uncertainty import entropy_map, uncertainty_scores  # noqa: E402
 from armbench_segmentation.model.decode import decode  # noqa: E402
 from armbench_segmentation.model.onnx_model import SegmentationModel  # noqa: E402
-from armbench_segmentation.structures import Instances  # noqa: E402
+from armbench_segmentation.structures import Instances, unbatch  # noqa: E402
 from armbench_segmentation.visualize import draw_segmentation_errors, instance_labels, label_map  # noqa: E402
 
 log = logging.getLogger("leap_binder")
@@ -210,12 +210,7 @@ def _f32(array: Any) -> np.ndarray:
 
 def _unbatch(array: Any, ndim: int) -> np.ndarray:
     """Visualizer input -> one sample: drop the leading batch axis of 1 when present."""
-    array = np.asarray(array)
-    if array.ndim == ndim + 1 and array.shape[0] == 1:
-        array = array[0]
-    if array.ndim != ndim:
-        raise ValueError(f"expected a {ndim}-D sample (or a batch of 1), got shape {array.shape}")
-    return array
+    return unbatch(array, ndim, "visualizer input")
 
 
 def _digest(*arrays: np.ndarray) -> bytes:

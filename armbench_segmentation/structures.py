@@ -156,3 +156,21 @@ def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
     out[:] = np.stack([x1, y1, x2, y2], axis=1)
     out[~has] = 0
     return out
+
+
+def unbatch(array, ndim: int, name: str = "array") -> np.ndarray:
+    """One sample's array: drops a leading batch axis of 1 when present.
+
+    Args:
+        array: (ndim)-D, or (1, ...) with ndim + 1 dimensions.
+        ndim: the number of dimensions of one sample.
+        name: used in the error message.
+    Raises:
+        ValueError: any other shape (e.g. a batch of several samples).
+    """
+    array = np.asarray(array)
+    if array.ndim == ndim + 1 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions (or a leading batch of 1), got shape {array.shape}")
+    return array

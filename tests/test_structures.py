@@ -77,3 +77,13 @@ def test_areas_and_masks_to_boxes():
     assert masks_to_boxes(np.zeros((0, 5, 5), bool)).shape == (0, 4)
     with pytest.raises(ValueError, match="no masks"):
         Instances(boxes=[[0, 0, 1, 1]], class_ids=[0], image_size=(2, 2)).mask_areas()
+
+
+def test_unbatch_drops_a_batch_of_one_only():
+    from armbench_segmentation.structures import unbatch
+
+    x = np.arange(6).reshape(2, 3)
+    assert unbatch(x, 2).shape == (2, 3)
+    assert unbatch(x[None], 2).shape == (2, 3)
+    with pytest.raises(ValueError, match=r"detections must have 2 dimensions .* got shape \(2, 2, 3\)"):
+        unbatch(np.stack([x, x]), 2, "detections")

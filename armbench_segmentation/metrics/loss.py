@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from ..frames import sample_masks
-from ..structures import Instances
+from ..structures import Instances, unbatch
 
 __all__ = [
     "DEFAULT_ANCHORS",
@@ -140,13 +140,6 @@ def _ciou_xywh(b1: np.ndarray, b2: np.ndarray) -> np.ndarray:
     return iou - (rho2 / c2 + v * alpha)
 
 
-def _as_2d(name: str, arr: Any, ndim: int) -> np.ndarray:
-    arr = np.asarray(arr)
-    if arr.ndim == ndim + 1 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions (or a leading batch of 1), got shape {arr.shape}")
-    return arr
 
 
 def _resolve_hyp(hyp: Mapping[str, float] | None) -> dict[str, float]:
@@ -195,8 +188,8 @@ def yolov5_seg_loss(
     Saturated float32 probabilities are clipped before taking logits (module doc): the
     result stays finite and ``obj``/``cls`` are then lower bounds of the training loss.
     """
-    det = _as_2d("detections", detections, 2)
-    proto = _as_2d("protos", protos, 3)
+    det = unbatch(detections, 2, "detections")
+    proto = unbatch(protos, 3, "protos")
     h_in, w_in = (int(v) for v in input_hw)
     nm, mask_h, mask_w = proto.shape
     no = det.shape[1]
