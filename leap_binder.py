@@ -54,7 +54,6 @@ import dataclasses  # noqa: E402
 import functools  # noqa: E402
 import hashlib  # noqa: E402
 import logging  # noqa: E402
-import math  # noqa: E402
 from collections import OrderedDict  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, Callable, Dict, List, Optional  # noqa: E402
@@ -105,7 +104,7 @@ from armbench_segmentation.metrics.segmentation import segmentation_errors  # no
 from armbench_segmentation.metrics.uncertainty import entropy_map, uncertainty_scores  # noqa: E402
 from armbench_segmentation.model.decode import decode  # noqa: E402
 from armbench_segmentation.model.onnx_model import SegmentationModel  # noqa: E402
-from armbench_segmentation.structures import Instances, unbatch  # noqa: E402
+from armbench_segmentation.structures import Instances, python_scalar, unbatch  # noqa: E402
 from armbench_segmentation.visualize import draw_segmentation_errors, instance_labels, label_map  # noqa: E402
 
 log = logging.getLogger("leap_binder")
@@ -349,18 +348,11 @@ def _per_sample(fn: Callable[..., Any], *batched: np.ndarray) -> List[Any]:
     return [fn(*(a[i] for a in batched)) for i in range(n)]
 
 
-def _scalar(value: Any) -> Any:
-    """numpy scalar -> Python scalar; NaN/inf -> None."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _columns(rows: List[Optional[dict]], keys: List[str]) -> Dict[str, List[Any]]:
     """Per-sample dicts (None = undefined sample) -> {key: one value per sample}."""
-    return {k: [None if r is None else _scalar(r.get(k)) for r in rows] for k in keys}
+    return {k: [None if r is None else python_scalar(r.get(k)) for r in rows] for k in keys}
 
 
 def _display_image(image: np.ndarray) -> np.ndarray:
@@ -447,7 +439,7 @@ def metadata(sample_id: str, preprocess: PreprocessResponse) -> Dict[str, Any]:
     loaded = _loaded(sample_id, preprocess)
     meta = sample_metadata(loaded, _dataset().annotations(loaded.sample), s.metrics.small_area_fraction,
                            s.data.class_names)
-    return {k: _scalar(v) for k, v in meta.items() if k not in METADATA_SKIP}
+    return {k: python_scalar(v) for k, v in meta.items() if k not in METADATA_SKIP}
 
 
 # ============================================================================ model

@@ -174,3 +174,13 @@ def unbatch(array, ndim: int, name: str = "array") -> np.ndarray:
     if array.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions (or a leading batch of 1), got shape {array.shape}")
     return array
+
+
+def python_scalar(value):
+    """A value for a result row: numpy scalars -> Python scalars; NaN/inf -> None (never
+    NaN in user-facing output); bools, ints, strings and None pass through."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value

@@ -87,3 +87,15 @@ def test_unbatch_drops_a_batch_of_one_only():
     assert unbatch(x[None], 2).shape == (2, 3)
     with pytest.raises(ValueError, match=r"detections must have 2 dimensions .* got shape \(2, 2, 3\)"):
         unbatch(np.stack([x, x]), 2, "detections")
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [(np.float32(0.5), 0.5), (np.int64(3), 3), (np.bool_(True), True), (float("nan"), None),
+     (np.float64("inf"), None), (None, None), ("blue", "blue"), (7, 7)],
+)
+def test_python_scalar(value, expected):
+    from armbench_segmentation.structures import python_scalar
+
+    out = python_scalar(value)
+    assert out == expected and type(out) is type(expected)

@@ -35,7 +35,7 @@ from pycocotools import mask as mask_utils
 
 from armbench_segmentation.config import Settings
 from armbench_segmentation.data.letterbox import Letterbox
-from armbench_segmentation.structures import Instances
+from armbench_segmentation.structures import Instances, python_scalar
 
 logger = logging.getLogger(__name__)
 
@@ -106,13 +106,6 @@ def sample_embedding(raw: RawSample) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- helpers
-def _scalar(value: Any) -> Any:
-    """numpy scalar -> Python; NaN/inf -> None; bools stay bools."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
 
 
 def _as_dict(result: Any) -> dict[str, Any]:
@@ -128,7 +121,7 @@ def _merge(row: dict[str, Any], extra: Mapping[str, Any], prefix: str) -> None:
     repeating an identity column with the same value (e.g. metadata's ``sample_id``) is
     not duplicated."""
     for key, value in extra.items():
-        value = _scalar(value)
+        value = python_scalar(value)
         if key in IDENTITY_COLUMNS and row.get(key) == value:
             continue
         name = key if key.startswith(prefix) else f"{prefix}{key}"
@@ -184,14 +177,14 @@ def labeled_metrics(gt: Instances, pred: Instances, raw: RawSample, input_hw: tu
     if missing:
         raise KeyError(f"segmentation_errors(...).as_dict() lacks {missing}; the exports need these columns")
     m = match(gt, pred, iou_threshold=settings.metrics.match_iou, overlaps=overlaps)
-    out: dict[str, Any] = {k: _scalar(v) for k, v in seg_dict.items()}
+    out: dict[str, Any] = {k: python_scalar(v) for k, v in seg_dict.items()}
     for name in MATCH_COLUMNS:
-        out[name] = _scalar(getattr(m, name))
-    out["ap"] = _scalar(sample_ap(gt, pred, overlaps=overlaps))
+        out[name] = python_scalar(getattr(m, name))
+    out["ap"] = python_scalar(sample_ap(gt, pred, overlaps=overlaps))
     losses = yolov5_seg_loss(raw.detections, raw.protos, gt, input_hw)
     for part in LOSS_PARTS:
-        out[f"yolo_loss_{part}"] = _scalar(losses[part]) if part in losses else None
-    out["loss"] = _scalar(readable_loss(m))
+        out[f"yolo_loss_{part}"] = python_scalar(losses[part]) if part in losses else None
+    out["loss"] = python_scalar(readable_loss(m))
     return out
 
 

@@ -47,9 +47,11 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from armbench_segmentation.analysis.clustering import _numeric
 from armbench_segmentation.analysis.projection import (
     check_embeddings, embeddings_digest, fit_rows, labeled_mask, reduce_embeddings,
 )
+from armbench_segmentation.structures import python_scalar
 
 logger = logging.getLogger(__name__)
 
@@ -86,10 +88,6 @@ def _version() -> str:
         return "source"
 
 
-def _numeric(frame: pd.DataFrame, column: str) -> np.ndarray:
-    if column not in frame.columns:
-        return np.full(len(frame), np.nan)
-    return pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
 
 
 def _top_share(values: np.ndarray) -> np.ndarray:
@@ -455,12 +453,6 @@ def _json_default(v: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(v).__name__}")
 
 
-def _clean(value: Any) -> Any:
-    if value is None:
-        return None
-    if isinstance(value, (float, np.floating)) and not np.isfinite(value):
-        return None
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def write_label_picks(out_dir: str | Path, result: LabelingResult, frame: pd.DataFrame | None = None,
@@ -493,11 +485,11 @@ def write_label_picks(out_dir: str | Path, result: LabelingResult, frame: pd.Dat
     images, missing_size = [], 0
     for i, (row_idx, pick) in enumerate(zip(result.row_index, result.picks.itertuples(index=False))):
         src = frame.iloc[int(row_idx)] if frame is not None else None
-        image_id = _clean(src.get("image_id")) if src is not None else None
+        image_id = python_scalar(src.get("image_id")) if src is not None else None
         file_name = pick.file_name if isinstance(pick.file_name, str) and pick.file_name else f"{pick.sample_id}.jpg"
         img = {"id": int(image_id) if image_id is not None else i + 1, "file_name": file_name}
-        w = _clean(src.get("width")) if src is not None else None
-        h = _clean(src.get("height")) if src is not None else None
+        w = python_scalar(src.get("width")) if src is not None else None
+        h = python_scalar(src.get("height")) if src is not None else None
         if w is not None and h is not None:
             img["width"], img["height"] = int(w), int(h)
         else:
