@@ -12,7 +12,22 @@ Layout expected under ``root``::
 * Ground truth at model resolution is rasterized directly from letterboxed polygons
   (every polygon of an instance); RLE masks (compressed, uncompressed, iscrowd) are
   decoded at the original size and resized with the letterbox.
-* Image paths are confined to ``root/images`` (symlinks resolved).
+* Image paths are confined to ``root/images`` (symlinks resolved). An entry whose
+  ``file_name`` escapes it (``..``, an absolute path elsewhere, a symlink out of the folder,
+  a NUL byte) is skipped while the split is listed, with one warning naming it and the fix;
+  it never becomes a sample and takes no part in sample-id assignment.
+* Sample ids are image file stems. When several (safe) entries of a split share a stem
+  (``a/img1.jpg`` and ``b/img1.jpg``), the one with the lowest image id keeps the plain
+  stem and each other one gets ``<stem>~<h>``, ``<h>`` the first 8 hex digits of the
+  BLAKE2b hash of its normalized relative path (``b/img1.jpg``; of path + image id when the
+  same path is listed twice); a hash that still clashes is lengthened. Ids thus depend on
+  the split file's set of entries only, not on their order nor on the selected split
+  size, hold only the stem's characters plus ``~`` and hex digits, and are at most 256
+  characters (a longer stem is cut and always suffixed).
+* Degenerate polygons (fewer than 3 distinct points, zero area, non-finite or
+  non-numeric coordinates) are never rasterized: they are ``degenerate_polygon``
+  problems (``check_annotation``, ``armbench info``) and dropped with a warning; an
+  annotation whose every polygon is degenerate is dropped.
 """
 
 from __future__ import annotations
@@ -23,6 +38,8 @@ import io
 import json
 import logging
 import math
+import os
+import posixpath
 import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -45,11 +62,13 @@ SPLITS = ("train", "val", "unlabeled")
 SPLIT_FILES = {"train": "train.json", "val": "val.json", "unlabeled": "test.json"}
 IMAGES_DIR = "images"
 LABELED_SPLITS = ("train", "val")
+MAX_LISTED_ENTRIES = 20  # unsafe image entries warned one by one; the rest are counted
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One image of a split. ``sample_id`` is the image file stem (unique in its split)."""
+    """One image of a split. ``sample_id`` is unique in its split: the image file stem, with a
+    ``~<hash>`` suffix for all but the first of several images sharing a stem (module docstring)."""
 
     sample_id: str
     split: str
@@ -106,6 +125,61 @@ def dataset_help(root: Path) -> str:
 def sample_id_from_file_name(file_name: str) -> str:
     """Image file stem, independent of the OS path separator used in the JSON."""
     return PurePosixPath(str(file_name).replace("\\", "/")).stem
+
+
+MAX_SAMPLE_ID_LENGTH = 256  # Tensorleap's limit for string sample ids
+SAMPLE_ID_SUFFIX_SEP = "~"
+_SUFFIX_HEX = (8, 16, 32, 64, 128)  # suffix lengths tried in turn when a suffixed id still clashes
+
+
+def _path_key(file_name: str) -> str:
+    """The normalized (posix, ``.``/``..`` folded) form of a file name: what the suffix hashes."""
+    return posixpath.normpath(str(file_name).replace("\\", "/"))
+
+
+def _suffixed(stem: str, digest: str, n_hex: int) -> str:
+    suffix = SAMPLE_ID_SUFFIX_SEP + digest[:n_hex]
+    return stem[: MAX_SAMPLE_ID_LENGTH - len(suffix)] + suffix
+
+
+def assign_sample_ids(entries: list[tuple[int, str]]) -> list[str]:
+    """Unique sample ids for ``(image_id, file_name)`` entries of one split (aligned with them).
+
+    The rule (module docstring): the stem; among entries sharing a stem the lowest
+    ``(image_id, normalized path)`` keeps it, the others get ``<stem>~<8 hex of
+    blake2b(path)>`` (path + NUL + image id when that path was already taken in the group),
+    lengthened to 16, 32, ... hex digits only if the id is still taken. Independent of the
+    order of ``entries``; every id has at most ``MAX_SAMPLE_ID_LENGTH`` characters.
+    """
+    keys = [_path_key(name) for _, name in entries]
+    groups: dict[str, list[int]] = {}
+    for i, (_, name) in enumerate(entries):
+        groups.setdefault(sample_id_from_file_name(name), []).append(i)
+    out: list[str] = [""] * len(entries)
+    used: set[str] = set()
+    later: list[tuple[str, int, str, str, int]] = []  # (stem, image_id, key, hashed text, index)
+    for stem, members in groups.items():
+        members.sort(key=lambda i: (entries[i][0], keys[i]))
+        taken: set[str] = set()
+        for rank, i in enumerate(members):
+            if rank == 0 and len(stem) <= MAX_SAMPLE_ID_LENGTH:
+                out[i] = stem
+                used.add(stem)
+            else:  # a later one, or a stem too long to be an id: cut and suffixed
+                hashed = keys[i] if keys[i] not in taken else f"{keys[i]}\x00{entries[i][0]}"
+                later.append((stem, entries[i][0], keys[i], hashed, i))
+            taken.add(keys[i])
+    for stem, _, _, hashed, i in sorted(later):
+        digest = hashlib.blake2b(hashed.encode("utf-8", "surrogatepass"), digest_size=64).hexdigest()
+        for n_hex in _SUFFIX_HEX:
+            candidate = _suffixed(stem, digest, n_hex)
+            if candidate not in used:
+                break
+        else:  # pragma: no cover - a 512-bit hash collision (entries must have distinct image ids)
+            raise DatasetError(f"cannot derive a unique sample id for {entries[i][1]!r} (image id {entries[i][0]})")
+        out[i] = candidate
+        used.add(candidate)
+    return out
 
 
 def _rank_key(seed: int, sample_id: str) -> bytes:
@@ -206,13 +280,45 @@ def _polygon_arrays(segmentation: Any) -> list[np.ndarray | None]:
     return [_polygon_array(poly) for poly in segmentation]
 
 
+_AREA_ROUNDING = 32 * float(np.finfo(np.float64).eps)  # per point: shoelace rounding allowance
+
+
+def _degenerate_reason(arr: np.ndarray) -> str | None:
+    """Why a parsed (2K,) polygon (K >= 3, finite) encloses no area, or None when it does.
+
+    Zero area covers fewer than 3 distinct points and collinear points (pycocotools
+    rasterizes both to no pixel). The shoelace sum is taken relative to the first point
+    and counts as zero when it is within its own float rounding bound (``K * 32 eps`` times
+    the sum of the magnitudes of its terms), so collinear points with rounding count as
+    zero too while any real sliver is kept.
+    """
+    pts = arr.reshape(-1, 2)
+    rel = pts - pts[0]  # (K, 2)
+    x, y = rel[:, 0], rel[:, 1]
+    with np.errstate(over="ignore", invalid="ignore"):
+        a, b = x * np.roll(y, -1), y * np.roll(x, -1)  # (K,) shoelace terms
+        area = abs(float(np.sum(a - b)))
+        bound = float(np.sum(np.abs(a) + np.abs(b)))
+    if not area <= _AREA_ROUNDING * len(pts) * bound:  # NaN/inf (absurd coordinates): not provably zero
+        return None
+    distinct = len(np.unique(pts, axis=0))
+    return f"only {distinct} distinct points" if distinct < 3 else "zero area: collinear points or a self-cancelling outline"
+
+
+def _usable_polygons(segmentation: Any) -> list[np.ndarray]:
+    """The polygons of a list segmentation that can be rasterized: parsed (>= 3 points,
+    even length, finite numbers) and not degenerate (zero area). (2K,) float64 each."""
+    return [arr for arr in _polygon_arrays(segmentation) if arr is not None and _degenerate_reason(arr) is None]
+
+
 def valid_polygons(segmentation: Any) -> list[list[float]]:
-    """Polygons of a COCO list segmentation with >= 3 finite points (others dropped).
+    """Polygons of a COCO list segmentation with >= 3 finite points enclosing a non-zero
+    area (others dropped, as the loader drops them).
 
     Degenerate parts must be removed before pycocotools, which takes a 4-number list
     for a *box*.
     """
-    return [arr.tolist() for arr in _polygon_arrays(segmentation) if arr is not None]
+    return [arr.tolist() for arr in _usable_polygons(segmentation)]
 
 
 def rle_from_segmentation(segmentation: dict, sample_id: str = "") -> dict:
@@ -243,8 +349,9 @@ def _bbox_xyxy(ann: dict) -> np.ndarray | None:
 
 # ---------------------------------------------------------------------- annotation checks
 BOUNDS_TOLERANCE = 1.0  # pixels a box/polygon may stick out of the image before it is a problem
+_DEGENERATE = "zero area, fewer than 3 distinct points or non-finite/non-numeric coordinates"
 PROBLEM_KINDS = {
-    "degenerate_polygon": "polygon with < 3 points, odd/non-numeric coordinates or zero area",
+    "degenerate_polygon": "polygon with < 3 points, odd/non-numeric coordinates or zero area (not rasterized)",
     "no_geometry": "annotation without a usable polygon or RLE",
     "invalid_rle": "RLE with a bad size/counts or a size different from the image",
     "invalid_bbox": "bbox missing, non-numeric or with non-positive width/height",
@@ -275,9 +382,9 @@ def _inspect_annotation(ann: dict, width: int | None, height: int | None
 
     Returns:
         (polygons, problems, area): ``polygons`` is, for a list segmentation, every polygon
-        ``valid_polygons`` keeps, as (2K,) float64 arrays (zero-area ones included: the
-        rasterizer gets the same input as before), and None for an RLE or a missing
-        segmentation. Every polygon is parsed once for both uses.
+        ``valid_polygons`` keeps (degenerate ones are problems, never rasterized), as (2K,)
+        float64 arrays, and None for an RLE or a missing segmentation. Every polygon is
+        parsed once for both uses.
     """
     problems: list[tuple[str, str]] = []
     seg = ann.get("segmentation")
@@ -297,13 +404,14 @@ def _inspect_annotation(ann: dict, width: int | None, height: int | None
         total, good = 0.0, 0
         polygons = []
         for i, (poly, arr) in enumerate(zip(seg, _polygon_arrays(seg))):
-            if arr is not None:
-                polygons.append(arr)
+            reason = ("fewer than 3 points, an odd count or non-numeric/non-finite coordinates" if arr is None
+                      else _degenerate_reason(arr))
             poly_area = polygon_area(arr) if arr is not None else 0.0
-            if arr is None or poly_area <= 0:
+            if reason is not None:
                 n_pts = len(poly) // 2 if isinstance(poly, (list, tuple)) else 0
-                problems.append(("degenerate_polygon", f"polygon {i}: {n_pts} points, area {poly_area:g}"))
+                problems.append(("degenerate_polygon", f"polygon {i}: {n_pts} points, area {poly_area:g} ({reason})"))
                 continue
+            polygons.append(arr)
             good += 1
             total += poly_area
             if has_size:
@@ -315,7 +423,7 @@ def _inspect_annotation(ann: dict, width: int | None, height: int | None
         else:
             problems.append(("no_geometry", "no valid polygon"))
     else:
-        polygons = [arr for arr in _polygon_arrays(seg) if arr is not None]  # e.g. a tuple: usable, but flagged
+        polygons = _usable_polygons(seg)  # e.g. a tuple: usable, but flagged
         problems.append(("no_geometry", f"segmentation is {type(seg).__name__}"))
     bbox = ann.get("bbox")
     if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(_is_number(v) for v in bbox) and bbox[2] > 0 and bbox[3] > 0):
@@ -350,6 +458,7 @@ class ArmbenchDataset:
         self._coco: dict[str, COCO] = {}
         self._samples: dict[str, list[Sample]] = {}
         self._category_maps: dict[str, dict[int, int]] = {}
+        self._plain_files: frozenset[str] | None = None
 
     def __repr__(self) -> str:  # pragma: no cover
         return f"ArmbenchDataset({str(self.root)!r})"
@@ -403,34 +512,62 @@ class ArmbenchDataset:
         return self._ranked(split)
 
     def _ranked(self, split: str) -> list[Sample]:
+        """Every usable image entry of the split as a Sample, ranked by the seeded hash.
+
+        Entries are checked in this order: a valid id/file_name/width/height, a file name
+        confined to the images folder (unsafe ones are skipped, each with a warning, before
+        any id is assigned), one entry per image id; then ``assign_sample_ids`` names them.
+        """
         coco = self.coco(split)
         images = coco.dataset.get("images", [])
-        samples: list[Sample] = []
+        source = self.split_path(split)
+        entries: dict[int, tuple[str, int, int]] = {}  # image id -> (file_name, width, height)
         bad: list[str] = []
-        by_id: dict[str, list[str]] = {}
+        unsafe: list[str] = []
+        repeated: list[str] = []
         for img in images:
             if not isinstance(img, dict):
                 bad.append(repr(img)[:40])
                 continue
             image_id, file_name = img.get("id"), img.get("file_name")
             width, height = img.get("width"), img.get("height")
-            if not (isinstance(image_id, int) and isinstance(file_name, str) and file_name
-                    and isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0):
+            if not (isinstance(image_id, int) and not isinstance(image_id, bool) and isinstance(file_name, str)
+                    and file_name and isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0):
                 bad.append(f"id={image_id!r} file_name={file_name!r}")
                 continue
-            sid = sample_id_from_file_name(file_name)
-            by_id.setdefault(sid, []).append(file_name)
-            samples.append(Sample(sid, split, image_id, file_name, width, height))
-        duplicates = {sid: names for sid, names in by_id.items() if len(names) > 1}
-        if duplicates:
-            shown = "; ".join(f"{sid!r}: {names}" for sid, names in list(duplicates.items())[:10])
-            raise DatasetError(
-                f"{self.split_path(split)}: sample ids (image file stems) must be unique, but {len(duplicates)} "
-                f"are shared by several images: {shown}" + (" ..." if len(duplicates) > 10 else "")
-            )
+            try:
+                self._confined_path(file_name, listing=True)
+            except ValueError as exc:
+                unsafe.append(f"image id {image_id} file_name {file_name!r}: {exc}")
+                continue
+            if image_id in entries:  # keep one entry per id, independent of the file order
+                kept = min(entries[image_id], (file_name, width, height), key=lambda e: _path_key(e[0]))
+                other = file_name if kept[0] != file_name else entries[image_id][0]
+                repeated.append(f"id {image_id}: kept {kept[0]!r}, skipped {other!r}")
+                entries[image_id] = kept
+                continue
+            entries[image_id] = (file_name, width, height)
+        for line in unsafe[:MAX_LISTED_ENTRIES]:
+            log.warning("%s: skipped %s; refusing to read it. Fix: put the image under %s and give its "
+                        "file_name relative to that folder", source.name, line, self._images_dir)
+        if len(unsafe) > MAX_LISTED_ENTRIES:
+            log.warning("%s: skipped %d more image entries pointing outside %s (%d in all)",
+                        source.name, len(unsafe) - MAX_LISTED_ENTRIES, self._images_dir, len(unsafe))
+        if repeated:
+            log.warning("%s: %d image ids are listed more than once; one entry kept per id (the first file "
+                        "name in sorted order): %s. Fix: give every image entry its own id",
+                        source.name, len(repeated), "; ".join(repeated[:5]))
         if bad:
             log.warning("%s: skipped %d of %d image entries lacking a valid id/file_name/width/height, e.g. %s",
-                        self.split_path(split), len(bad), len(images), ", ".join(bad[:5]))
+                        source, len(bad), len(images), ", ".join(bad[:5]))
+        pairs = [(image_id, name) for image_id, (name, _, _) in entries.items()]
+        ids = assign_sample_ids(pairs)
+        samples = [Sample(sid, split, image_id, name, width, height)
+                   for sid, (image_id, (name, width, height)) in zip(ids, entries.items())]
+        renamed = [f"{s.file_name!r} -> {s.sample_id!r}" for s in samples if s.sample_id != sample_id_from_file_name(s.file_name)]
+        if renamed:
+            log.info("%s: %d images share a file stem with another image; their sample ids carry a '%s' suffix "
+                     "(e.g. %s)", source.name, len(renamed), SAMPLE_ID_SUFFIX_SEP, ", ".join(sorted(renamed)[:3]))
         seed = int(self.config.seed)
         samples.sort(key=lambda s: (_rank_key(seed, s.sample_id), s.sample_id))
         return samples
@@ -482,28 +619,55 @@ class ArmbenchDataset:
             return []
         return list(self.coco(sample.split).imgToAnns.get(sample.image_id, []))
 
-    def image_path(self, sample: Sample) -> Path:
-        """The image file, resolved (symlinks followed) and confined to ``root/images``.
+    def _confined_path(self, file_name: str, listing: bool = False) -> Path:
+        """A COCO ``file_name`` -> the resolved file (symlinks followed) inside ``root/images``.
+
+        Relative names are taken from the images folder (or from the dataset root when they
+        start with ``images/`` and only exist there). ``listing``: a name that was a regular
+        file right in the folder when it was first scanned is accepted without ``resolve``
+        (used only to list a split; every read resolves again).
 
         Raises:
-            SampleError: the file name points outside the images folder.
+            ValueError: why the name is refused (NUL byte, or it resolves outside the folder).
         """
-        raw = sample.file_name
-        if "\x00" in raw:
-            raise SampleError(sample.sample_id, f"file_name {raw!r} contains a NUL byte")
-        rel = raw.replace("\\", "/")
+        if "\x00" in file_name:
+            raise ValueError("the name contains a NUL byte")
+        if listing and file_name in self._plain_image_files():  # fast path: a real file right in the folder
+            return self._images_dir / file_name
+        rel = file_name.replace("\\", "/")
         candidate = (self._images_dir / rel).resolve()
         if not candidate.exists() and rel.startswith(IMAGES_DIR + "/"):  # file_name given relative to root
             alt = (self.root / rel).resolve()
             if alt.exists():
                 candidate = alt
         if not candidate.is_relative_to(self._images_dir):
-            raise SampleError(
-                sample.sample_id,
-                f"file_name {raw!r} resolves to {candidate}, outside the dataset images folder "
-                f"{self._images_dir}; refusing to read it",
-            )
+            raise ValueError(f"it resolves to {candidate}, outside the dataset images folder {self._images_dir}")
         return candidate
+
+    def _plain_image_files(self) -> frozenset[str]:
+        """Names of the regular files (not symlinks) directly in the images folder, listed once:
+        such a name needs no ``resolve`` to be known confined (the folder itself is resolved)."""
+        if self._plain_files is None:
+            try:
+                with os.scandir(self._images_dir) as it:
+                    self._plain_files = frozenset(e.name for e in it if e.is_file(follow_symlinks=False))
+            except OSError:
+                self._plain_files = frozenset()
+        return self._plain_files
+
+    def image_path(self, sample: Sample) -> Path:
+        """The image file, resolved (symlinks followed) and confined to ``root/images``.
+
+        Listing a split already skips unsafe entries; this check is repeated on every read
+        (a Sample built elsewhere, or a symlink changed since).
+
+        Raises:
+            SampleError: the file name points outside the images folder.
+        """
+        try:
+            return self._confined_path(sample.file_name)
+        except ValueError as exc:
+            raise SampleError(sample.sample_id, f"file_name {sample.file_name!r}: {exc}; refusing to read it") from None
 
     def load_image(self, sample: Sample, target_size: int | None = None) -> np.ndarray:
         """RGB uint8 image; with ``target_size`` (and ``config.reduced_decode``) possibly a
@@ -667,6 +831,8 @@ def _annotations_to_instances(
     crowd: list[bool] = []
     unknown: dict[Any, int] = {}
     no_geometry: list[Any] = []
+    all_degenerate: list[Any] = []  # every polygon degenerate: the annotation is dropped
+    partly_degenerate: dict[Any, int] = {}  # annotation id -> degenerate polygons dropped (others kept)
     bad_rle: list[str] = []
     for k, ann in enumerate(annotations):
         cls = category_map.get(ann.get("category_id"))  # type: ignore[arg-type]
@@ -693,10 +859,13 @@ def _annotations_to_instances(
                 rle = mask_utils.encode(np.asfortranarray(small.view(np.uint8)))
         else:
             parsed = polygons[k] if polygons is not None else None
-            polys = parsed if parsed is not None else [a for a in _polygon_arrays(seg) if a is not None]  # (2K,) each
+            polys = parsed if parsed is not None else _usable_polygons(seg)  # (2K,) each, degenerate ones dropped
+            n_given = len(seg) if isinstance(seg, (list, tuple)) else 0
             if not polys:
-                no_geometry.append(ann.get("id"))
+                (all_degenerate if n_given else no_geometry).append(ann.get("id"))
                 continue
+            if len(polys) < n_given:
+                partly_degenerate[ann.get("id")] = n_given - len(polys)
             if box is None:
                 pts = np.concatenate([p.reshape(-1, 2) for p in polys])
                 box = np.concatenate([pts.min(axis=0), pts.max(axis=0)])
@@ -715,6 +884,14 @@ def _annotations_to_instances(
     if unknown:
         log.warning("sample %s: skipped %d annotations whose category id is not one of the classes %s: %s",
                     sample.sample_id, sum(unknown.values()), list(category_map), unknown)
+    if all_degenerate:
+        log.warning("sample %s: skipped %d annotations whose every polygon is degenerate (%s): ids %s; fix or "
+                    "remove their segmentation ('armbench info' lists them under degenerate_polygon)",
+                    sample.sample_id, len(all_degenerate), _DEGENERATE, all_degenerate[:20])
+    if partly_degenerate:
+        log.warning("sample %s: dropped %d degenerate polygons (%s) from %d annotations, their other polygons "
+                    "kept: {annotation id: polygons dropped} %s", sample.sample_id, sum(partly_degenerate.values()),
+                    _DEGENERATE, len(partly_degenerate), dict(list(partly_degenerate.items())[:20]))
     if no_geometry:
         log.warning("sample %s: skipped %d annotations without a usable polygon (>= 3 points) or box: ids %s",
                     sample.sample_id, len(no_geometry), no_geometry[:20])

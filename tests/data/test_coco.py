@@ -132,6 +132,47 @@ def test_degenerate_polygon_dropped_with_warning_and_clipped_box(ds, caplog):
     np.testing.assert_allclose(gt.boxes[gt.ids == 122][0], [180, 140, 200, 160])  # clipped to the image
 
 
+def test_zero_area_polygons_are_not_rasterized(tiny_dataset, tiny_config, caplog):
+    """Collinear (exact and with float rounding), repeated-point and NaN polygons: never a GT
+    instance; one of them next to a good polygon leaves exactly the good polygon's pixels."""
+    from armbench_segmentation.data.coco import check_annotation, valid_polygons
+
+    data = tiny_dataset.json("train.json")
+    obj = next(c["id"] for c in data["categories"] if c["name"] == "Object")
+    degenerate = {
+        131: [[10.0, 10.0, 50.0, 50.0, 90.0, 90.0]],  # collinear
+        132: [[10.1, 20.2, 30.3, 60.6, 70.7, 141.4]],  # collinear up to float rounding (shoelace ~1e-14)
+        133: [[40.0, 40.0, 40.0, 40.0, 60.0, 60.0, 40.0, 40.0]],  # 2 distinct points
+        134: [[10.0, 10.0, 50.0, 10.0, 90.0, 10.0], [20.0, 20.0, float("nan"), 20.0, 30.0, 30.0]],
+    }
+    for ann_id, seg in degenerate.items():
+        data["annotations"].append({"id": ann_id, "image_id": 3, "category_id": obj, "iscrowd": 0,
+                                    "segmentation": seg, "bbox": [10.0, 10.0, 80.0, 80.0]})
+    data["annotations"].append({"id": 135, "image_id": 3, "category_id": obj, "iscrowd": 0, "bbox": [100, 60, 40, 40],
+                                "segmentation": [[100, 60, 140, 60, 140, 100, 100, 100], [0, 0, 5, 5, 10, 10]]})
+    tiny_dataset.write_json("train.json", data)
+    ds = ArmbenchDataset(tiny_dataset.root, tiny_config)
+    sample = by_id(ds.samples("train"))["train_c"]
+    with caplog.at_level(logging.WARNING):
+        loaded = ds.load(sample)
+    kept = loaded.gt.ids.tolist()
+    assert not set(degenerate) & set(kept) and 121 not in kept
+    assert sorted(kept) == [122, 123, 124, 135]
+    np.testing.assert_array_equal(loaded.gt.masks[kept.index(135)], model_rect(100, 60, 140, 100))
+    assert "every polygon is degenerate" in caplog.text and all(str(i) in caplog.text for i in degenerate)
+    assert "dropped 1 degenerate polygons" in caplog.text and "135: 1" in caplog.text
+    # the same verdict as 'armbench info' / check_annotation, and as valid_polygons (evaluation)
+    for ann in data["annotations"]:
+        if ann["id"] in degenerate:
+            problems = [k for k, _ in check_annotation(ann, 200, 160)[0]]
+            assert problems.count("degenerate_polygon") == len(ann["segmentation"]) and "no_geometry" in problems
+            assert valid_polygons(ann["segmentation"]) == []
+    assert len(valid_polygons(data["annotations"][-1]["segmentation"])) == 1
+    # the original-frame path (annotations_to_instances without pre-parsed polygons) agrees
+    orig = ds.ground_truth(sample)
+    assert sorted(orig.ids.tolist()) == [122, 123, 124, 135]
+
+
 def test_max_instances_cap_warns_with_counts(tiny_dataset, tiny_config, caplog):
     ds = ArmbenchDataset(tiny_dataset.root, dataclasses.replace(tiny_config, max_instances=4))
     with caplog.at_level(logging.WARNING):
@@ -203,13 +244,110 @@ def test_selection_deterministic_and_stable_when_growing(tmp_path):
     assert ArmbenchDataset(root, DataConfig(val_size=0)).samples("val") == []
 
 
-def test_duplicate_sample_ids_rejected(tmp_path):
-    root = _many_images_dataset(tmp_path / "d", n=3)
-    data = json.loads((root / "train.json").read_text())
-    data["images"].append({"id": 99, "file_name": "sub/img_001.png", "width": 20, "height": 10})
-    (root / "train.json").write_text(json.dumps(data))
-    with pytest.raises(DatasetError, match=r"'img_001'.*img_001.jpg.*sub/img_001.png"):
-        ArmbenchDataset(root, DataConfig()).samples("train")
+def _suffix(rel: str) -> str:
+    """Independent reference of the documented rule: ``~`` + 8 hex digits of BLAKE2b-512."""
+    import hashlib
+
+    return "~" + hashlib.blake2b(rel.encode(), digest_size=64).hexdigest()[:8]
+
+
+def _clash_dataset(root, order=(0, 1, 2)):
+    """images/a/img1.jpg (id 7, 20x10 red), images/b/img1.jpg (id 3, 30x10 blue), images/img2.jpg
+    (id 5): two legitimate images sharing the stem 'img1'."""
+    entries = [("a/img1.jpg", 7, (20, 10), (255, 0, 0)), ("b/img1.jpg", 3, (30, 10), (0, 0, 255)),
+               ("img2.jpg", 5, (20, 10), (0, 255, 0))]
+    for rel, _, (w, h), rgb in entries:
+        (root / "images" / rel).parent.mkdir(parents=True, exist_ok=True)
+        ok, buf = cv2.imencode(".png", np.full((h, w, 3), rgb[::-1], np.uint8))
+        (root / "images" / rel).write_bytes(buf.tobytes())
+    images = [{"id": i, "file_name": rel, "width": w, "height": h} for rel, i, (w, h), _ in (entries[k] for k in order)]
+    data = {"images": images, "annotations": [], "categories": [{"id": 1, "name": "Tote"}, {"id": 2, "name": "Object"}]}
+    for name in ("train.json", "val.json", "test.json"):
+        (root / name).write_text(json.dumps(data))
+    return root
+
+
+def test_shared_stems_get_unique_stable_ids(tmp_path):
+    root = _clash_dataset(tmp_path / "c")
+    ds = ArmbenchDataset(root, DataConfig(train_size=None))
+    samples = by_id(ds.samples("train"))
+    # the lowest image id (b/img1.jpg, id 3) keeps the stem; the other gets the path-hash suffix
+    assert set(samples) == {"img1", "img1" + _suffix("a/img1.jpg"), "img2"}
+    assert samples["img1"].file_name == "b/img1.jpg" and samples["img1"].image_id == 3
+    other = samples["img1" + _suffix("a/img1.jpg")]
+    assert other.file_name == "a/img1.jpg" and other.image_id == 7
+    # each id loads its own file (red 20x10 vs blue 30x10)
+    assert ds.load_image(samples["img1"]).shape == (10, 30, 3) and ds.load_image(samples["img1"])[0, 0, 2] == 255
+    assert ds.load_image(other).shape == (10, 20, 3) and ds.load_image(other)[0, 0, 0] == 255
+    # stable: another file order, or a selection of one image, gives the same id to each image
+    full = {s.file_name: s.sample_id for s in samples.values()}
+    for order in ((2, 1, 0), (1, 0, 2), (0, 2, 1)):
+        again = ArmbenchDataset(_clash_dataset(tmp_path / f"c{order}", order), DataConfig(train_size=None))
+        assert {s.file_name: s.sample_id for s in again.samples("train")} == full
+    for seed in range(6):
+        one = ArmbenchDataset(root, DataConfig(train_size=1, seed=seed)).samples("train")
+        assert len(one) == 1 and full[one[0].file_name] == one[0].sample_id
+
+
+def test_assign_sample_ids_rule_edge_cases():
+    from armbench_segmentation.data.coco import MAX_SAMPLE_ID_LENGTH, assign_sample_ids
+
+    # Windows separators and ./ are normalized before hashing; the same path listed twice
+    # under two image ids hashes path + NUL + image id
+    ids = assign_sample_ids([(9, "x\\img1.jpg"), (1, "./img1.jpg"), (4, "img1.jpg")])
+    import hashlib
+
+    assert ids == ["img1" + _suffix("x/img1.jpg"), "img1",
+                   "img1~" + hashlib.blake2b(b"img1.jpg\x004", digest_size=64).hexdigest()[:8]]
+    # a real file named like a suffixed id keeps its name; the clashing suffix is lengthened
+    taken = "img1" + _suffix("b/img1.jpg")
+    ids = assign_sample_ids([(1, "a/img1.jpg"), (2, "b/img1.jpg"), (3, taken + ".jpg")])
+    full = hashlib.blake2b(b"b/img1.jpg", digest_size=64).hexdigest()
+    assert ids == ["img1", "img1~" + full[:16], taken]
+    # ids stay <= 256 characters: a long stem is cut and suffixed, still unique
+    long = "s" * 300
+    ids = assign_sample_ids([(1, f"{long}.jpg"), (2, f"d/{long}.jpg"), (3, "short.jpg")])
+    assert len(set(ids)) == 3 and all(len(i) <= MAX_SAMPLE_ID_LENGTH for i in ids) and ids[2] == "short"
+    assert ids[0] == "s" * 247 + _suffix(f"{long}.jpg") and len(ids[0]) == 256
+    # order independent
+    entries = [(i, f"{d}/img{i % 3}.jpg") for i, d in enumerate("abcdefgh")]
+    assert dict(zip(entries, assign_sample_ids(entries))) == dict(zip(entries[::-1], assign_sample_ids(entries[::-1])))
+
+
+def test_unsafe_entries_skipped_first_and_take_no_part_in_ids(tiny_dataset, tiny_config, tmp_path, caplog):
+    """Hostile entries sharing a stem with each other and with a good image: each one warned
+    and skipped, every good image kept under its plain stem."""
+    outside = tmp_path / "x"
+    outside.mkdir()
+    (outside / "val_a.jpg").write_bytes((tiny_dataset.root / "images" / "val_a.jpg").read_bytes())
+    os.symlink(outside / "val_a.jpg", tiny_dataset.root / "images" / "link.jpg")
+    data = tiny_dataset.json("val.json")
+    hostile = ["../../x/val_a.jpg", str(outside / "val_a.jpg"), "sub/../../../x/val_a.jpg", "link.jpg",
+               "val_a.jpg\x00.png"]
+    for k, name in enumerate(hostile):  # lower image ids than the real val_a (10): they would win the stem
+        data["images"].append({"id": k + 1, "file_name": name, "width": 200, "height": 160})
+    tiny_dataset.write_json("val.json", data)
+    ds = ArmbenchDataset(tiny_dataset.root, tiny_config)
+    with caplog.at_level(logging.WARNING):
+        samples = by_id(ds.samples("val"))
+    assert set(samples) == {"val_a", "val_portrait"}  # no suffix: unsafe entries took no part
+    assert samples["val_a"].image_id == 10 and samples["val_a"].file_name == "val_a.jpg"
+    unsafe = [r.getMessage() for r in caplog.records if "outside" in r.getMessage() or "NUL" in r.getMessage()]
+    assert len(unsafe) == len(hostile)  # one warning per entry
+    for name, message in zip(hostile, unsafe):
+        assert repr(name) in message and "val.json" in message and "Fix: put the image under" in message
+    assert len(ds.load(samples["val_a"]).gt) == 3 and ds.load(samples["val_portrait"]).gt is not None
+
+
+def test_many_unsafe_entries_are_warned_with_a_cap_and_a_count(tiny_dataset, tiny_config, caplog):
+    data = tiny_dataset.json("val.json")
+    data["images"] += [{"id": 100 + k, "file_name": f"../../etc/f{k}.jpg", "width": 2, "height": 2} for k in range(25)]
+    tiny_dataset.write_json("val.json", data)
+    with caplog.at_level(logging.WARNING):
+        assert len(ArmbenchDataset(tiny_dataset.root, tiny_config).samples("val")) == 2
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("refusing to read it" in m for m in lines) == 20
+    assert any("5 more image entries" in m and "25 in all" in m for m in lines)
 
 
 # ---------------------------------------------------------------------- folder problems
@@ -263,7 +401,7 @@ def _secret(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink"])
-def test_path_traversal_rejected(tiny_dataset, tiny_config, tmp_path, kind):
+def test_path_traversal_rejected(tiny_dataset, tiny_config, tmp_path, kind, caplog):
     secret = _secret(tmp_path)  # a perfectly readable image outside images/
     if kind == "dotdot":
         name = "../../secret.jpg"
@@ -274,12 +412,18 @@ def test_path_traversal_rejected(tiny_dataset, tiny_config, tmp_path, kind):
         name = "link.jpg"
     _set_file_name(tiny_dataset, "val_a", name)
     ds = ArmbenchDataset(tiny_dataset.root, tiny_config)
-    samples = by_id(ds.samples("val"))
-    bad = next(s for sid, s in samples.items() if sid != "val_portrait")
+    with caplog.at_level(logging.WARNING):
+        samples = by_id(ds.samples("val"))
+    assert set(samples) == {"val_portrait"}  # skipped while listing, with a warning naming it
+    assert repr(name) in caplog.text and "outside the dataset images folder" in caplog.text
+    assert ds.load(samples["val_portrait"]).gt is not None  # the other sample still loads
+    # a Sample built elsewhere (e.g. armbench info) is still refused when read
+    from armbench_segmentation.data.coco import Sample
+
+    bad = Sample("secret", "val", 10, name, 200, 160)
     with pytest.raises(SampleError, match="outside the dataset images folder") as info:
         ds.load(bad)
-    assert info.value.sample_id == bad.sample_id
-    assert ds.load(samples["val_portrait"]).gt is not None  # the other sample still loads
+    assert info.value.sample_id == "secret"
 
 
 def test_symlink_inside_images_is_fine(tiny_dataset, tiny_config):
