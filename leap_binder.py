@@ -16,29 +16,29 @@ Data contract (what the platform stores per sample)
     ``gt_boxes[:, 5].sum()``. K = ``data.max_instances`` or, when that is null, the largest
     number of instances of any image of the configured train/val samples (so nothing is
     cut; an explicit smaller cap is applied by the loader with a warning giving the counts).
-``gt_masks``: (K, S/4, S/4) float32 0/1, row i = mask of instance i at the prototype
-    resolution, sampled at model-input pixels (4r, 4c): exactly the pixels YOLOv5's
-    segmentation loss reads (``F.interpolate(mode="nearest")``), so the loss is unchanged by
-    the reduction (a full-resolution stack would be 16x larger).
+``gt_masks``: (K, S, S/8) float32, row i = the model-frame (S x S) mask of instance i
+    bit-packed 8 pixels per value (``armbench_segmentation.codecs.pack_mask_bits``): integers
+    0..255, exact through the platform's float16 storage, where the stack takes the bytes of a
+    (K, S/4, S/4) float32 one. Padding rows are zeros.
 Unlabeled samples: both GT encoders return an empty float32 array; GT-based metrics then
     give None (the loss NaN) for that sample. The platform skips them anyway.
 Predictions: ``detections`` = ``output0`` (A, 5 + nc + 32), channel last; ``prototypes`` =
     ``output1`` (32, S/4, S/4), channel first; ``embedding`` (512,), the backbone's pooled
     SPPF output (``tools/export_onnx.py``), also registered as the custom latent space.
 
-Metric frame: GT masks exist at S/4 only, so GT-vs-prediction metrics (over/under
-segmentation, matching, AP, confusion matrix) compare them with the decoded prediction masks
-sampled at the same pixels (4r, 4c); both are in one (S/4, S/4) frame, relative thresholds
-(small-area fraction) are unchanged. The YOLOv5-seg loss runs in the model frame with the
-GT masks repeated back to S (identical at the pixels it reads).
+One evaluation: every loss, metric and error visualizer reads the result of
+``armbench_segmentation.metrics.sample_evaluation.evaluate_sample`` on the decoded GT (the
+model frame: the same pixels the local engine uses) and the raw outputs; this module only
+converts types. ``leap_test.py --dump FILE`` writes what these functions return per sample
+and ``leap_test.py --compare FILE RUN_DIR/samples.csv`` checks it against ``armbench
+analyze`` (``ENGINE_COLUMNS`` maps each platform name to its column).
 
 Float16: the platform stores tensors as float16 and so does the local check when it calls a
 metric or loss; every function casts back to float32 before decoding (no float16 arithmetic).
-What the storage itself loses: scores move by < 5e-4 and boxes by ~0.25 px, and where two
-overlapping candidates tie at float16 precision NMS may keep the other one. Measured with an
-early fine-tuned export on 40 synthetic val images: the same number of detections on every
-image, paired masks IoU 0.998 on average (0.84 at worst), F1 unchanged, loss within 0.06%.
-``leap_test.py`` reports this for the samples it runs. The simulation stays on.
+GT masks are exact (bit-packed integers). What the storage loses: scores move by < 5e-4,
+boxes (GT and predicted) by up to 0.25 px, and where two overlapping candidates tie at float16
+precision NMS may keep the other one. ``leap_test.py`` reports the effect for the samples it
+runs; the parity dump turns the simulation off, so it compares the computation itself.
 
 Configuration: ``armbench_segmentation.config.load_settings`` (defaults < user file <
 environment < flags). A ``leap_config.yaml`` next to this file, when present, is used as the
@@ -95,17 +95,20 @@ from code_loader.inner_leap_binder.leapbinder_decorators import (  # noqa: E402
 from armbench_segmentation.config import Settings, load_settings  # noqa: E402
 from armbench_segmentation.data.coco import ArmbenchDataset, LoadedSample, Sample  # noqa: E402
 from armbench_segmentation.errors import DatasetError, ModelError  # noqa: E402
-from armbench_segmentation.frames import sample_masks, scale_boxes, to_model_frame, to_reduced_frame  # noqa: E402
+from armbench_segmentation.codecs import pack_mask_bits, unpack_mask_bits  # noqa: E402
 from armbench_segmentation.metadata import METADATA_FIELDS, sample_metadata  # noqa: E402
-from armbench_segmentation.metrics.loss import yolov5_seg_loss  # noqa: E402
-from armbench_segmentation.metrics.matching import confusion_elements, match, sample_ap  # noqa: E402
-from armbench_segmentation.metrics.overlap import Overlaps, mask_overlaps  # noqa: E402
-from armbench_segmentation.metrics.segmentation import segmentation_errors  # noqa: E402
-from armbench_segmentation.metrics.uncertainty import entropy_map, uncertainty_scores  # noqa: E402
-from armbench_segmentation.model.decode import decode  # noqa: E402
+from armbench_segmentation.metrics.matching import confusion_elements  # noqa: E402
+from armbench_segmentation.metrics.sample_evaluation import (  # noqa: E402
+    LOSS_PARTS,
+    MATCH_COLUMNS,
+    SampleEvaluation,
+    evaluate_sample,
+    labeled_column_names,
+)
+from armbench_segmentation.metrics.uncertainty import entropy_map  # noqa: E402
 from armbench_segmentation.model.onnx_model import SegmentationModel  # noqa: E402
 from armbench_segmentation.structures import Instances, python_scalar, unbatch  # noqa: E402
-from armbench_segmentation.visualize import draw_segmentation_errors, instance_labels, label_map  # noqa: E402
+from armbench_segmentation.visualize import draw_error_instances, instance_labels, label_map  # noqa: E402
 
 log = logging.getLogger("leap_binder")
 
@@ -135,9 +138,21 @@ SEGMENTATION_SKIP = ("num_gt", "num_pred")
 MATCHING_DIRECTIONS = {
     "tp": MetricDirection.Upward, "fp": MetricDirection.Downward, "fn": MetricDirection.Downward,
     "precision": MetricDirection.Upward, "recall": MetricDirection.Upward, "f1": MetricDirection.Upward,
-    "mean_iou": MetricDirection.Upward, "ap": MetricDirection.Upward,
+    "mean_iou": MetricDirection.Upward, "error_rate": MetricDirection.Downward, "ap": MetricDirection.Upward,
 }
-LOSS_COMPONENTS = ("box", "obj", "cls", "mask")
+LOSS_COMPONENTS = tuple(p for p in LOSS_PARTS if p != "total")
+
+#: platform name (loss, metric or metadata function) -> how its values are named in the
+#: engine's samples.csv: a dict output's key ``k`` is the column ``prefix + k``; a single
+#: value (the loss) is the column itself. ``leap_test.py --compare`` reads this.
+ENGINE_COLUMNS: Dict[str, str] = {
+    "yolov5_seg_loss": "loss",
+    "yolov5_seg_loss_parts": "yolo_loss_",
+    "segmentation_errors": "",
+    "matching": "",
+    "uncertainty": "unc_",
+    "sample": "meta_",
+}
 
 
 # ============================================================================ settings, data
@@ -259,32 +274,32 @@ def encode_gt_boxes(gt: Instances, k: int) -> np.ndarray:
     return out
 
 
-def encode_gt_masks(gt: Instances, k: int, stride: int = PROTO_STRIDE) -> np.ndarray:
-    """Instances (N, S, S) masks -> (K, S/stride, S/stride) float32 0/1 sampled at (stride*r, stride*c)
-    (``frames.sample_masks``: the pixels the YOLOv5-seg loss reads)."""
+def encode_gt_masks(gt: Instances, k: int) -> np.ndarray:
+    """Instances (N, S, S) masks -> (K, S, ceil(S/8)) float32, bit-packed 8 pixels per value
+    (``codecs.pack_mask_bits``), zero rows as padding."""
     h, w = gt.image_size
-    out = np.zeros((k, h // stride, w // stride), np.float32)
+    out = np.zeros((k, h, -(-w // 8)), np.float32)
     n = _fit(len(gt), k)
     if n:
-        out[:n] = sample_masks(gt.masks[:n], out.shape[1:])
+        out[:n] = pack_mask_bits(gt.masks[:n])
     return out
 
 
 def decode_gt(boxes: np.ndarray, masks: np.ndarray, input_hw: tuple) -> Optional[Instances]:
-    """One sample's GT encodings -> Instances in the reduced (mask) frame, or None (unlabeled).
+    """One sample's GT encodings -> model-frame Instances, or None (unlabeled).
 
-    Boxes are scaled to that frame; ``ids`` are the row numbers of the encoding.
+    ``ids`` are the row numbers of the encoding (the loader's order, as in the engine).
     """
     boxes, masks = _f32(boxes), _f32(masks)
     if boxes.size == 0:
         return None
-    if boxes.ndim != 2 or boxes.shape[1] != len(GT_BOX_COLUMNS) or masks.ndim != 3 or len(masks) != len(boxes):
-        raise ValueError(f"expected gt_boxes (K, 6) and gt_masks (K, h, w), got {boxes.shape} and {masks.shape}")
+    if boxes.ndim != 2 or boxes.shape[1] != len(GT_BOX_COLUMNS) or masks.ndim != 3 or len(masks) != len(boxes) \
+            or masks.shape[1] != input_hw[0]:
+        raise ValueError(f"expected gt_boxes (K, 6) and gt_masks (K, {input_hw[0]}, {-(-input_hw[1] // 8)}), "
+                         f"got {boxes.shape} and {masks.shape}")
     valid = np.flatnonzero(boxes[:, 5] > 0.5)
-    hw = masks.shape[1:]
-    return Instances(boxes=scale_boxes(boxes[valid, :4], input_hw, hw),
-                     class_ids=np.rint(boxes[valid, 4]).astype(np.int64), image_size=hw, masks=masks[valid] > 0.5,
-                     ids=valid)
+    return Instances(boxes=boxes[valid, :4], class_ids=np.rint(boxes[valid, 4]).astype(np.int64),
+                     image_size=tuple(input_hw), masks=unpack_mask_bits(masks[valid], int(input_hw[1])), ids=valid)
 
 
 def _input_hw(prototypes: np.ndarray) -> tuple:
@@ -296,47 +311,17 @@ def _input_hw(prototypes: np.ndarray) -> tuple:
     return size, size
 
 
-@dataclasses.dataclass(frozen=True)
-class _Evaluation:
-    """One sample: decoded predictions (model frame) and, when labeled, both sides in the
-    reduced frame with their overlaps."""
-
-    pred: Instances
-    gt: Optional[Instances] = None
-    pred_small: Optional[Instances] = None
-    overlaps: Optional[Overlaps] = None
-
-
-def _predictions(detections: np.ndarray, prototypes: np.ndarray) -> Instances:
-    def make() -> Instances:
-        return decode(_f32(detections), _f32(prototypes), _input_hw(prototypes), _settings().model)
-
-    return _memo.get(b"pred" + _digest(detections, prototypes), make)
-
-
-def _evaluate(detections: np.ndarray, prototypes: np.ndarray, boxes: np.ndarray, masks: np.ndarray) -> _Evaluation:
-    """One sample (no batch axis)."""
-
-    def make() -> _Evaluation:
-        pred = _predictions(detections, prototypes)
-        gt = decode_gt(boxes, masks, _input_hw(prototypes))
-        if gt is None:
-            return _Evaluation(pred)
-        pred_small = to_reduced_frame(pred, gt.image_size)
-        return _Evaluation(pred, gt, pred_small, mask_overlaps(gt.masks, pred_small.masks))
-
-    return _memo.get(b"eval" + _digest(detections, prototypes, boxes, masks), make)
-
-
-def _losses(detections: np.ndarray, prototypes: np.ndarray, boxes: np.ndarray, masks: np.ndarray) -> Optional[dict]:
-    def make() -> Optional[dict]:
+def _evaluation(detections: np.ndarray, prototypes: np.ndarray, boxes: Optional[np.ndarray] = None,
+                masks: Optional[np.ndarray] = None) -> SampleEvaluation:
+    """``evaluate_sample`` of one sample (no batch axis), memoized by the input arrays; without
+    GT arrays (or with empty ones) the prediction-only evaluation."""
+    def make() -> SampleEvaluation:
         hw = _input_hw(prototypes)
-        gt = decode_gt(boxes, masks, hw)
-        if gt is None:
-            return None
-        return yolov5_seg_loss(_f32(detections), _f32(prototypes), to_model_frame(gt, hw), hw)
+        gt = None if boxes is None else decode_gt(boxes, masks, hw)
+        return evaluate_sample(_f32(detections), _f32(prototypes), gt, _settings(), hw)
 
-    return _memo.get(b"loss" + _digest(detections, prototypes, boxes, masks), make)
+    arrays = (detections, prototypes) if boxes is None else (detections, prototypes, boxes, masks)
+    return _memo.get(b"eval" + _digest(*arrays), make)
 
 
 def _per_sample(fn: Callable[..., Any], *batched: np.ndarray) -> List[Any]:
@@ -389,8 +374,7 @@ def _gt_display(gt_boxes_: np.ndarray, gt_masks_: np.ndarray) -> Optional[Instan
     if boxes.size == 0:
         return None
     hw = (int(_settings().data.image_size),) * 2
-    gt = decode_gt(_unbatch(boxes, 2), _unbatch(masks, 3), hw)
-    return to_model_frame(gt, hw)
+    return decode_gt(_unbatch(boxes, 2), _unbatch(masks, 3), hw)
 
 
 # ============================================================================ preprocess
@@ -424,7 +408,7 @@ def gt_boxes(sample_id: str, preprocess: PreprocessResponse) -> np.ndarray:
 
 @tensorleap_gt_encoder("gt_masks")
 def gt_masks(sample_id: str, preprocess: PreprocessResponse) -> np.ndarray:
-    """(K, S/4, S/4) float32 0/1 instance masks at prototype resolution; empty when unlabeled."""
+    """(K, S, S/8) float32 bit-packed model-frame instance masks (8 pixels per value); empty when unlabeled."""
     gt = _loaded(sample_id, preprocess).gt
     if gt is None:
         return np.zeros((0,), np.float32)
@@ -476,68 +460,59 @@ def load_model():
 
 
 # ============================================================================ loss and metrics
+def _labeled(detections, prototypes, boxes, masks) -> Optional[SampleEvaluation]:
+    """The sample's evaluation with GT, None for an unlabeled sample (empty GT arrays)."""
+    if _f32(boxes).size == 0:
+        return None
+    return _evaluation(detections, prototypes, boxes, masks)
+
+
 @tensorleap_custom_loss("yolov5_seg_loss")
 def yolov5_seg_loss_total(detections: np.ndarray, prototypes: np.ndarray, gt_boxes: np.ndarray,
                           gt_masks: np.ndarray) -> np.ndarray:
     """YOLOv5-seg training loss (box + obj + cls + mask) per sample; NaN without GT."""
-    rows = _per_sample(_losses, detections, prototypes, gt_boxes, gt_masks)
-    return np.array([np.nan if r is None else r["total"] for r in rows], np.float32)
+    evs = _per_sample(_labeled, detections, prototypes, gt_boxes, gt_masks)
+    return np.array([np.nan if ev is None else ev.losses["total"] for ev in evs], np.float32)
 
 
 @tensorleap_custom_metric("yolov5_seg_loss_parts", direction=MetricDirection.Downward)
 def loss_components(detections: np.ndarray, prototypes: np.ndarray, gt_boxes: np.ndarray,
                     gt_masks: np.ndarray) -> Dict[str, List[Optional[float]]]:
     """The loss's box / obj / cls / mask components."""
-    return _columns(_per_sample(_losses, detections, prototypes, gt_boxes, gt_masks), list(LOSS_COMPONENTS))
-
-
-def _segmentation_row(detections, prototypes, boxes, masks) -> Optional[dict]:
-    ev = _evaluate(detections, prototypes, boxes, masks)
-    if ev.gt is None:
-        return None
-    s = _settings()
-    return segmentation_errors(ev.gt, ev.pred_small, s.metrics, s.data.class_names, overlaps=ev.overlaps).as_dict()
+    evs = _per_sample(_labeled, detections, prototypes, gt_boxes, gt_masks)
+    return _columns([None if ev is None else ev.losses for ev in evs], list(LOSS_COMPONENTS))
 
 
 @functools.lru_cache(maxsize=None)
 def _segmentation_keys() -> List[str]:
-    s = _settings()
-    empty = Instances.empty((1, 1))
-    keys = segmentation_errors(empty, Instances.empty((1, 1), with_scores=True), s.metrics, s.data.class_names).as_dict()
-    return [k for k in keys if k not in SEGMENTATION_SKIP]
+    """The segmentation columns of the evaluation (all labeled-only columns before the matching's)."""
+    names = labeled_column_names(_settings().data.class_names, _settings())
+    return [k for k in names[:names.index(MATCH_COLUMNS[0])] if k not in SEGMENTATION_SKIP]
 
 
 @tensorleap_custom_metric("segmentation_errors", direction=MetricDirection.Downward)
 def segmentation_metrics(detections: np.ndarray, prototypes: np.ndarray, gt_boxes: np.ndarray,
                          gt_masks: np.ndarray) -> Dict[str, List[Any]]:
     """Over/under segmentation (flags, counts, mean parts, mean confidence, duplicates)."""
-    rows = _per_sample(_segmentation_row, detections, prototypes, gt_boxes, gt_masks)
-    return _columns(rows, _segmentation_keys())
-
-
-def _matching_row(detections, prototypes, boxes, masks) -> Optional[dict]:
-    ev = _evaluate(detections, prototypes, boxes, masks)
-    if ev.gt is None:
-        return None
-    row = match(ev.gt, ev.pred_small, iou_threshold=_settings().metrics.match_iou, overlaps=ev.overlaps).as_dict()
-    row["ap"] = sample_ap(ev.gt, ev.pred_small, overlaps=ev.overlaps)
-    return row
+    evs = _per_sample(_labeled, detections, prototypes, gt_boxes, gt_masks)
+    return _columns([None if ev is None else ev.columns() for ev in evs], _segmentation_keys())
 
 
 @tensorleap_custom_metric("matching", direction=MATCHING_DIRECTIONS)
 def matching_metrics(detections: np.ndarray, prototypes: np.ndarray, gt_boxes: np.ndarray,
                      gt_masks: np.ndarray) -> Dict[str, List[Any]]:
-    """TP/FP/FN, precision, recall, F1, mean IoU of matches (mask IoU >= metrics.match_iou)
-    and the sample's COCO AP@[.5:.95]."""
-    return _columns(_per_sample(_matching_row, detections, prototypes, gt_boxes, gt_masks), list(MATCHING_DIRECTIONS))
+    """TP/FP/FN, precision, recall, F1, mean IoU of matches (mask IoU >= metrics.match_iou),
+    error rate (1 - F1) and the sample's COCO AP@[.5:.95]."""
+    evs = _per_sample(_labeled, detections, prototypes, gt_boxes, gt_masks)
+    return _columns([None if ev is None else ev.columns() for ev in evs], list(MATCHING_DIRECTIONS))
 
 
 def _confusion_row(detections, prototypes, boxes, masks) -> List[ConfusionMatrixElement]:
-    ev = _evaluate(detections, prototypes, boxes, masks)
-    if ev.gt is None:
+    ev = _labeled(detections, prototypes, boxes, masks)
+    if ev is None:
         return []
     s = _settings()
-    records = confusion_elements(ev.gt, ev.pred_small, s.data.class_names, s.metrics.match_iou, overlaps=ev.overlaps)
+    records = confusion_elements(ev.gt, ev.predictions, s.data.class_names, s.metrics.match_iou)
     return [ConfusionMatrixElement(r.label, ConfusionMatrixValue.Positive if r.expected else ConfusionMatrixValue.Negative,
                                    float(r.probability), r.id) for r in records]
 
@@ -549,16 +524,11 @@ def confusion_matrix(detections: np.ndarray, prototypes: np.ndarray, gt_boxes: n
     return _per_sample(_confusion_row, detections, prototypes, gt_boxes, gt_masks)
 
 
-@functools.lru_cache(maxsize=None)
-def _uncertainty_keys() -> List[str]:
-    return list(uncertainty_scores(Instances.empty((1, 1), with_scores=True), _settings().metrics))
-
-
 @tensorleap_custom_metric("uncertainty", direction=MetricDirection.Downward)
 def uncertainty_metrics(detections: np.ndarray, prototypes: np.ndarray) -> Dict[str, List[Any]]:
     """Prediction-only uncertainty (higher = more uncertain); defined for unlabeled samples too."""
-    rows = _per_sample(lambda d, p: uncertainty_scores(_predictions(d, p), _settings().metrics), detections, prototypes)
-    return _columns(rows, _uncertainty_keys())
+    evs = _per_sample(_evaluation, detections, prototypes)
+    return _columns([ev.uncertainty for ev in evs], list(evs[0].uncertainty) if evs else [])
 
 
 # ============================================================================ latent space
@@ -578,7 +548,7 @@ def image_visualizer(image: np.ndarray) -> LeapImage:
 
 @tensorleap_custom_visualizer("gt_instance_masks", LeapDataType.ImageMask)
 def gt_masks_visualizer(image: np.ndarray, gt_boxes: np.ndarray, gt_masks: np.ndarray) -> LeapImageMask:
-    """One label per GT instance ("gt Object #3"); masks at prototype resolution, shown at S."""
+    """One label per GT instance ("gt Object #3"), model-frame masks."""
     img = _display_image(image)
     gt = _gt_display(gt_boxes, gt_masks)
     if gt is None:
@@ -590,7 +560,7 @@ def gt_masks_visualizer(image: np.ndarray, gt_boxes: np.ndarray, gt_masks: np.nd
 def pred_masks_visualizer(image: np.ndarray, detections: np.ndarray, prototypes: np.ndarray) -> LeapImageMask:
     """One label per predicted instance ("pred Object #0 0.93")."""
     img = _display_image(image)
-    pred = _predictions(_unbatch(detections, 2), _unbatch(prototypes, 3))
+    pred = _evaluation(_unbatch(detections, 2), _unbatch(prototypes, 3)).predictions
     return _mask_view(img, pred, "pred ")
 
 
@@ -610,21 +580,18 @@ def gt_boxes_visualizer(image: np.ndarray, gt_boxes: np.ndarray) -> LeapImageWit
 @tensorleap_custom_visualizer("pred_bboxes", LeapDataType.ImageWithBBox)
 def pred_boxes_visualizer(image: np.ndarray, detections: np.ndarray, prototypes: np.ndarray) -> LeapImageWithBBox:
     """Predicted boxes with their scores."""
-    pred = _predictions(_unbatch(detections, 2), _unbatch(prototypes, 3))
+    pred = _evaluation(_unbatch(detections, 2), _unbatch(prototypes, 3)).predictions
     return LeapImageWithBBox(_display_image(image), bounding_boxes(pred))
 
 
 def _segmentation_view(image, detections, prototypes, gt_boxes_, gt_masks_, kind: str) -> LeapImage:
     img = _display_image(image)
-    gt = _gt_display(gt_boxes_, gt_masks_)
-    if gt is None:
-        return LeapImage(img)
-    det, protos = _unbatch(detections, 2), _unbatch(prototypes, 3)
     boxes, masks = _unbatch(_f32(gt_boxes_), 2), _unbatch(_f32(gt_masks_), 3)
-    ev = _evaluate(det, protos, boxes, masks)
-    s = _settings()
-    errors = segmentation_errors(ev.gt, ev.pred_small, s.metrics, s.data.class_names, overlaps=ev.overlaps)
-    return LeapImage(draw_segmentation_errors(img, gt, ev.pred, errors, kind, class_names=s.data.class_names))
+    ev = _labeled(_unbatch(detections, 2), _unbatch(prototypes, 3), boxes, masks)
+    if ev is None:
+        return LeapImage(img)
+    return LeapImage(draw_error_instances(img, ev.gt, ev.predictions, ev.involved(), kind,
+                                          class_names=_settings().data.class_names))
 
 
 @tensorleap_custom_visualizer("under_segmentation", LeapDataType.Image)
@@ -632,7 +599,7 @@ def under_segmentation_visualizer(image: np.ndarray, detections: np.ndarray, pro
                                   gt_boxes: np.ndarray, gt_masks: np.ndarray) -> LeapImage:
     """Only the predictions that swallow several GT objects (filled, dashed box, score) and
     those GT objects (green outlines)."""
-    return _segmentation_view(image, detections, prototypes, gt_boxes, gt_masks, "under")
+    return _segmentation_view(image, detections, prototypes, gt_boxes, gt_masks, "under_segmenting")
 
 
 @tensorleap_custom_visualizer("over_segmentation", LeapDataType.Image)
@@ -640,7 +607,7 @@ def over_segmentation_visualizer(image: np.ndarray, detections: np.ndarray, prot
                                  gt_boxes: np.ndarray, gt_masks: np.ndarray) -> LeapImage:
     """Only the GT objects split into several predictions (green outlines) and those
     predictions (filled, dashed box, score)."""
-    return _segmentation_view(image, detections, prototypes, gt_boxes, gt_masks, "over")
+    return _segmentation_view(image, detections, prototypes, gt_boxes, gt_masks, "over_segmented")
 
 
 @tensorleap_custom_visualizer("uncertainty_heatmap", LeapDataType.ImageWithHeatmap)
@@ -648,7 +615,7 @@ def uncertainty_heatmap_visualizer(image: np.ndarray, detections: np.ndarray,
                                    prototypes: np.ndarray) -> LeapImageWithHeatmap:
     """Per-pixel mask entropy of the predictions (bits, [0, 1])."""
     img = _display_image(image).astype(np.float32)
-    pred = _predictions(_unbatch(detections, 2), _unbatch(prototypes, 3))
+    pred = _evaluation(_unbatch(detections, 2), _unbatch(prototypes, 3)).predictions
     return LeapImageWithHeatmap(img, entropy_map(pred)[None], ["mask_entropy"])
 
 

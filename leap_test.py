@@ -358,9 +358,26 @@ def _batched(encoded: List[Dict[str, np.ndarray]], name: str) -> np.ndarray:
     return np.stack([e[name] for e in encoded])
 
 
+def _source(node, batch: List[Dict[str, np.ndarray]]) -> np.ndarray:
+    """The batched array a recorded connection feeds from (an encoder or a model output)."""
+    from code_loader.contract.mapping import NodeMappingType
+
+    t = node.type
+    if t in (NodeMappingType.GroundTruth, NodeMappingType.Input) or t.name.startswith("Input"):
+        return _batched(batch, node.name)
+    if t.name.startswith("Prediction"):
+        return _batched(batch, f"__prediction{t.name[len('Prediction'):]}")
+    raise ValueError(f"unsupported connection source {t}")
+
+
+def _needs_gt(conn) -> bool:
+    from code_loader.contract.mapping import NodeMappingType
+
+    return any(n.type == NodeMappingType.GroundTruth for n in conn.node_inputs.values())
+
+
 def replay(module, registered: Registered, responses: Dict[str, Any], report: Report, step, n_samples: int,
            summary: Dict[str, Dict[str, Any]], wiring_known: bool) -> None:
-    from code_loader.contract.mapping import NodeMappingType
     from code_loader.utils import simulate_engine_float16_downcast
 
     connections = connections_by_name()
@@ -377,7 +394,7 @@ def replay(module, registered: Registered, responses: Dict[str, Any], report: Re
     class_names = list(module._settings().data.class_names)
     k = module.max_instances()
     size = int(module._settings().data.image_size)
-    expected_shapes = {"image": (3, size, size), "gt_boxes": (k, 6), "gt_masks": (k, size // 4, size // 4)}
+    expected_shapes = {"image": (3, size, size), "gt_boxes": (k, 6), "gt_masks": (k, size, -(-size // 8))}
     model = module.load_model()
 
     for split, resp in responses.items():
@@ -398,9 +415,13 @@ def replay(module, registered: Registered, responses: Dict[str, Any], report: Re
                                       f"expected float32 {want}")
                 elif h.name == "image" and not (0.0 <= value.min() and value.max() <= 1.0):
                     report.fail(step, f"encoder 'image' on {split}/{sid}: values outside [0, 1]")
-                elif h.name != "image" and not np.isin(np.unique(value[..., 5] if h.name == "gt_boxes" else value),
-                                                       [0.0, 1.0]).all():
-                    report.fail(step, f"encoder '{h.name}' on {split}/{sid}: valid flags / mask values not 0/1")
+                elif h.name == "gt_boxes" and not np.isin(np.unique(value[..., 5]), [0.0, 1.0]).all():
+                    report.fail(step, f"encoder 'gt_boxes' on {split}/{sid}: valid flags not 0/1")
+                elif h.name == "gt_masks" and not (np.array_equal(value, np.rint(value)) and value.min() >= 0
+                                                   and value.max() <= 255 and np.array_equal(
+                                                       value, value.astype(np.float16).astype(np.float32))):
+                    report.fail(step, f"encoder 'gt_masks' on {split}/{sid}: packed mask values not integers "
+                                      f"in [0, 255] (not exact in float16)")
             if not labeled:
                 for h in registered.ground_truths:  # what the local check sees: an empty array
                     value = np.asarray(h.function(sid, resp))
@@ -429,17 +450,7 @@ def replay(module, registered: Registered, responses: Dict[str, Any], report: Re
         if not encoded:
             continue
 
-        def source(node, batch):
-            t = node.type
-            if t in (NodeMappingType.GroundTruth, NodeMappingType.Input) or t.name.startswith("Input"):
-                return _batched(batch, node.name)
-            if t.name.startswith("Prediction"):
-                return _batched(batch, f"__prediction{t.name[len('Prediction'):]}")
-            raise ValueError(f"unsupported connection source {t}")
-
-        def needs_gt(conn) -> bool:
-            return any(n.type == NodeMappingType.GroundTruth for n in conn.node_inputs.values())
-
+        source, needs_gt = _source, _needs_gt
         # losses, metrics, latent spaces: batches of 2 (and a last batch of 1), float16 like the engine
         batches = [encoded[i:i + 2] for i in range(0, len(encoded), 2)]
         for kind, name, handler in kinds:
@@ -524,7 +535,8 @@ def float16_effect(module, registered: Registered, responses: Dict[str, Any], n_
             enc = {h.name: np.asarray(h.function(sid, resp)) for h in registered.inputs + registered.ground_truths}
             image = enc[registered.inputs[0].name]
             det, protos = (np.asarray(o)[0] for o in model.run(None, {model.get_inputs()[0].name: image[None]})[:2])
-            p32, p16 = module._predictions(det, protos), module._predictions(f16(det), f16(protos))
+            p32 = module._evaluation(det, protos).predictions
+            p16 = module._evaluation(f16(det), f16(protos)).predictions
             n_total += 1
             n_same += len(p32) == len(p16)
             if len(p32) and len(p16):
@@ -533,12 +545,148 @@ def float16_effect(module, registered: Registered, responses: Dict[str, Any], n_
                 ious += mask_overlaps(p32.masks, p16.masks[j]).iou.diagonal().tolist()
             gt32 = (det, protos, enc["gt_boxes"], enc["gt_masks"])
             gt16 = (f16(det), f16(protos), f16(enc["gt_boxes"]), f16(enc["gt_masks"]))
-            l32, l16 = module._losses(*gt32)["total"], module._losses(*gt16)["total"]
+            e32, e16 = module._evaluation(*gt32), module._evaluation(*gt16)
+            l32, l16 = e32.losses["total"], e16.losses["total"]
             d_loss = max(d_loss, abs(l16 - l32) / max(abs(l32), 1e-12))
-            d_f1 = max(d_f1, abs(module._matching_row(*gt32)["f1"] - module._matching_row(*gt16)["f1"]))
+            d_f1 = max(d_f1, abs(e32.matching.f1 - e16.matching.f1))
     iou_text = f"mask IoU of paired detections min {min(ious):.3f} mean {np.mean(ious):.4f}" if ious else "no detections"
     return [f"float16 storage vs float32 ({n_total} labeled samples): same detection count in {n_same}; {iou_text}; "
             f"max |d score| {d_score:.2g}; max |d F1| {d_f1:.2g}; loss total max rel. diff {d_loss:.2g}"]
+
+
+# ============================================================================ parity: dump and compare
+DUMP_FORMAT = 1
+
+
+def _plain(value: Any) -> Any:
+    """A metric/metadata value -> a JSON scalar (None for NaN / undefined)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def dump_values(module, registered: Registered, responses: Dict[str, Any], n_samples: Optional[int],
+                report: Report, step) -> Dict[str, Any]:
+    """What the Tensorleap face computes, per sample: the wired losses and metrics (one sample
+    at a time, float32: the platform's float16 storage is left out so the computation itself is
+    compared) and the metadata. Names: ``<function>`` for a single value, ``<function>.<key>``
+    for a dict output (metadata: ``<metadata name>.<key>``)."""
+    connections = connections_by_name()
+    model = module.load_model()
+    wired = [("custom_loss", h.custom_loss_handler_data.name, h) for h in registered.losses] + \
+            [("custom_metric", h.metric_handler_data.name, h) for h in registered.metrics]
+    samples: Dict[str, Any] = {}
+    for split, resp in responses.items():
+        labeled = split != "unlabeled"
+        ids = list(resp.sample_ids) if n_samples is None else list(resp.sample_ids)[:n_samples]
+        for sid in ids:
+            try:
+                enc = {h.name: np.asarray(h.function(sid, resp))
+                       for h in registered.inputs + (registered.ground_truths if labeled else [])}
+                outputs = model.run(None, {model.get_inputs()[0].name: enc[registered.inputs[0].name][None]})
+                enc.update({f"__prediction{i}": np.asarray(o)[0] for i, o in enumerate(outputs)})
+                values: Dict[str, Any] = {}
+                for kind, name, handler in wired:
+                    conn = connections.get((kind, name))
+                    if conn is None or name == "confusion_matrix" or (not labeled and _needs_gt(conn)):
+                        continue
+                    result = handler.function(**{arg: _source(node, [enc]) for arg, node in conn.node_inputs.items()})
+                    if isinstance(result, dict):
+                        values.update({f"{name}.{k}": _plain(v[0]) for k, v in result.items()})
+                    else:
+                        values[name] = _plain(np.asarray(result).reshape(-1)[0])
+                for h in registered.metadata:
+                    meta = h.function(sid, resp)
+                    values.update({f"{h.name}.{k}": _plain(v) for k, v in meta.items()} if isinstance(meta, dict)
+                                  else {h.name: _plain(meta)})
+            except Exception as exc:  # noqa: BLE001
+                report.fail(step, f"dump of {split}/{sid}: {_describe(exc)}")
+                continue
+            samples[sid] = {"split": split, "values": values}
+    return {"format": DUMP_FORMAT, "float16_simulation": False,
+            "engine_columns": dict(getattr(module, "ENGINE_COLUMNS", {})), "samples": samples}
+
+
+_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_value(text: str) -> Any:
+    """A samples.csv cell -> None, a number, a bool or the string (a formula-neutralising
+    leading quote removed)."""
+    if text == "":
+        return None
+    if text in ("True", "False"):
+        return text == "True"
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    if text.startswith("'") and text[1:2] and text[1] in _FORMULA_PREFIXES:
+        return text[1:]
+    return text
+
+
+def _same(dumped: Any, engine: Any, tolerance: float) -> bool:
+    if dumped is None or engine is None:
+        return dumped is None and engine is None
+    if isinstance(dumped, str) or isinstance(engine, str):
+        return str(dumped) == str(engine)
+    if isinstance(dumped, (bool, int)) and not isinstance(dumped, float):
+        return float(dumped) == float(engine)  # counts and flags: exactly
+    return math.isclose(float(dumped), float(engine), rel_tol=tolerance, abs_tol=tolerance)
+
+
+def compare_dump(dump: Dict[str, Any], samples_csv: Path, tolerance: float = 1e-6) -> Tuple[int, int, List[str]]:
+    """Differences between a dump and ``armbench analyze``'s samples.csv.
+
+    Every dumped name must have its engine column (``engine_columns``); counts, flags and
+    strings must be equal, floats within ``tolerance`` (relative or absolute), None where the
+    engine has an empty cell. Returns (samples compared, values compared, problems).
+    """
+    import csv
+
+    with open(samples_csv, newline="", encoding="utf-8") as f:
+        rows = {(r["split"], _csv_value(r["sample_id"])): r for r in csv.DictReader(f)}
+    prefixes = dump.get("engine_columns", {})
+    problems: List[str] = []
+    n_values = 0
+    for sid, entry in dump["samples"].items():
+        row = rows.get((entry["split"], sid))
+        if row is None:
+            problems.append(f"{entry['split']}/{sid}: not in {samples_csv}")
+            continue
+        for name, value in entry["values"].items():
+            function, _, key = name.partition(".")
+            if function not in prefixes:
+                problems.append(f"{sid}: {name} has no engine column (ENGINE_COLUMNS lacks {function!r})")
+                continue
+            column = prefixes[function] + key if key else prefixes[function]
+            if column not in row:
+                problems.append(f"{sid}: {name} -> column {column!r} is not in {samples_csv.name}")
+                continue
+            n_values += 1
+            engine = _csv_value(row[column])
+            if not _same(value, engine, tolerance):
+                problems.append(f"{entry['split']}/{sid}: {name} = {value!r} on the Tensorleap face, "
+                                f"{column} = {engine!r} in {samples_csv.name}")
+    return len(dump["samples"]), n_values, problems
+
+
+def run_compare(dump_path: str, samples_csv: str) -> int:
+    dump = json.loads(Path(dump_path).read_text(encoding="utf-8"))
+    n_samples, n_values, problems = compare_dump(dump, Path(samples_csv))
+    splits: Dict[str, int] = {}
+    for entry in dump["samples"].values():
+        splits[entry["split"]] = splits.get(entry["split"], 0) + 1
+    print(f"parity: {n_samples} samples ({', '.join(f'{k} {v}' for k, v in splits.items())}), {n_values} values "
+          f"compared, {len(problems)} differences")
+    for p in problems[:40]:
+        print(f"  - {p}")
+    if len(problems) > 40:
+        print(f"  ... and {len(problems) - 40} more")
+    return 0 if problems == [] and n_values > 0 else 1
 
 
 # ============================================================================ step 4: check_dataset
@@ -710,7 +858,12 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--dataset", help="ARMBench-layout folder (default: ARMBENCH_DATASET, else the synthetic one)")
     parser.add_argument("--model", help="ONNX export (default: ARMBENCH_MODEL, else model.path)")
     parser.add_argument("--entry", help="entry file (default: leap.yaml entryFile)")
-    parser.add_argument("--samples", type=int, default=3, help="samples per split (default 3)")
+    parser.add_argument("--samples", default="3", help="samples per split (default 3; 'all' with --dump)")
+    parser.add_argument("--dump", metavar="FILE", help="also write what the Tensorleap face computes per sample "
+                        "(sample id -> loss/metric/metadata name -> value) as JSON")
+    parser.add_argument("--compare", nargs=2, metavar=("DUMP", "SAMPLES_CSV"),
+                        help="compare a --dump file with samples.csv of `armbench analyze` on the same data and "
+                             "settings, then exit (0: identical)")
     parser.add_argument("-v", "--verbose", action="store_true", help="INFO logging")
     return parser.parse_args(argv)
 
@@ -737,6 +890,18 @@ def _summarize(summary: Dict[str, Dict[str, Any]]) -> List[str]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     global _ENTRY_FILE
     args = _parse(argv)
+    if args.compare:
+        return run_compare(*args.compare)
+    if args.samples != "all" and not (args.samples.isdigit() and int(args.samples) > 0):
+        print(f"poetry run test: error: --samples must be a positive integer or 'all', got {args.samples!r}",
+              file=sys.stderr)
+        return 2
+    if args.samples == "all" and not args.dump:
+        print("poetry run test: error: --samples all needs --dump FILE (the checks run on a few samples)",
+              file=sys.stderr)
+        return 2
+    dump_n = None if args.samples == "all" else int(args.samples)
+    args.samples = 3 if args.samples == "all" else int(args.samples)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     start = time.perf_counter()
@@ -792,6 +957,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 step.lines += float16_effect(module, registered, responses, args.samples)
             except Exception as exc:  # noqa: BLE001 - informational only
                 step.lines.append(f"float16 effect not measured: {_describe(exc)}")
+
+    if module is not None and responses and args.dump:
+        with report.step("parity dump (float32, one sample at a time)") as step:
+            dump = dump_values(module, registered, responses, dump_n, report, step)
+            Path(args.dump).write_text(json.dumps(dump, indent=1, allow_nan=False), encoding="utf-8")
+            step.lines.append(f"{len(dump['samples'])} samples -> {args.dump}; compare with "
+                              f"`python leap_test.py --compare {args.dump} RUN_DIR/samples.csv`")
 
     if module is not None:
         with report.step("LeapLoader.check_dataset()") as step:

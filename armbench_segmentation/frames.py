@@ -112,3 +112,4 @@ def to_model_frame(inst: Instances, hw: tuple[int, int]) -> Instances:
     return Instances(boxes=scale_boxes(inst.boxes, inst.image_size, hw), class_ids=inst.class_ids, image_size=hw,
                      masks=None if inst.masks is None else repeat_masks(inst.masks, hw), scores=inst.scores,
                      ids=inst.ids, extras=inst.extras)
+

@@ -127,7 +127,7 @@ def _classify_region(image: np.ndarray, region: np.ndarray | None) -> tuple[str,
     return name, hue * 2.0
 
 
-def _box_overlap_counts(boxes: np.ndarray) -> np.ndarray:
+def box_overlap_counts(boxes: np.ndarray) -> np.ndarray:
     """(N,) number of *other* boxes each (N, 4) xyxy box intersects with positive area."""
     n = len(boxes)
     if n == 0:
@@ -139,6 +139,16 @@ def _box_overlap_counts(boxes: np.ndarray) -> np.ndarray:
     inter = (x2 > x1) & (y2 > y1)  # (N, N)
     np.fill_diagonal(inter, False)
     return inter.sum(axis=1).astype(np.int64)
+
+
+def annotation_visible_fraction(ann: dict) -> float | None:
+    """The annotation's ``attributes.visible_fraction`` (share of the object not hidden by
+    others, as the synthetic generator records it), None when absent or not a finite number."""
+    attrs = ann.get("attributes")
+    vf = attrs.get("visible_fraction") if isinstance(attrs, dict) else None
+    if isinstance(vf, (int, float)) and not isinstance(vf, bool) and math.isfinite(vf):
+        return float(vf)
+    return None
 
 
 def sample_metadata(
@@ -233,7 +243,7 @@ def sample_metadata(
             "small_object_count": int(small.sum()),
             "small_object_share": _num(small.mean()),
         })
-        overlaps = _box_overlap_counts(gt.boxes[is_obj])
+        overlaps = box_overlap_counts(gt.boxes[is_obj])
         meta.update({
             "occluded_object_count": int((overlaps > 0).sum()),
             "occluded_object_share": _num((overlaps > 0).mean()),
@@ -248,10 +258,9 @@ def sample_metadata(
     for ann in annotations:
         if ann.get("id") not in object_ids:
             continue
-        attrs = ann.get("attributes")
-        vf = attrs.get("visible_fraction") if isinstance(attrs, dict) else None
-        if isinstance(vf, (int, float)) and not isinstance(vf, bool) and math.isfinite(vf):
-            visible.append(float(vf))
+        vf = annotation_visible_fraction(ann)
+        if vf is not None:
+            visible.append(vf)
         seg = ann.get("segmentation")
         if isinstance(seg, list) and sum(1 for p in seg if isinstance(p, (list, tuple)) and len(p) >= 6) > 1:
             multi += 1

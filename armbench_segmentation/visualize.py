@@ -12,15 +12,12 @@ palette), with dashed boxes of the same colour and the score written at the box 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import cv2
 import numpy as np
 
 from armbench_segmentation.structures import Instances
-
-if TYPE_CHECKING:  # pragma: no cover
-    from armbench_segmentation.metrics.segmentation import SegmentationErrors
 
 log = logging.getLogger(__name__)
 
@@ -228,22 +225,35 @@ def draw_comparison(image: np.ndarray, gt: Instances | None, pred: Instances | N
     return out
 
 
-def draw_segmentation_errors(image: np.ndarray, gt: Instances, pred: Instances, errors: "SegmentationErrors",
-                             kind: str, class_names: Sequence[str] | None = None, alpha: float = 0.45) -> np.ndarray:
-    """``draw_comparison`` of only the instances involved in one kind of segmentation error.
+def draw_error_instances(image: np.ndarray, gt: Instances | None, pred: Instances, involved: dict, kind: str,
+                         class_names: Sequence[str] | None = None, alpha: float = 0.45) -> np.ndarray:
+    """``draw_comparison`` of exactly the instances involved in one kind of error.
 
     Args:
         image: (H, W, 3) uint8 RGB in the frame of ``gt``/``pred``.
-        gt, pred: the instances ``errors`` was computed from, or the same instances in
-            another frame (matched by ``Instances.ids``, which frame conversions keep).
-        errors: ``metrics.segmentation.segmentation_errors(gt, pred, ...)``.
-        kind: ``"over"`` (each split GT object and the predictions inside it) or ``"under"``
-            (each merging prediction and the GT objects it swallows).
+        gt, pred: the evaluated instances in the evaluation's order (GT rows as the loader
+            gives them, predictions as the decoder gives them), or the same instances drawn
+            in another frame in that order.
+        involved: ``SampleEvaluation.involved()`` or the stored ``facts["involved"]``:
+            kind -> ``{"gt": [positions], "pred": [positions]}``.
+        kind: one of ``metrics.sample_evaluation.ERROR_KINDS`` (e.g. ``"over_segmented"``:
+            each split GT object and the predictions inside it).
     Returns:
         (H, W, 3) uint8; the plain image when there is no such error.
+    Raises:
+        ValueError: an unknown kind, or positions outside the instances given.
     """
-    gt_ids, pred_ids = errors.involved_ids(kind)
-    return draw_comparison(image, gt, pred, gt_ids=gt_ids, pred_ids=pred_ids, class_names=class_names, alpha=alpha)
+    if kind not in involved:
+        raise ValueError(f"unknown error kind {kind!r}; expected one of {sorted(involved)}")
+    gt_pos = np.asarray(involved[kind]["gt"], np.int64)
+    pred_pos = np.asarray(involved[kind]["pred"], np.int64)
+    for name, inst, pos in (("gt", gt, gt_pos), ("pred", pred, pred_pos)):
+        n = 0 if inst is None else len(inst)
+        if len(pos) and (pos.min() < 0 or pos.max() >= n):
+            raise ValueError(f"{kind}: {name} positions {pos.tolist()} do not fit the {n} {name} instances given; "
+                             f"draw with the instances the evaluation saw")
+    return draw_comparison(image, None if gt is None else gt[gt_pos], pred[pred_pos], class_names=class_names,
+                           alpha=alpha)
 
 
 def label_map(masks: np.ndarray, max_labels: int = 255) -> tuple[np.ndarray, np.ndarray]:

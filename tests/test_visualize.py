@@ -3,7 +3,7 @@ import pytest
 
 from armbench_segmentation.structures import Instances
 from armbench_segmentation.visualize import (
-    GT_COLOR, PALETTE, draw_boxes, draw_comparison, draw_segmentation_errors, heatmap_overlay, instance_color,
+    GT_COLOR, PALETTE, draw_boxes, draw_comparison, draw_error_instances, heatmap_overlay, instance_color,
     instance_labels, label_map, overlay_masks, thumbnail,
 )
 
@@ -145,20 +145,28 @@ def test_instance_labels():
     assert instance_labels(gt, ["Object", "Tote"]) == ["Object #0"]
 
 
-def test_draw_segmentation_errors_draws_only_the_involved_instances():
+def test_draw_error_instances_draws_only_the_involved_instances():
+    from armbench_segmentation.metrics.sample_evaluation import SampleEvaluation
+    from armbench_segmentation.metrics.matching import match
     from armbench_segmentation.metrics.segmentation import segmentation_errors
 
     hw = (40, 60)
     gt = Instances(np.array([[0, 0, 10, 10], [20, 0, 30, 10], [40, 20, 50, 30]], np.float32), [0, 0, 0], hw,
-                   masks=_rect_masks(hw, [(0, 0, 10, 10), (20, 0, 30, 10), (40, 20, 50, 30)]), ids=[101, 102, 103])
-    # prediction 7 swallows GT 101 and 102; prediction 8 matches GT 103 exactly
+                   masks=_rect_masks(hw, [(0, 0, 10, 10), (20, 0, 30, 10), (40, 20, 50, 30)]))
+    # prediction 0 swallows GT 0 and 1; prediction 1 matches GT 2 exactly
     pred = Instances(np.array([[0, 0, 30, 10], [40, 20, 50, 30]], np.float32), [0, 0], hw,
-                     masks=_rect_masks(hw, [(0, 0, 30, 10), (40, 20, 50, 30)]), scores=[0.9, 0.8], ids=[7, 8])
-    errors = segmentation_errors(gt, pred)
+                     masks=_rect_masks(hw, [(0, 0, 30, 10), (40, 20, 50, 30)]), scores=[0.9, 0.8])
+    ev = SampleEvaluation(predictions=pred, class_names=("Object", "Tote"), uncertainty={}, gt=gt,
+                          segmentation=segmentation_errors(gt, pred), matching=match(gt, pred))
+    involved = ev.involved()
+    assert involved["under_segmenting"] == {"gt": [0, 1], "pred": [0]}
+    assert involved["missed"] == {"gt": [0, 1], "pred": []} and involved["false_positive"]["pred"] == [0]
     img = _gray()
-    under = draw_segmentation_errors(img, gt, pred, errors, "under")
+    under = draw_error_instances(img, gt, pred, involved, "under_segmenting")
     np.testing.assert_array_equal(under, draw_comparison(img, gt[[0, 1]], pred[[0]]))
     assert (under[25, 45] == img[25, 45]).all()  # the correct prediction is not drawn
-    np.testing.assert_array_equal(draw_segmentation_errors(img, gt, pred, errors, "over"), img)  # nothing split
-    with pytest.raises(ValueError, match="'over' or 'under'"):
-        draw_segmentation_errors(img, gt, pred, errors, "both")
+    np.testing.assert_array_equal(draw_error_instances(img, gt, pred, involved, "over_segmented"), img)  # no split
+    with pytest.raises(ValueError, match="unknown error kind"):
+        draw_error_instances(img, gt, pred, involved, "both")
+    with pytest.raises(ValueError, match="do not fit"):
+        draw_error_instances(img, gt[[0]], pred, involved, "under_segmenting")

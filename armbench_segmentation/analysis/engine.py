@@ -200,18 +200,15 @@ def compute_insights(frame: Any, embeddings: np.ndarray, settings: Settings, sto
 
 
 # ---------------------------------------------------------------------------- images for the dashboard
-# side of the "hardest region" window, in model-input pixels (640 frame): 160 px is
-# about 610 px of a 2448x2048 ARMBench image
-HARD_REGION_WINDOW = 160
-
-
 class SampleViews:
-    """Images for the dashboard, rebuilt from the dataset and the STORED predictions.
+    """Images for the dashboard, drawn from the STORED facts of each sample (which instances
+    are involved in which error, the hard-region window), never recomputed.
 
-    ``overlay(sample_id, kind)``: the model-frame image with the ground truth and the
-    predictions involved in the sample's over (``kind="over"``) or under segmentation.
-    ``thumbnail(sample_id)``: a small RGB thumbnail (reduced JPEG decode).
-    Both raise SampleError (an ArmbenchError) when the image cannot be read.
+    ``error_view(sample_id, kind)``: the model-frame image with the GT objects and predictions
+    involved in one kind of error (``ErrorView``). ``hard_region_crop(sample_id)``: the
+    original-resolution crop of the stored hard-region window. ``thumbnail(sample_id)``: a
+    small RGB thumbnail (reduced JPEG decode). All raise SampleError (an ArmbenchError) when
+    the image cannot be read or the sample has no stored facts.
     """
 
     def __init__(self, dataset: Any, store: ResultsStore, settings: Settings, samples: list[Any]):
@@ -220,15 +217,23 @@ class SampleViews:
         for s in samples:  # sample ids are unique per split; ARMBench splits are disjoint
             self.samples.setdefault(s.sample_id, s)
 
-    def _stored_predictions(self, sample: Any) -> list[dict]:
-        return self.store.sample_predictions(sample.split, sample.sample_id) or []
+    def _facts(self, sample: Any) -> dict:
+        from armbench_segmentation.errors import SampleError
+
+        facts = self.store.sample_facts(sample.split, sample.sample_id)
+        if facts is None:
+            raise SampleError(sample.sample_id, "no stored evaluation facts (not finished in this run); rerun "
+                                                "armbench analyze on the same --out folder")
+        return facts
 
     def _model_frame_predictions(self, sample: Any, letterbox: Any) -> Any:
+        """The stored predictions (original resolution), in decoder order, drawn back in the
+        model frame (for display only: which instances are drawn comes from the facts)."""
         from pycocotools import mask as mask_utils
 
         from armbench_segmentation.structures import Instances
 
-        records = self._stored_predictions(sample)
+        records = self.store.sample_predictions(sample.split, sample.sample_id) or []
         size = (letterbox.out_h, letterbox.out_w)
         if not records:
             return Instances.empty(size, with_scores=True)
@@ -241,42 +246,37 @@ class SampleViews:
         return Instances(boxes=boxes, class_ids=np.array([r["class_index"] for r in records]), image_size=size,
                          masks=masks, scores=np.array([r["score"] for r in records], np.float32))
 
-    def overlay(self, sample_id: str, kind: str) -> np.ndarray:
-        from armbench_segmentation.metrics.segmentation import segmentation_errors
-        from armbench_segmentation.visualize import draw_comparison, draw_segmentation_errors
+    def error_view(self, sample_id: str, kind: str) -> ErrorView:
+        from armbench_segmentation.analysis.report import ErrorView
+        from armbench_segmentation.metrics.sample_evaluation import COUNTED_SIDE
+        from armbench_segmentation.visualize import draw_error_instances
 
         sample = self.samples[sample_id]
+        facts = self._facts(sample)
         loaded = self.dataset.load(sample)
         pred = self._model_frame_predictions(sample, loaded.letterbox)
-        names = self.settings.data.class_names
-        if loaded.gt is None:
-            return draw_comparison(loaded.image, None, pred, class_names=names)
-        errors = segmentation_errors(loaded.gt, pred, self.settings.metrics, names)
-        return draw_segmentation_errors(loaded.image, loaded.gt, pred, errors, kind, class_names=names)
+        involved = facts["involved"]
+        image = draw_error_instances(loaded.image, loaded.gt, pred, involved, kind,
+                                     class_names=self.settings.data.class_names)
+        ids = involved[kind]
+        return ErrorView(image, kind, tuple(ids["gt"]), tuple(ids["pred"]), tuple(ids[COUNTED_SIDE[kind]]))
 
-    def hard_region_crop(self, sample_id: str, window: int = HARD_REGION_WINDOW) -> np.ndarray:
-        """The original-resolution crop around the sample's hardest region: the
-        ``window`` x ``window`` model-frame window of highest prediction entropy
-        (``metrics.uncertainty.entropy_map`` of the stored predictions of the
-        ``metrics.segmentation_classes``, Object by default), mapped back through the
-        letterbox. (h, w, 3) uint8 RGB; the whole image when there are no such predictions."""
-        from armbench_segmentation.metrics.uncertainty import entropy_map, hardest_region
-
+    def hard_region_crop(self, sample_id: str) -> np.ndarray:
+        """The original-resolution crop of the sample's stored hard-region window (the
+        model-frame window of highest prediction entropy of the segmentation classes, from
+        the prototype probabilities that ``unc_mask_entropy`` reads), mapped back through the
+        letterbox. (h, w, 3) uint8 RGB; the whole image when there is no window."""
         sample = self.samples[sample_id]
-        loaded = self.dataset.load(sample)
-        pred = self._model_frame_predictions(sample, loaded.letterbox)
-        # only the classes whose instances get annotated one by one (Object): a confident-ish
-        # tote mask would otherwise make "the hardest region" an empty stretch of tote floor
-        names = list(self.settings.data.class_names)
-        wanted = [names.index(c) for c in self.settings.metrics.segmentation_classes]
-        pred = pred[np.isin(pred.class_ids, wanted)]
+        window = self._facts(sample)["hard_region"]
         image = self.dataset.load_image(sample)  # original resolution (EXIF-oriented)
-        if len(pred) == 0:
+        if window is None:
             return image
-        x1, y1, x2, y2 = hardest_region(entropy_map(pred), window)
-        box = loaded.letterbox.boxes_to_original(np.array([[x1, y1, x2, y2]], np.float32))[0]
+        from armbench_segmentation.data.letterbox import Letterbox
+
+        lb = Letterbox.compute(sample.hw, self.settings.data.image_size)
+        box = lb.boxes_to_original(np.array([window], np.float32))[0]
         h, w = image.shape[:2]
-        sx, sy = w / loaded.letterbox.orig_w, h / loaded.letterbox.orig_h  # 1.0 unless decoded reduced
+        sx, sy = w / lb.orig_w, h / lb.orig_h  # 1.0 unless decoded reduced
         cx1, cy1 = int(np.floor(box[0] * sx)), int(np.floor(box[1] * sy))
         cx2, cy2 = int(np.ceil(box[2] * sx)), int(np.ceil(box[3] * sy))
         if cx2 <= cx1 or cy2 <= cy1:  # window entirely in the letterbox padding
@@ -392,10 +392,10 @@ def write_outputs(out_dir: Path, frame: Any, insights: Insights, store: ResultsS
 def write_dashboard(out_dir: Path, frame: Any, insights: Insights, views: SampleViews, store: ResultsStore,
                     settings: Settings) -> Path:
     """Galleries of the worst over/under segmentation and the offline HTML dashboard."""
-    from armbench_segmentation.analysis.report import build_gallery, write_report
+    from armbench_segmentation.analysis.report import GALLERY_KINDS, build_gallery, write_report
 
     n = int(settings.analysis.gallery_size)
-    galleries = [build_gallery(frame, kind, views.overlay, n=n, out_dir=out_dir) for kind in ("over", "under")]
+    galleries = [build_gallery(frame, kind, views.error_view, n=n, out_dir=out_dir) for kind in GALLERY_KINDS]
     provenance = {"run_key": store.run_key, **store.run_info()}
     return write_report(out_dir, frame, insights.projection, clusters=insights.clusters, label_picks=insights.picks,
                         prune_result=insights.pruning, galleries=galleries, thumbnails=views.thumbnail,

@@ -1,25 +1,23 @@
 """THE per-sample function of the analysis engine: raw model outputs -> one result row.
 
-``process_sample`` decodes one image's raw outputs and, for labeled splits, computes every
-metric the analysis shows (over/under segmentation, matching, sample AP, YOLOv5-seg loss
-components, a readable loss in [0, 1]), plus uncertainty scores and metadata for every
-split. It calls the core functions directly; the Tensorleap binder calls the same core
-functions one by one.
+``process_sample`` calls ``metrics.sample_evaluation.evaluate_sample`` (the one per-sample
+evaluation, the Tensorleap binder calls it too) and adds identity columns, metadata and the
+embedding. Every column is defined in ``analysis.columns`` (README's column table).
 
 Row columns (flat scalars; None where a value does not apply, never NaN):
 
 - identity: ``split, sample_id, image_id, file_name, width, height``
-- predictions: ``n_pred``, ``n_pred_<class>`` per class (lower case), ``mean_score``
-- labeled only (None for unlabeled): the ``segmentation_errors(...).as_dict()`` fields
-  (``over_segmented_count``, ``under_segmented_count``, ...), ``tp, fp, fn, precision,
-  recall, f1, mean_iou``, ``ap`` (sample AP), ``yolo_loss_box, yolo_loss_obj,
-  yolo_loss_cls, yolo_loss_mask, yolo_loss_total`` (YOLOv5-seg training loss) and
-  ``loss`` (the readable loss in [0, 1], 0 = perfect)
-- uncertainty: the ``uncertainty_scores(...)`` fields as ``unc_<name>``
+- the evaluation's columns (``SampleEvaluation.columns``): predictions (``n_pred``, ...),
+  labeled-only metrics (over/under segmentation, ``tp, fp, fn, ...``, ``error_rate`` =
+  1 - F1, ``ap``, ``yolo_loss_*`` and ``loss`` = the YOLOv5-seg loss), ``unc_*`` uncertainty
 - metadata: the ``sample_metadata(...)`` fields as ``meta_<name>`` (fields repeating an
   identity column, e.g. ``sample_id``, are not repeated)
 
-Every value in a row is a deterministic function of (image, annotations, model, settings):
+Besides the row, each sample's *facts* are stored (``SampleEvaluation.facts``): the involved
+instances of each error kind, the hard-region window and the per-instance rows. Galleries,
+crops and the instance table read them instead of recomputing anything.
+
+Every value is a deterministic function of (image, annotations, model, settings):
 rerunning a sample gives an identical row, which is what makes resume safe.
 """
 
@@ -40,10 +38,6 @@ from armbench_segmentation.structures import Instances, python_scalar
 logger = logging.getLogger(__name__)
 
 IDENTITY_COLUMNS = ("split", "sample_id", "image_id", "file_name", "width", "height")
-MATCH_COLUMNS = ("tp", "fp", "fn", "precision", "recall", "f1", "mean_iou")
-LOSS_PARTS = ("box", "obj", "cls", "mask", "total")
-YOLO_LOSS_COLUMNS = tuple(f"yolo_loss_{p}" for p in LOSS_PARTS)
-LABELED_ONLY_COLUMNS = MATCH_COLUMNS + ("ap",) + YOLO_LOSS_COLUMNS + ("loss",)
 # Always present for labeled samples, None for unlabeled ones (the exports rely on them).
 REQUIRED_SEGMENTATION_COLUMNS = ("over_segmented_count", "under_segmented_count")
 UNCERTAINTY_PREFIX = "unc_"  # analysis.selection reads unc_* columns ("higher = more uncertain")
@@ -80,11 +74,14 @@ class SampleResult:
         row: flat dict of scalars (see the module docstring for the columns).
         embedding: (D,) float32 per-sample embedding.
         predictions: model-frame predicted Instances (masks (N, S, S) bool, scores).
+        facts: ``SampleEvaluation.facts()`` (involved instances per error kind, the
+            hard-region window, the instance rows), JSON-ready; what the views draw.
     """
 
     row: dict[str, Any]
     embedding: np.ndarray
     predictions: Instances
+    facts: dict[str, Any] | None = None
 
 
 # ---------------------------------------------------------------------------- embedding
@@ -106,16 +103,6 @@ def sample_embedding(raw: RawSample) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def _as_dict(result: Any) -> dict[str, Any]:
-    if isinstance(result, Mapping):
-        return dict(result)
-    if hasattr(result, "as_dict"):
-        return dict(result.as_dict())
-    raise TypeError(f"expected a mapping or an object with as_dict(), got {type(result).__name__}")
-
-
 def _merge(row: dict[str, Any], extra: Mapping[str, Any], prefix: str) -> None:
     """Add ``extra`` to ``row`` under ``prefix`` (kept when a name already has it). A field
     repeating an identity column with the same value (e.g. metadata's ``sample_id``) is
@@ -130,100 +117,70 @@ def _merge(row: dict[str, Any], extra: Mapping[str, Any], prefix: str) -> None:
         row[name] = value
 
 
-def _prediction_summary(pred: Instances, class_names: Sequence[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {"n_pred": len(pred)}
-    for c, name in enumerate(class_names):
-        out[f"n_pred_{name.lower()}"] = int((pred.class_ids == c).sum())
-    scores = pred.scores if pred.scores is not None else np.zeros(0, np.float32)
-    out["mean_score"] = float(scores.mean()) if len(scores) else None
-    return out
-
-
 def _input_hw(model: Any, loaded: Any) -> tuple[int, int]:
     hw = getattr(model, "input_hw", None)
     return tuple(int(v) for v in hw) if hw else tuple(int(v) for v in loaded.image.shape[:2])
 
 
-@functools.lru_cache(maxsize=8)
-def _segmentation_keys(metrics_config: Any, class_names: tuple[str, ...], hw: tuple[int, int]) -> tuple[str, ...]:
-    """Column names of segmentation_errors(...).as_dict(), for the None row of unlabeled samples."""
-    from armbench_segmentation.metrics.segmentation import segmentation_errors
+def _gt_attributes(loaded: Any, annotations: Sequence[dict]) -> dict[int, dict[str, Any]]:
+    """Per GT annotation id: ``visible_fraction`` (the annotation's own attribute, None when
+    absent) for the instance table."""
+    from armbench_segmentation.metadata import annotation_visible_fraction
 
-    empty = Instances.empty(hw)
-    pred = Instances.empty(hw, with_scores=True)
-    return tuple(_as_dict(segmentation_errors(empty, pred, metrics_config, class_names)).keys())
+    return {int(a.get("id", -1)): {"visible_fraction": annotation_visible_fraction(a)} for a in annotations}
 
 
 # ---------------------------------------------------------------------------- the function
-def labeled_metrics(gt: Instances, pred: Instances, raw: RawSample, input_hw: tuple[int, int],
-                    settings: Settings) -> dict[str, Any]:
-    """Every metric and loss of one labeled sample (model frame), as flat columns.
-
-    The GT x prediction overlap matrices are computed once and shared by the over/under
-    segmentation, the matching and the sample AP.
-    """
-    from armbench_segmentation.metrics.loss import readable_loss, yolov5_seg_loss
-    from armbench_segmentation.metrics.matching import match, sample_ap
-    from armbench_segmentation.metrics.overlap import mask_overlaps, pack_masks
-    from armbench_segmentation.metrics.segmentation import segmentation_errors
-
-    class_names = settings.data.class_names
-    packed_gt, packed_pred = pack_masks(gt.masks), pack_masks(pred.masks)
-    overlaps = mask_overlaps(packed_gt, packed_pred)  # (G, P)
-    seg = segmentation_errors(gt, pred, settings.metrics, class_names, overlaps=overlaps,
-                              packed_gt=packed_gt, packed_pred=packed_pred)
-    seg_dict = _as_dict(seg)
-    missing = [c for c in REQUIRED_SEGMENTATION_COLUMNS if c not in seg_dict]
-    if missing:
-        raise KeyError(f"segmentation_errors(...).as_dict() lacks {missing}; the exports need these columns")
-    m = match(gt, pred, iou_threshold=settings.metrics.match_iou, overlaps=overlaps)
-    out: dict[str, Any] = {k: python_scalar(v) for k, v in seg_dict.items()}
-    for name in MATCH_COLUMNS:
-        out[name] = python_scalar(getattr(m, name))
-    out["ap"] = python_scalar(sample_ap(gt, pred, overlaps=overlaps))
-    losses = yolov5_seg_loss(raw.detections, raw.protos, gt, input_hw)
-    for part in LOSS_PARTS:
-        out[f"yolo_loss_{part}"] = python_scalar(losses[part]) if part in losses else None
-    out["loss"] = python_scalar(readable_loss(m))
-    return out
-
-
 def process_sample(loaded: Any, raw: RawSample, model: Any, settings: Settings,
                    annotations: list[dict] | None) -> SampleResult:
-    """Decode one image's raw outputs and compute its result row.
+    """Evaluate one image (``metrics.sample_evaluation.evaluate_sample``, the function the
+    Tensorleap binder calls too) and turn the result into a row and stored facts.
 
     Args:
         loaded: the ``LoadedSample`` (model input, letterbox, model-frame GT or None).
         raw: this image's raw outputs (see ``split_raw``).
-        model: the ``SegmentationModel`` (its input size and config are used).
+        model: the ``SegmentationModel`` (its input size is used).
         settings: the run's settings (decode thresholds, metric parameters, class names).
         annotations: the sample's raw COCO annotations (for metadata); None/[] if unlabeled.
     Returns:
-        ``SampleResult(row, embedding (D,) float32, predictions)`` (model-frame predictions).
+        ``SampleResult(row, embedding (D,) float32, predictions, facts)``.
     """
-    from armbench_segmentation.metadata import sample_metadata
-    from armbench_segmentation.metrics.uncertainty import uncertainty_scores
-    from armbench_segmentation.model.decode import decode
+    from armbench_segmentation.metadata import box_overlap_counts, sample_metadata
+    from armbench_segmentation.metrics.sample_evaluation import evaluate_sample
 
     sample = loaded.sample
     class_names = tuple(settings.data.class_names)
-    input_hw = _input_hw(model, loaded)
-    pred = decode(raw.detections, raw.protos, input_hw, settings.model)
+    evaluation = evaluate_sample(raw.detections, raw.protos, loaded.gt, settings, _input_hw(model, loaded))
 
     row: dict[str, Any] = {
         "split": sample.split, "sample_id": sample.sample_id, "image_id": int(sample.image_id),
         "file_name": sample.file_name, "width": int(sample.width), "height": int(sample.height),
     }
-    row.update(_prediction_summary(pred, class_names))
-    if loaded.gt is not None:
-        row.update(labeled_metrics(loaded.gt, pred, raw, input_hw, settings))
-    else:
-        for key in _segmentation_keys(settings.metrics, class_names, input_hw) + LABELED_ONLY_COLUMNS:
-            row.setdefault(key, None)
-    _merge(row, _as_dict(uncertainty_scores(pred, settings.metrics)), prefix=UNCERTAINTY_PREFIX)
+    columns = evaluation.columns()
+    missing = [c for c in REQUIRED_SEGMENTATION_COLUMNS if c not in columns]
+    if missing:
+        raise KeyError(f"the sample evaluation lacks the columns {missing}; the exports need them")
+    row.update(columns)
     metadata = sample_metadata(loaded, list(annotations or []), settings.metrics.small_area_fraction, class_names)
-    _merge(row, _as_dict(metadata), prefix=METADATA_PREFIX)
-    return SampleResult(row=row, embedding=sample_embedding(raw), predictions=pred)
+    _merge(row, metadata, prefix=METADATA_PREFIX)
+    facts = evaluation.facts()
+    if evaluation.labeled:
+        attributes = _gt_attributes(loaded, annotations or [])
+        gt = evaluation.gt
+        occluders = np.zeros(len(gt), np.int64)  # other GT boxes of the same class overlapping each box
+        for c in np.unique(gt.class_ids):
+            same = np.flatnonzero(gt.class_ids == c)
+            occluders[same] = box_overlap_counts(gt.boxes[same])
+        for inst in facts["instances"]:
+            if inst["kind"] == "gt":
+                inst.update(attributes.get(inst["annotation_id"], {"visible_fraction": None}))
+                inst["box_overlaps"] = int(occluders[inst["index"]])
+            else:
+                inst.update({"visible_fraction": None, "box_overlaps": None})
+    else:
+        for inst in facts["instances"]:
+            inst.update({"visible_fraction": None, "box_overlaps": None})
+    return SampleResult(row=row, embedding=sample_embedding(raw), predictions=evaluation.predictions, facts=facts)
 
 
 # ---------------------------------------------------------------------------- compact predictions

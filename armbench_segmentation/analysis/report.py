@@ -7,8 +7,8 @@ JSON in a ``<script type="application/json">`` block. Nothing is fetched at view
 Images come through callables supplied by the engine, so this module depends on no drawing
 code:
 
-- ``overlay_provider(sample_id, kind) -> (H, W, 3) uint8 RGB`` with ``kind`` "over" or
-  "under" (e.g. ``visualize.draw_comparison`` of GT vs prediction, error instances highlighted);
+- ``view_provider(sample_id, error_kind) -> ErrorView`` (``SampleViews.error_view``): the image with
+  exactly the instances the stored facts involve in that error, and their ids;
 - ``thumbnails``: ``{sample_id: JPEG/PNG bytes}`` or ``provider(sample_id) -> RGB image | bytes``.
   With a provider only a capped subset is rendered (picks, galleries, then a random draw up to
   ``max_thumbnails``); the cap is logged with counts.
@@ -21,6 +21,7 @@ import html
 import json
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -32,9 +33,12 @@ from armbench_segmentation.errors import ArmbenchError
 
 logger = logging.getLogger(__name__)
 
+# gallery -> (error kind of metrics.sample_evaluation.ERROR_KINDS, its count column, title)
 GALLERY_KINDS = {
-    "over": ("over_segmented_count", "Worst over-segmentation (one object split into several predictions)"),
-    "under": ("under_segmented_count", "Worst under-segmentation (several objects merged into one prediction)"),
+    "over": ("over_segmented", "over_segmented_count",
+             "Worst over-segmentation (one object split into several predictions)"),
+    "under": ("under_segmenting", "under_segmented_count",
+              "Worst under-segmentation (several objects merged into one prediction)"),
 }
 THUMB_SIDE = 96
 DEFAULT_MAX_THUMBNAILS = 1000
@@ -51,6 +55,25 @@ PANEL_FIELDS = ("loss", "over_segmented_count", "under_segmented_count", "f1", "
 # Galleries
 # --------------------------------------------------------------------------------------
 
+@dataclass(frozen=True, eq=False)
+class ErrorView:
+    """A drawn error view of one sample: the image and exactly the instances drawn.
+
+    Attributes:
+        image: (S, S, 3) uint8 RGB, model frame.
+        kind: the error kind (``metrics.sample_evaluation.ERROR_KINDS``).
+        gt_ids / pred_ids: positions of the drawn GT objects / predictions (the stored facts).
+        counted: the drawn instances the per-sample count of ``kind`` counts (e.g. the split
+            GT objects of ``over_segmented``).
+    """
+
+    image: np.ndarray
+    kind: str
+    gt_ids: tuple[int, ...]
+    pred_ids: tuple[int, ...]
+    counted: tuple[int, ...]
+
+
 @dataclass(frozen=True)
 class GalleryItem:
     sample_id: str
@@ -58,6 +81,10 @@ class GalleryItem:
     image: bytes  # encoded JPEG/PNG
     mime: str = "image/jpeg"
     path: Path | None = None
+    count: int = 0  # the sample's stored count of the gallery's error (the caption's number)
+    drawn_gt: tuple[int, ...] = ()  # positions of the GT objects drawn
+    drawn_pred: tuple[int, ...] = ()  # positions of the predictions drawn
+    drawn_counted: tuple[int, ...] = ()  # the drawn instances the count counts
 
 
 @dataclass(frozen=True)
@@ -78,7 +105,7 @@ def worst_samples(frame: pd.DataFrame, kind: str, n: int = 12) -> pd.DataFrame:
     """
     if kind not in GALLERY_KINDS:
         raise ValueError(f"gallery kind must be one of {sorted(GALLERY_KINDS)}, got {kind!r}")
-    column = GALLERY_KINDS[kind][0]
+    column = GALLERY_KINDS[kind][1]
     if column not in frame.columns or len(frame) == 0:
         return frame.iloc[:0]
     count = pd.to_numeric(frame[column], errors="coerce").fillna(0)
@@ -88,13 +115,15 @@ def worst_samples(frame: pd.DataFrame, kind: str, n: int = 12) -> pd.DataFrame:
     return frame.loc[ranked.index[:n]]
 
 
-def build_gallery(frame: pd.DataFrame, kind: str, overlay_provider: Callable[[str, str], Any], n: int = 12,
+def build_gallery(frame: pd.DataFrame, kind: str, view_provider: Callable[[str, str], Any], n: int = 12,
                   out_dir: str | Path | None = None, max_side: int = 640, fmt: str = "jpg") -> Gallery:
-    """Render the ``n`` worst samples of ``kind`` through ``overlay_provider``.
+    """Render the ``n`` worst samples of ``kind`` through ``view_provider``.
 
     Args:
-        overlay_provider: ``(sample_id, kind) -> (H, W, 3) uint8 RGB``; a sample whose provider
-            raises :class:`ArmbenchError` (missing image...) is skipped with a warning.
+        view_provider: ``(sample_id, error_kind) -> ErrorView`` (an image plus the instances
+            drawn); a sample whose provider raises :class:`ArmbenchError` (missing image...)
+            is skipped with a warning. A view whose drawn instances do not match the stored
+            count is a bug and raises.
         out_dir: when given, images are also written to ``out_dir/galleries/<kind>/``.
         max_side: images are downscaled so their long side is at most this.
         fmt: "jpg" or "png".
@@ -106,26 +135,30 @@ def build_gallery(frame: pd.DataFrame, kind: str, overlay_provider: Callable[[st
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
     items, skipped = [], []
-    column = GALLERY_KINDS[kind][0]
+    error_kind, column, title = GALLERY_KINDS[kind]
     for rank, (_, row) in enumerate(rows.iterrows(), start=1):
         sid = str(row.get("sample_id", row.name))
         try:
-            image = overlay_provider(sid, kind)
+            view = view_provider(sid, error_kind)
         except ArmbenchError as exc:
             skipped.append(sid)
             logger.warning("gallery %s: skipping %s (%s)", kind, sid, exc)
             continue
-        data = encode_image(image, max_side=max_side, fmt=fmt)
+        count = int(_num(row.get(column)) or 0)
+        if len(view.counted) != count:
+            raise RuntimeError(f"gallery {kind}: sample {sid!r} has {column}={count} but its stored facts involve "
+                               f"{len(view.counted)} instances; the store is inconsistent (a bug)")
+        data = encode_image(view.image, max_side=max_side, fmt=fmt)
         loss = _num(row.get("loss"))
-        caption = f"#{rank} {sid}: {int(_num(row.get(column)) or 0)} {kind}-segmented" + (
-            f", loss {loss:.2f}" if loss is not None else "")
+        caption = f"#{rank} {sid}: {count} {kind}-segmented" + (f", loss {loss:.2f}" if loss is not None else "")
         path = None
         if folder is not None:
             path = folder / f"{rank:02d}_{sid}.{fmt}"
             path.write_bytes(data)
-        items.append(GalleryItem(sid, caption, data, "image/jpeg" if fmt == "jpg" else "image/png", path))
+        items.append(GalleryItem(sid, caption, data, "image/jpeg" if fmt == "jpg" else "image/png", path, count,
+                                 tuple(view.gt_ids), tuple(view.pred_ids), tuple(view.counted)))
     notes = (f"{len(skipped)} samples skipped (image unavailable): {', '.join(skipped[:5])}",) if skipped else ()
-    return Gallery(kind, GALLERY_KINDS[kind][1], items, notes)
+    return Gallery(kind, title, items, notes)
 
 
 def encode_image(image: Any, max_side: int | None = None, fmt: str = "jpg", quality: int = 85) -> bytes:
@@ -303,7 +336,8 @@ def _picks_html(label_picks: Any, thumbs: dict[str, str]) -> str:
         return "<p class=muted>No unlabeled samples to pick from.</p>"
     prov = label_picks.provenance
     head = (f"<p>{len(p)} picks, strategy <b>{html.escape(str(prov.get('strategy')))}</b> "
-            f"from {prov.get('n_candidates')} unlabeled samples ({prov.get('n_labeled')} labeled). "
+            f"from {html.escape(str(prov.get('n_candidates')))} unlabeled samples "
+            f"({html.escape(str(prov.get('n_labeled')))} labeled). "
             + "; ".join(html.escape(n) for n in prov.get("notes", [])) + ".</p>")
     shown = p.head(MAX_TABLE_ROWS)
     more = f"<p class=muted>First {MAX_TABLE_ROWS} of {len(p)} shown; all are in the CSV.</p>" if len(p) > len(shown) else ""
@@ -326,7 +360,7 @@ def _prune_html(prune_result: Any) -> str:
     kept = int(d["keep"].sum())
     n_bands = int(prov.get("n_bands", 0))
     head = (f"<p>Keep <b>{kept}</b> of {len(d)} training images ({kept / len(d):.0%}; target "
-            f"{prov.get('keep_fraction')} per cluster, prefer <b>{html.escape(str(prov.get('prefer')))}</b>), "
+            f"{html.escape(str(prov.get('keep_fraction')))} per cluster, prefer <b>{html.escape(str(prov.get('prefer')))}</b>), "
             f"drop {len(d) - kept}, of which {int(d['duplicate_of'].notna().sum())} near-duplicates. "
             "Bands run from nearest to farthest from the cluster centroid.</p>")
     s = s.copy()
@@ -363,9 +397,19 @@ def _galleries_html(galleries: Any) -> str:
     return "".join(parts)
 
 
-def _script_json(obj: Any) -> str:
-    """JSON safe inside <script>: no '</' and no NaN."""
-    return json.dumps(obj, allow_nan=False, separators=(",", ":"), default=_json_default).replace("</", "<\\/")
+# characters that can end or re-open a <script> element (``</script>``, ``<!--``), start
+# an entity, or end a JavaScript string (U+2028/U+2029) -> their JSON \u escapes
+_SCRIPT_UNSAFE = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+_SCRIPT_UNSAFE_RE = re.compile("[<>&\u2028\u2029]")
+
+
+def script_json(obj: Any) -> str:
+    """JSON that is safe as the text of any ``<script>`` element: ``<``, ``>``, ``&``,
+    U+2028 and U+2029 become ``\\uXXXX`` escapes (the same value once parsed), NaN is refused.
+    The one way this module embeds JSON in the page."""
+    text = json.dumps(obj, allow_nan=False, separators=(",", ":"), default=_json_default)
+    return _SCRIPT_UNSAFE_RE.sub(lambda m: _SCRIPT_UNSAFE[m.group(0)], text)
+
 
 
 def _json_default(v: Any) -> Any:
@@ -421,7 +465,7 @@ def write_report(out_dir: str | Path, frame: pd.DataFrame, map_xy: Any, clusters
         prov.setdefault("pruning", prune_result.provenance)
     page = _TEMPLATE.format(
         title=html.escape(title), summary=html.escape(summary or "no samples"),
-        plotly_js=plotly.offline.get_plotlyjs(), data=_script_json(payload),
+        plotly_js=plotly.offline.get_plotlyjs(), data=script_json(payload),
         clusters=_clusters_html(clusters), picks=_picks_html(label_picks, thumbs),
         prune=_prune_html(prune_result), galleries=_galleries_html(galleries),
         provenance=html.escape(json.dumps(prov, indent=2, default=_json_default)),
@@ -470,6 +514,8 @@ D.clusters.forEach(c => { const o = document.createElement('option'); o.value = 
 const symbols = ['circle', 'diamond', 'square', 'triangle-up', 'x'];
 function range(vals){ let lo = Infinity, hi = -Infinity; for (const v of vals) if (v !== null) { if (v < lo) lo = v; if (v > hi) hi = v; }
   return lo === Infinity ? [0, 1] : (lo === hi ? [lo - 0.5, hi + 0.5] : [lo, hi]); }
+// plotly reads <b>, <br>, &amp;... in hover text, trace names and titles: show data literally
+function lit(v){ return String(v).replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;'); }
 function fmt(v){ return (v === null || v === undefined) ? '–' : (typeof v === 'number' ? (Number.isInteger(v) ? String(v) : v.toPrecision(3)) : String(v)); }
 function visible(){
   const splits = new Set(splitBoxes.filter(b => b.checked).map(b => Number(b.value)));
@@ -492,12 +538,12 @@ function render(){
       const size = ids.map(i => (sizeChk.checked && loss && loss[i] !== null) ? 5 + 12 * (loss[i] - lmin) / ((lmax - lmin) || 1) : 6);
       const marker = {size: size, symbol: symbols[s % symbols.length], line: {width: 0}, opacity: 0.8};
       if (withColor) Object.assign(marker, {color: ids.map(i => vals[i]), colorscale: 'Viridis', cmin: cmin, cmax: cmax,
-        showscale: scale, colorbar: {title: {text: metric}, len: 0.8}});
+        showscale: scale, colorbar: {title: {text: lit(metric)}, len: 0.8}});
       else marker.color = '#b0b0b0';
       if (withColor) scale = false;
-      (withColor ? traces : under).push({type: gl ? 'scattergl' : 'scatter', mode: 'markers', name: label, x: ids.map(i => D.x[i]),
+      (withColor ? traces : under).push({type: gl ? 'scattergl' : 'scatter', mode: 'markers', name: lit(label), x: ids.map(i => D.x[i]),
         y: ids.map(i => D.y[i]), customdata: ids, marker: marker,
-        hovertemplate: '%{text}<extra></extra>', text: ids.map(i => D.ids[i] + (vals ? '<br>' + metric + ': ' + fmt(vals[i]) : ''))});
+        hovertemplate: '%{text}<extra></extra>', text: ids.map(i => lit(D.ids[i]) + (vals ? '<br>' + lit(metric) + ': ' + lit(fmt(vals[i])) : ''))});
     };
     mk(colored, !!vals, name);
     mk(gray, false, name + ' (no ' + metric + ')');

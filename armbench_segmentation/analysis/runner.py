@@ -52,7 +52,9 @@ SPLITS = ("train", "val", "unlabeled")
 # 2: the metrics run with numpy's BLAS on one thread (single_threaded_blas): the mask decode's
 #    float32 matmul rounds differently than multi-threaded OpenBLAS (unc_mask_entropy moved by
 #    ~1e-10 relative on the synthetic totes), and no longer depends on the machine's core count.
-PIPELINE_VERSION = 2
+# 3: one per-sample evaluation for both faces (metrics.sample_evaluation): ``loss`` is the
+#    YOLOv5-seg loss (was 1 - F1, now ``error_rate``), per-sample facts are stored.
+PIPELINE_VERSION = 3
 _INTERNAL_ERROR_LIMIT = 10  # abort when more than this many samples failed on a bug ...
 _INTERNAL_ERROR_SHARE = 0.5  # ... and they are more than this share of the samples processed
 
@@ -156,11 +158,12 @@ class _ModelInfo:
 def _compute(loaded: Any, raw: Any, model: Any, settings: Settings, annotations: list | None) -> tuple:
     """process_sample + compact predictions; never raises (runs in a worker process too).
 
-    Returns ("ok", row, embedding, predictions) | ("sample", message) | ("internal", message, traceback).
+    Returns ("ok", row, embedding, predictions, facts) | ("sample", message) | ("internal", message, traceback).
     """
     try:
         result = process_sample(loaded, raw, model, settings, annotations)
-        return "ok", result.row, result.embedding, compact_predictions(result.predictions, loaded.letterbox)
+        return ("ok", result.row, result.embedding, compact_predictions(result.predictions, loaded.letterbox),
+                result.facts)
     except SampleError as exc:
         return "sample", str(exc)
     except Exception as exc:  # a bug for this sample: recorded, the run goes on (not forever)
@@ -297,10 +300,10 @@ class _Writer(threading.Thread):
         s = item.sample
         kind = outcome[0]
         if kind == "ok":
-            _, row, embedding, preds = outcome
+            _, row, embedding, preds, facts = outcome
             self._buffer.append(StoredSample(
                 split=s.split, sample_id=s.sample_id, status=STATUS_OK, row=row, embedding=embedding,
-                predictions=preds, image_id=int(s.image_id), file_name=s.file_name, seq=item.seq))
+                predictions=preds, facts=facts, image_id=int(s.image_id), file_name=s.file_name, seq=item.seq))
             self.summary.computed += 1
         elif kind == "sample":
             self._error(item, outcome[1])

@@ -11,7 +11,13 @@ at any point (SIGKILL included) leaves every committed sample intact and no part
 row: SQLite transactions are atomic. ``synchronous=NORMAL`` keeps commits cheap; a
 power cut may lose the last few commits, never the database's consistency.
 
-Schema (``SCHEMA_VERSION`` 1)::
+Damage: opening a file that is not an SQLite database, a malformed one (``PRAGMA
+quick_check`` fails) or one holding another program's tables moves it aside -- renamed
+to ``results.sqlite.corrupt-<UTC timestamp>`` with its ``-wal``/``-shm`` files, never
+deleted -- logs one warning naming both files and starts a fresh store, so the run
+recomputes everything.
+
+Schema (``SCHEMA_VERSION`` 2; a version-1 file gains the ``facts`` column when opened)::
 
     meta(key TEXT PK, value TEXT)                        schema_version, created
     runs(run_key TEXT PK, created REAL, info TEXT)       info: JSON (model sha256, fingerprint,
@@ -26,6 +32,8 @@ Schema (``SCHEMA_VERSION`` 1)::
             embedding_dim INTEGER
             predictions BLOB       zlib(JSON list of {class_index, score, bbox xywh, segmentation RLE})
                                    at ORIGINAL resolution (NULL on error)
+            facts BLOB             zlib(JSON of SampleEvaluation.facts(): involved instances per
+                                   error kind, hard-region window, instance rows; NULL on error)
             writes INTEGER         times this row was written (1 unless recomputed)
             updated REAL)          unix time of the last write
     artifacts(run_key, name, key -- PK, kind TEXT 'json'|'bytes'|'npy', value BLOB, created REAL)
@@ -49,9 +57,11 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from armbench_segmentation.errors import ArmbenchError
+
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SPLIT_ORDER = ("train", "val", "unlabeled")
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
@@ -72,6 +82,7 @@ CREATE TABLE IF NOT EXISTS samples (
     embedding BLOB,
     embedding_dim INTEGER,
     predictions BLOB,
+    facts BLOB,
     writes INTEGER NOT NULL DEFAULT 1,
     updated REAL NOT NULL,
     PRIMARY KEY (run_key, split, sample_id)
@@ -87,6 +98,50 @@ CREATE TABLE IF NOT EXISTS artifacts (
 );
 CREATE TABLE IF NOT EXISTS file_hashes (path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL);
 """
+
+# table -> columns this code reads and writes (a table lacking one is another program's)
+_COLUMNS: dict[str, frozenset[str]] = {
+    "meta": frozenset({"key", "value"}),
+    "runs": frozenset({"run_key", "created", "info"}),
+    "samples": frozenset({"run_key", "split", "sample_id", "seq", "image_id", "file_name", "status", "error", "row",
+                          "embedding", "embedding_dim", "predictions", "writes", "updated"}),
+    "artifacts": frozenset({"run_key", "name", "key", "kind", "value", "created"}),
+    "file_hashes": frozenset({"path", "size", "mtime_ns", "sha256"}),
+}
+# sqlite error codes that mean "the file is damaged", not "it cannot be opened now"
+_DAMAGE_CODES = {"SQLITE_NOTADB", "SQLITE_CORRUPT", "SQLITE_FORMAT"}
+_DAMAGE_WORDS = ("file is not a database", "malformed", "corrupt")
+SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+class DamagedStoreError(Exception):
+    """The store file is not a usable results store (internal: it is moved aside)."""
+
+
+def _is_damage(exc: sqlite3.DatabaseError) -> bool:
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if any(name.startswith(code) for code in _DAMAGE_CODES):
+        return True
+    text = str(exc).lower()
+    return any(word in text for word in _DAMAGE_WORDS)
+
+
+def move_aside(path: Path, stamp: str | None = None) -> Path:
+    """Rename ``path`` (and its ``-wal``/``-shm``/``-journal`` files) to
+    ``<name>.corrupt-<stamp>[-wal|...]`` next to it; never deletes. Returns the new path."""
+    path = Path(path)
+    stamp = stamp or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while any(Path(str(target) + side).exists() for side in ("",) + SIDE_FILES):
+        n += 1
+        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+    for side in SIDE_FILES:  # side files first: a crash between renames leaves no orphaned WAL
+        src = Path(str(path) + side)
+        if src.exists():
+            src.rename(str(target) + side)
+    path.rename(target)
+    return target
 
 
 # ---------------------------------------------------------------------------- run keys
@@ -120,6 +175,7 @@ class StoredSample:
     row: Mapping[str, Any] | None = None
     embedding: np.ndarray | None = None
     predictions: list[dict] | None = None
+    facts: Mapping[str, Any] | None = None
     image_id: int | None = None
     file_name: str | None = None
     error: str | None = None
@@ -194,23 +250,110 @@ class ResultsStore:
 
     def __init__(self, path: str | Path, run_key: str | None = None):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.moved_to: Path | None = None  # where a damaged file found at ``path`` was moved
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ArmbenchError(f"cannot create the folder of the results store {self.path}: "
+                                f"{exc.strerror or exc}; choose another --out folder") from None
+        if self.path.exists() and not self.path.is_file():
+            raise ArmbenchError(f"results store {self.path} exists and is not a file; move it away or choose "
+                                f"another --out folder")
         self._lock = threading.RLock()
-        self._conn = sqlite3.connect(str(self.path), timeout=60, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute("PRAGMA foreign_keys=ON")
-        self._conn.executescript(_SCHEMA)
-        row = self._conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if row is None:
-            self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('created', ?)", (str(time.time()),))
-        elif int(row[0]) != SCHEMA_VERSION:
-            raise ValueError(f"results store {self.path} has schema version {row[0]}, this code reads "
-                             f"{SCHEMA_VERSION}; use another --out folder or delete the file")
+        try:
+            self._conn = self._open()
+        except DamagedStoreError as exc:
+            self.moved_to = move_aside(self.path)
+            logger.warning("results store %s is damaged (%s): moved it to %s and starting a fresh store "
+                           "(every sample is computed again)", self.path, exc, self.moved_to)
+            try:
+                self._conn = self._open()
+            except DamagedStoreError as again:  # pragma: no cover - a fresh file cannot be damaged
+                raise ArmbenchError(f"cannot create a results store at {self.path}: {again}") from None
         self.run_key: str | None = None
         if run_key is not None:
             self.start_run(run_key)
+
+    def _open(self) -> sqlite3.Connection:
+        """Connect, check the file, create the schema. DamagedStoreError when the file is
+        not a results store; ArmbenchError when it cannot be opened (permissions, locked)."""
+        if self.path.is_file() and self.path.stat().st_size > 0:
+            self._check_file()
+        try:
+            conn = sqlite3.connect(str(self.path), timeout=60, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise ArmbenchError(f"cannot open the results store {self.path}: {exc}; check the permissions "
+                                f"of the --out folder or choose another") from None
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.executescript(_SCHEMA)
+            row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if row is None:
+                conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                conn.execute("INSERT OR IGNORE INTO meta VALUES ('created', ?)", (str(time.time()),))
+            elif not str(row[0]).strip().isdigit():
+                raise DamagedStoreError(f"schema_version is {row[0]!r}, not a number")
+            elif int(row[0]) == 1:  # version 1 lacks the facts column; its rows stay readable
+                conn.execute("ALTER TABLE samples ADD COLUMN facts BLOB")
+                conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+            elif int(row[0]) != SCHEMA_VERSION:
+                raise ArmbenchError(f"results store {self.path} has schema version {row[0]}, this version of "
+                                    f"armbench reads {SCHEMA_VERSION}; use another --out folder, or the armbench "
+                                    f"version that wrote it")
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            if _is_damage(exc):
+                raise DamagedStoreError(str(exc)) from None
+            raise ArmbenchError(f"cannot use the results store {self.path}: {exc}"
+                                + ("; another armbench process may be using this --out folder"
+                                   if "locked" in str(exc).lower() else "")) from None
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _check_file(self) -> None:
+        """DamagedStoreError unless the file holds this store's tables intact.
+
+        Read through a read-only connection: closing a writable one would checkpoint and
+        delete the ``-wal`` file, which must move aside with a damaged database.
+        """
+        try:
+            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
+        except sqlite3.Error:
+            return  # cannot even be opened read-only: the writable open reports why
+        try:
+            self._check(conn)
+        except sqlite3.DatabaseError as exc:
+            if _is_damage(exc):
+                raise DamagedStoreError(str(exc)) from None
+            if isinstance(exc, sqlite3.OperationalError) and "locked" not in str(exc).lower():
+                return  # e.g. read-only access needs files it cannot create: the writable open decides
+            raise ArmbenchError(f"cannot use the results store {self.path}: {exc}"
+                                + ("; another armbench process may be using this --out folder"
+                                   if "locked" in str(exc).lower() else "")) from None
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _check(conn: sqlite3.Connection) -> None:
+        """DamagedStoreError unless ``conn`` is empty or holds this store's tables intact."""
+        t0 = time.perf_counter()
+        result = [r[0] for r in conn.execute("PRAGMA quick_check(5)").fetchall()]
+        if result != ["ok"]:
+            raise DamagedStoreError("quick_check: " + "; ".join(str(r) for r in result)[:300])
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        tables = {t for t in tables if not t.startswith("sqlite_")}
+        if tables and not tables & set(_COLUMNS):
+            raise DamagedStoreError(f"it holds other tables ({', '.join(sorted(tables)[:5])}), not a results store")
+        for table in tables & set(_COLUMNS):
+            columns = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+            missing = _COLUMNS[table] - columns
+            if missing:
+                raise DamagedStoreError(f"table {table} lacks columns {sorted(missing)}")
+        logger.debug("results store checked in %.3f s", time.perf_counter() - t0)
 
     # ------------------------------------------------------------------ plumbing
     class _Tx:
@@ -306,21 +449,23 @@ class ResultsStore:
                 emb = np.ascontiguousarray(np.asarray(s.embedding, dtype="<f4").reshape(-1))
                 emb_blob, dim = emb.tobytes(), int(emb.size)
             preds = None if s.predictions is None else zlib.compress(json.dumps(s.predictions).encode(), 6)
+            facts = None if s.facts is None else zlib.compress(
+                json.dumps(s.facts, allow_nan=False, default=_json_default).encode(), 6)
             row = None if s.row is None else json.dumps(clean_row(s.row), allow_nan=False)
             params.append((key, s.split, s.sample_id, s.seq, s.image_id, s.file_name, s.status, s.error,
-                           row, emb_blob, dim, preds, now))
+                           row, emb_blob, dim, preds, facts, now))
         if not params:
             return 0
         with self._transaction() as cur:
             cur.executemany(
                 """INSERT INTO samples (run_key, split, sample_id, seq, image_id, file_name, status, error,
-                                        row, embedding, embedding_dim, predictions, updated)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                        row, embedding, embedding_dim, predictions, facts, updated)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                    ON CONFLICT (run_key, split, sample_id) DO UPDATE SET
                        seq=excluded.seq, image_id=excluded.image_id, file_name=excluded.file_name,
                        status=excluded.status, error=excluded.error, row=excluded.row,
                        embedding=excluded.embedding, embedding_dim=excluded.embedding_dim,
-                       predictions=excluded.predictions, updated=excluded.updated,
+                       predictions=excluded.predictions, facts=excluded.facts, updated=excluded.updated,
                        writes=samples.writes + 1""",
                 params,
             )
@@ -435,6 +580,31 @@ class ResultsStore:
         if not rows:
             return None
         return [] if rows[0][0] is None else json.loads(zlib.decompress(rows[0][0]))
+
+    def sample_facts(self, split: str, sample_id: str) -> dict[str, Any] | None:
+        """One finished sample's stored facts (``SampleEvaluation.facts()``); None when the
+        sample is not finished or was stored without facts."""
+        rows = self._query("SELECT facts FROM samples WHERE run_key=? AND split=? AND sample_id=? "
+                           "AND status='ok'", (self._require_run(), split, sample_id))
+        if not rows or rows[0][0] is None:
+            return None
+        return json.loads(zlib.decompress(rows[0][0]))
+
+    def facts(self, chunk: int = 256) -> Iterator[tuple[str, str, dict[str, Any] | None]]:
+        """Yield (split, sample_id, facts) for every finished sample of the run in split and
+        sample order, streaming (``chunk`` rows in memory at a time)."""
+        order = " ".join(f"WHEN '{s}' THEN {i}" for i, s in enumerate(SPLIT_ORDER))
+        with self._lock:
+            cur = self._conn.execute(
+                f"SELECT split, sample_id, facts FROM samples WHERE run_key=? AND status='ok' "
+                f"ORDER BY CASE split {order} ELSE {len(SPLIT_ORDER)} END, seq, sample_id", (self._require_run(),))
+        while True:
+            with self._lock:
+                rows = cur.fetchmany(chunk)
+            if not rows:
+                return
+            for split, sid, blob in rows:
+                yield split, sid, (None if blob is None else json.loads(zlib.decompress(blob)))
 
     def errors(self):
         """DataFrame (split, sample_id, file_name, error) of samples that failed in the current run."""

@@ -1,5 +1,5 @@
-"""Losses of one sample: the YOLOv5-seg training loss, recomputed from ONNX outputs, and a
-bounded, human-readable loss.
+"""The loss of one sample: the YOLOv5-seg training loss, recomputed from ONNX outputs.
+(The bounded ``1 - F1`` companion is ``metrics.matching.error_rate``.)
 
 ``yolov5_seg_loss`` reproduces ``yolov5.utils.segment.loss.ComputeLoss(model, overlap=False)``
 (yolov5 7.0) for a batch of one, with the hyperparameters scaled the way
@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import numpy as np
 
@@ -50,8 +49,6 @@ __all__ = [
     "HYP_SCRATCH_LOW",
     "P_CLIP",
     "probability_to_logit",
-    "readable_loss",
-    "readable_loss_from_counts",
     "yolov5_seg_loss",
 ]
 
@@ -385,37 +382,3 @@ def _mask_loss(mask_parts: list, proto: np.ndarray, gt: Instances, mask_hw: tupl
         if in_layer.any():
             total += float(np.mean(per_match[in_layer]))
     return total
-
-
-# ---------------------------------------------------------------------------- readable loss
-def readable_loss_from_counts(tp: int, fp: int, fn: int) -> float:
-    """``1 - F1`` of instance matches, in [0, 1]: ``(fp + fn) / (2 tp + fp + fn)``.
-
-    0.0 when there is nothing to find and nothing predicted (tp = fp = fn = 0).
-    """
-    counts = []
-    for name, value in (("tp", tp), ("fp", fp), ("fn", fn)):
-        v = int(value)
-        if v != value or v < 0:
-            raise ValueError(f"{name} must be a non-negative integer count, got {value!r}")
-        counts.append(v)
-    tp_, fp_, fn_ = counts
-    denom = 2 * tp_ + fp_ + fn_
-    return 0.0 if denom == 0 else (fp_ + fn_) / denom
-
-
-def readable_loss(result: Any) -> float:
-    """``readable_loss_from_counts`` of a match result (mask matches at IoU 0.5).
-
-    ``result`` is anything with integer ``tp``, ``fp``, ``fn`` attributes (e.g.
-    ``metrics.matching.MatchResult``) or such keys (a mapping).
-    """
-    if isinstance(result, Mapping):
-        getter = result.__getitem__
-    else:
-        getter = lambda k: getattr(result, k)  # noqa: E731
-    try:
-        tp, fp, fn = (getter(k) for k in ("tp", "fp", "fn"))
-    except (KeyError, AttributeError) as exc:
-        raise TypeError(f"readable_loss needs tp/fp/fn counts, got {type(result).__name__} without {exc}") from None
-    return readable_loss_from_counts(tp, fp, fn)

@@ -37,6 +37,7 @@ __all__ = [
     "MatchResult",
     "ConfusionRecord",
     "coco_match",
+    "error_rate",
     "average_precision",
     "pair_iou",
     "match",
@@ -219,6 +220,24 @@ def precision_recall_f1(tp: int, fp: int, fn: int) -> tuple[float, float, float]
     recall = tp / (tp + fn) if tp + fn else 1.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return float(precision), float(recall), float(f1)
+
+
+def error_rate(tp: int, fp: int, fn: int) -> float:
+    """``1 - F1`` of instance matches, in [0, 1]: ``(fp + fn) / (2 tp + fp + fn)``; 0.0 when
+    there is nothing to find and nothing predicted (tp = fp = fn = 0).
+
+    Raises:
+        ValueError: a count that is not a non-negative integer.
+    """
+    counts = []
+    for name, value in (("tp", tp), ("fp", fp), ("fn", fn)):
+        v = int(value)
+        if v != value or v < 0:
+            raise ValueError(f"{name} must be a non-negative integer count, got {value!r}")
+        counts.append(v)
+    tp_, fp_, fn_ = counts
+    denom = 2 * tp_ + fp_ + fn_
+    return 0.0 if denom == 0 else (fp_ + fn_) / denom
 
 
 def match(

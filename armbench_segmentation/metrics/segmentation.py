@@ -62,6 +62,9 @@ class SegmentationErrors:
         duplicate_count: redundant predictions (each duplicate group of k counts k - 1).
         duplicate_group_count: number of duplicate groups.
         duplicate_pred_ids: ids of every prediction in a duplicate group.
+        duplicate_redundant_ids: ids of the redundant copies: each group without its
+            best-scoring member (``duplicate_count`` of them).
+        duplicate_gt_ids: ids of the GT objects holding a duplicate group.
         num_gt / num_pred: instances of the evaluated classes.
         per_class: class name -> the same record for that class alone (empty inside a
             per-class record).
@@ -86,6 +89,8 @@ class SegmentationErrors:
     duplicate_count: int = 0
     duplicate_group_count: int = 0
     duplicate_pred_ids: np.ndarray = field(default_factory=lambda: _EMPTY_IDS)
+    duplicate_redundant_ids: np.ndarray = field(default_factory=lambda: _EMPTY_IDS)
+    duplicate_gt_ids: np.ndarray = field(default_factory=lambda: _EMPTY_IDS)
     num_gt: int = 0
     num_pred: int = 0
     per_class: dict[str, "SegmentationErrors"] = field(default_factory=dict)
@@ -198,6 +203,7 @@ def _class_errors(
     n_contained = contains.sum(axis=1)  # (G,) legacy parts
     labels = np.arange(p, dtype=np.int64)
     dup_members = np.zeros(p, bool)
+    redundant = np.zeros(p, bool)
     n_groups = n_dups = 0
     if pred_iou is not None and (n_contained > 1).any():
         c32 = contains.astype(np.float32)  # BLAS matmul; counts are exact in float32
@@ -209,6 +215,11 @@ def _class_errors(
         dup_members = sizes[labels] > 1
         n_groups = int((sizes > 1).sum())
         n_dups = int((sizes[sizes > 1] - 1).sum())
+        # the best-scoring member of each group stays (ties: the lowest index); the rest are copies
+        order = np.argsort(-scores.astype(np.float64), kind="mergesort") if scores is not None else np.arange(p)
+        _, first = np.unique(labels[order], return_index=True)
+        redundant = dup_members.copy()
+        redundant[order[first]] = False
     # parts after collapsing duplicate groups: distinct labels among contained predictions
     gi, pj = np.nonzero(contains)  # contained (GT, prediction) pairs
     distinct = np.unique(gi * p + labels[pj])  # (GT, duplicate group) pairs
@@ -243,6 +254,8 @@ def _class_errors(
         duplicate_count=n_dups,
         duplicate_group_count=n_groups,
         duplicate_pred_ids=np.unique(pred_ids[dup_members]),
+        duplicate_redundant_ids=np.unique(pred_ids[redundant]),
+        duplicate_gt_ids=np.unique(gt_ids[contains[:, dup_members].any(axis=1)]),
         num_gt=g,
         num_pred=p,
         _over_parts_sum=int(parts[over].sum()),
@@ -288,6 +301,8 @@ def _combine(records: dict[str, SegmentationErrors]) -> SegmentationErrors:
         duplicate_count=total("duplicate_count"),
         duplicate_group_count=total("duplicate_group_count"),
         duplicate_pred_ids=cat("duplicate_pred_ids"),
+        duplicate_redundant_ids=cat("duplicate_redundant_ids"),
+        duplicate_gt_ids=cat("duplicate_gt_ids"),
         num_gt=total("num_gt"),
         num_pred=total("num_pred"),
         per_class=dict(records),

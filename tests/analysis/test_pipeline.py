@@ -9,7 +9,6 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from armbench_segmentation.analysis.pipeline import (
-    LABELED_ONLY_COLUMNS,
     RawSample,
     compact_predictions,
     fallback_embedding,
@@ -18,6 +17,7 @@ from armbench_segmentation.analysis.pipeline import (
     split_raw,
 )
 from armbench_segmentation.data.letterbox import Letterbox
+from armbench_segmentation.metrics.sample_evaluation import labeled_column_names
 from armbench_segmentation.structures import Instances
 
 from test_runner import build_model, make_settings  # noqa: E402  (sibling test module, same folder)
@@ -98,10 +98,11 @@ def test_labeled_row_has_every_metric(env):
     result, sample = _result(env, "val")
     row = result.row
     for col in ("split", "sample_id", "file_name", "over_segmented_count", "under_segmented_count", "tp", "fp", "fn",
-                "precision", "recall", "f1", "mean_iou", "ap", "loss", "yolo_loss_total", "n_pred"):
+                "precision", "recall", "f1", "mean_iou", "ap", "loss", "error_rate", "yolo_loss_total", "n_pred"):
         assert col in row, col
     assert row["sample_id"] == sample.sample_id and row["split"] == "val"
-    assert 0.0 <= row["loss"] <= 1.0
+    assert row["loss"] == row["yolo_loss_total"] > 0  # the model's loss, as on the platform
+    assert row["error_rate"] == pytest.approx((row["fp"] + row["fn"]) / (2 * row["tp"] + row["fp"] + row["fn"]))
     assert row["tp"] + row["fn"] >= 1  # val images have ground truth
     assert row["n_pred"] == len(result.predictions)
     assert result.embedding.dtype == np.float32 and result.embedding.shape == (8,)
@@ -113,7 +114,7 @@ def test_unlabeled_row_has_none_metrics_and_same_columns(env):
     labeled, _ = _result(env, "val")
     unlabeled, _ = _result(env, "unlabeled")
     assert set(unlabeled.row) == set(labeled.row)
-    for col in LABELED_ONLY_COLUMNS + ("over_segmented_count", "under_segmented_count"):
+    for col in labeled_column_names(env[0].data.class_names) + ("over_segmented_count", "under_segmented_count"):
         assert unlabeled.row[col] is None, col
     assert unlabeled.row["n_pred"] >= 1 and _no_nan(unlabeled.row)
 

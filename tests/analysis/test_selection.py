@@ -220,25 +220,31 @@ def test_prune_exports_and_pruned_coco(tmp_path):
 # ------------------------------------------------------------------ galleries (report.py)
 
 def test_gallery_ranks_by_count_then_loss_and_skips_unavailable_images(tmp_path):
-    from armbench_segmentation.analysis.report import build_gallery, worst_samples
+    from armbench_segmentation.analysis.report import ErrorView, build_gallery, worst_samples
     from armbench_segmentation.errors import SampleError
 
     frame = pd.DataFrame({"sample_id": ["a", "b", "c", "d", "e"], "over_segmented_count": [1, 3, 0, 3, None],
                           "loss": [0.9, 0.2, 1.0, 0.5, 0.9]})
     assert worst_samples(frame, "over", 10)["sample_id"].tolist() == ["d", "b", "a"]
     assert worst_samples(frame, "under").empty  # column missing: no gallery, no error
+    counts = dict(zip(frame["sample_id"], frame["over_segmented_count"]))
 
     def provider(sid, kind):
+        assert kind == "over_segmented"
         if sid == "b":
             raise SampleError(sid, "image missing")
-        return np.full((50, 80, 3), 200, np.uint8)
+        ids = tuple(range(int(counts[sid])))
+        return ErrorView(np.full((50, 80, 3), 200, np.uint8), kind, ids, (7,), ids)
 
     g = build_gallery(frame, "over", provider, n=3, out_dir=tmp_path, max_side=40)
     assert [it.sample_id for it in g.items] == ["d", "a"] and "1 samples skipped" in g.notes[0]
     assert g.items[0].caption == "#1 d: 3 over-segmented, loss 0.50"
     assert sorted(p.name for p in (tmp_path / "galleries" / "over").iterdir()) == ["01_d.jpg", "03_a.jpg"]
+    assert g.items[0].count == len(g.items[0].drawn_counted) == 3
     with pytest.raises(ValueError, match="gallery kind"):
         worst_samples(frame, "sideways")
+    with pytest.raises(RuntimeError, match="inconsistent"):  # a view that draws other errors than it counts
+        build_gallery(frame, "over", lambda sid, kind: ErrorView(np.zeros((5, 5, 3), np.uint8), kind, (), (), ()))
 
 
 def test_bare_uncertainty_names_from_the_core_work():

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -27,8 +26,6 @@ from armbench_segmentation.metrics import loss as loss_mod
 from armbench_segmentation.metrics.loss import (
     P_CLIP,
     probability_to_logit,
-    readable_loss,
-    readable_loss_from_counts,
     yolov5_seg_loss,
 )
 from armbench_segmentation.structures import Instances
@@ -244,25 +241,3 @@ def test_input_validation():
     bad[0, 4] = np.nan
     with pytest.raises(ValueError, match="not finite"):
         yolov5_seg_loss(bad, protos, gt, hw)
-
-
-# ---------------------------------------------------------------- readable loss
-@pytest.mark.parametrize(
-    "tp,fp,fn,expected",
-    [(0, 0, 0, 0.0), (5, 0, 0, 0.0), (0, 3, 0, 1.0), (0, 0, 2, 1.0), (3, 1, 2, 3 / 9), (1, 1, 0, 1 / 3)],
-)
-def test_readable_loss_from_counts(tp, fp, fn, expected):
-    assert readable_loss_from_counts(tp, fp, fn) == pytest.approx(expected)
-    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
-    assert readable_loss_from_counts(tp, fp, fn) == pytest.approx(1 - f1)
-
-
-def test_readable_loss_accepts_match_results():
-    assert readable_loss(SimpleNamespace(tp=3, fp=1, fn=2, f1=2 / 3)) == pytest.approx(1 / 3)
-    assert readable_loss({"tp": np.int64(2), "fp": 0, "fn": 2}) == pytest.approx(1 / 3)
-    with pytest.raises(TypeError):
-        readable_loss(SimpleNamespace(tp=1))
-    with pytest.raises(ValueError):
-        readable_loss_from_counts(-1, 0, 0)
-    with pytest.raises(ValueError):
-        readable_loss_from_counts(1.5, 0, 0)

@@ -169,3 +169,24 @@ def test_frames_and_scores_are_checked():
         match(GT, Instances(np.zeros((1, 4)), [0], (5, 5), scores=[0.5]))
     with pytest.raises(ValueError, match="scores"):
         match(GT, GT)
+
+
+# ---------------------------------------------------------------- error rate (1 - F1)
+@pytest.mark.parametrize(
+    "tp,fp,fn,expected",
+    [(0, 0, 0, 0.0), (5, 0, 0, 0.0), (0, 3, 0, 1.0), (0, 0, 2, 1.0), (3, 1, 2, 3 / 9), (1, 1, 0, 1 / 3)],
+)
+def test_error_rate_is_one_minus_f1(tp, fp, fn, expected):
+    from armbench_segmentation.metrics.matching import error_rate, precision_recall_f1
+
+    assert error_rate(tp, fp, fn) == pytest.approx(expected)
+    if tp + fp + fn:
+        assert error_rate(tp, fp, fn) == pytest.approx(1 - precision_recall_f1(tp, fp, fn)[2])
+
+
+@pytest.mark.parametrize("bad", [(-1, 0, 0), (1.5, 0, 0)])
+def test_error_rate_rejects_non_counts(bad):
+    from armbench_segmentation.metrics.matching import error_rate
+
+    with pytest.raises(ValueError):
+        error_rate(*bad)
