@@ -2,16 +2,23 @@
 
 Precedence (later wins): packaged defaults < user config file < environment < CLI flags.
 Nothing is written anywhere: loading settings has no side effects.
+
+Every field declares its constraint next to it (``field(metadata=_rule(...))``): a type,
+a range, a set of choices. :func:`load_settings` checks all of them before any work starts
+and raises :class:`ConfigError` naming the key, the valid range or choices, the value and
+where it came from, e.g. ``model.conf_threshold must be in [0, 1], got 7 (from --conf-threshold)``.
+Choices of the analysis methods are read from the registries that implement them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
@@ -34,31 +41,105 @@ ENV_OVERRIDES: dict[str, str] = {
     "ARMBENCH_NUM_THREADS": "model.num_threads",
 }
 
+DEVICES = ("auto", "cpu", "cuda")
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+DEFAULTS_SOURCE = "packaged defaults"
 
-def _size(value: Any, key: str) -> int | None:
-    """Split sizes: a positive int, or "all"/None for the whole file (returned as None)."""
-    if value is None or (isinstance(value, str) and value.strip().lower() == "all"):
-        return None
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key} must be a positive integer or 'all', got {value!r}") from None
-    if n < 0:
-        raise ConfigError(f"{key} must be >= 0 or 'all', got {n}")
-    return n
+
+# ---------------------------------------------------------------------------- constraints
+@dataclass(frozen=True)
+class Rule:
+    """The constraint of one setting.
+
+    Attributes:
+        kind: ``int``, ``float``, ``bool``, ``str`` (one of ``choices``), ``path``,
+            ``names`` (non-empty list of distinct names) or ``size`` (int or "all" -> None).
+        low, high: inclusive bounds (None = unbounded); ``low_open``/``high_open`` exclude them.
+        nullable: None (YAML null) is a valid value.
+        choices: valid strings, or a callable returning them (read lazily from a registry).
+        note: what None or a special value means, shown in the message.
+    """
+
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    nullable: bool = False
+    choices: tuple[str, ...] | Callable[[], Iterable[str]] | None = None
+    note: str = ""
+
+    def choice_names(self) -> tuple[str, ...]:
+        names = self.choices() if callable(self.choices) else self.choices
+        return tuple(sorted(str(n) for n in (names or ())))
+
+    def describe(self) -> str:
+        """The valid values in words: 'in [0, 1]', 'an integer >= 1', 'one of [...]'."""
+        if self.kind == "bool":
+            text = f"true or false ({'/'.join(TRUE_WORDS)} or {'/'.join(FALSE_WORDS)})"
+        elif self.kind == "str":
+            text = f"one of {list(self.choice_names())}"
+        elif self.kind == "path":
+            text = "a file or folder path"
+        elif self.kind == "names":
+            text = "a non-empty list of distinct names"
+        else:
+            noun = "a number" if self.kind == "float" else "an integer"
+            if self.low is not None and self.high is not None:
+                text = (f"{noun} in {'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}"
+                        f"{')' if self.high_open else ']'}")
+            elif self.low is not None:
+                text = f"{noun} {'>' if self.low_open else '>='} {_num(self.low)}"
+            elif self.high is not None:
+                text = f"{noun} {'<' if self.high_open else '<='} {_num(self.high)}"
+            else:
+                text = noun
+            if self.kind == "size":
+                text += " or 'all'"
+        if self.nullable and self.kind != "size":
+            text += " or null"
+        return text + (f" ({self.note})" if self.note else "")
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else str(v)
+
+
+def _rule(kind: str, **kw: Any) -> dict[str, Rule]:
+    return {"rule": Rule(kind, **kw)}
+
+
+def _registry_names(module: str, attribute: str) -> Callable[[], tuple[str, ...]]:
+    """Names of a registry dict, imported only when a setting is checked."""
+    def names() -> tuple[str, ...]:
+        import importlib
+
+        return tuple(getattr(importlib.import_module(module), attribute))
+    names.__qualname__ = f"{module}.{attribute}"
+    return names
+
+
+PROJECTION_NAMES = _registry_names("armbench_segmentation.analysis.projection", "PROJECTIONS")
+CLUSTERING_NAMES = _registry_names("armbench_segmentation.analysis.clustering", "CLUSTERERS")
+LABEL_STRATEGY_NAMES = _registry_names("armbench_segmentation.analysis.selection", "LABEL_STRATEGIES")
+
+_UNIT = dict(low=0.0, high=1.0)
+_SIZE = _rule("size", low=0, note="0 skips the split, 'all' takes every image")
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    path: Path = DEFAULT_DATASET_DIR
-    class_names: tuple[str, ...] = ("Object", "Tote")
-    train_size: int | None = 1000
-    val_size: int | None = 1000
-    unlabeled_size: int | None = 1000
-    seed: int = 0
-    image_size: int = 640
-    max_instances: int | None = None
-    reduced_decode: bool = True
+    path: Path = field(default=DEFAULT_DATASET_DIR, metadata=_rule("path", nullable=True))
+    class_names: tuple[str, ...] = field(default=("Object", "Tote"), metadata=_rule("names"))
+    train_size: int | None = field(default=1000, metadata=_SIZE)
+    val_size: int | None = field(default=1000, metadata=_SIZE)
+    unlabeled_size: int | None = field(default=1000, metadata=_SIZE)
+    seed: int = field(default=0, metadata=_rule("int", low=0))
+    image_size: int = field(default=640, metadata=_rule("int", low=32, high=8192))
+    max_instances: int | None = field(default=None, metadata=_rule("int", low=1, nullable=True,
+                                                                    note="null = derived from the data"))
+    reduced_decode: bool = field(default=True, metadata=_rule("bool"))
 
     def split_size(self, split: str) -> int | None:
         return {"train": self.train_size, "val": self.val_size, "unlabeled": self.unlabeled_size}[split]
@@ -66,36 +147,37 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    path: Path = DEFAULT_MODEL_PATH
-    conf_threshold: float = 0.25
-    iou_threshold: float = 0.45
-    max_detections: int = 300
-    mask_threshold: float = 0.5
-    num_threads: int | None = None
-    device: str = "auto"
-    batch_size: int = 1
-    intra_op_spinning: bool = False
+    path: Path = field(default=DEFAULT_MODEL_PATH, metadata=_rule("path", nullable=True))
+    conf_threshold: float = field(default=0.25, metadata=_rule("float", **_UNIT))
+    iou_threshold: float = field(default=0.45, metadata=_rule("float", **_UNIT))
+    max_detections: int = field(default=300, metadata=_rule("int", low=1))
+    mask_threshold: float = field(default=0.5, metadata=_rule("float", **_UNIT))
+    num_threads: int | None = field(default=None, metadata=_rule("int", low=0, nullable=True,
+                                                                  note="null or 0 = onnxruntime's default"))
+    device: str = field(default="auto", metadata=_rule("str", choices=DEVICES))
+    batch_size: int = field(default=1, metadata=_rule("int", low=1))
+    intra_op_spinning: bool = field(default=False, metadata=_rule("bool"))
 
 
 @dataclass(frozen=True)
 class MetricsConfig:
-    ioa_threshold: float = 0.8
-    segmentation_classes: tuple[str, ...] = ("Object",)
-    match_iou: float = 0.5
-    duplicate_iou: float = 0.85
-    small_area_fraction: float = 0.005
-    low_confidence: float = 0.5
+    ioa_threshold: float = field(default=0.8, metadata=_rule("float", low=0.0, high=1.0, low_open=True))
+    segmentation_classes: tuple[str, ...] = field(default=("Object",), metadata=_rule("names"))
+    match_iou: float = field(default=0.5, metadata=_rule("float", low=0.0, high=1.0, low_open=True))
+    duplicate_iou: float = field(default=0.85, metadata=_rule("float", low=0.0, high=1.0, low_open=True))
+    small_area_fraction: float = field(default=0.005, metadata=_rule("float", **_UNIT))
+    low_confidence: float = field(default=0.5, metadata=_rule("float", **_UNIT))
 
 
 @dataclass(frozen=True)
 class AnalysisConfig:
-    projection: str = "pca"
-    clustering: str = "kmeans"
-    n_clusters: int = 8
-    label_budget: int = 50
-    label_strategy: str = "combined"
-    prune_keep_fraction: float = 0.8
-    gallery_size: int = 12
+    projection: str = field(default="pca", metadata=_rule("str", choices=PROJECTION_NAMES))
+    clustering: str = field(default="kmeans", metadata=_rule("str", choices=CLUSTERING_NAMES))
+    n_clusters: int = field(default=8, metadata=_rule("int", low=1))
+    label_budget: int = field(default=50, metadata=_rule("int", low=0))
+    label_strategy: str = field(default="combined", metadata=_rule("str", choices=LABEL_STRATEGY_NAMES))
+    prune_keep_fraction: float = field(default=0.8, metadata=_rule("float", low=0.0, high=1.0, low_open=True))
+    gallery_size: int = field(default=12, metadata=_rule("int", low=1))
 
 
 @dataclass(frozen=True)
@@ -106,8 +188,10 @@ class Settings:
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
 
     def replace(self, overrides: Mapping[str, Any]) -> "Settings":
-        """A copy with dotted-key overrides applied, e.g. ``{"data.path": "/x"}``."""
-        return _build(_merge(self.to_dict(), _nest(overrides)))
+        """A copy with dotted-key overrides applied, e.g. ``{"data.path": "/x"}`` (checked)."""
+        sources: dict[str, str] = {}
+        values = _merge(self.to_dict(), _nest(overrides), source="overrides", sources=sources)
+        return _build(values, sources)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -135,6 +219,12 @@ class Settings:
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "metrics": MetricsConfig, "analysis": AnalysisConfig}
 
 
+def rules() -> dict[str, Rule]:
+    """Dotted key -> the Rule of every setting."""
+    return {f"{section}.{f.name}": f.metadata["rule"]
+            for section, cls in _SECTIONS.items() for f in dataclasses.fields(cls)}
+
+
 def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
     nested: dict[str, Any] = {}
     for key, value in flat.items():
@@ -145,7 +235,10 @@ def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
     return nested
 
 
-def _merge(base: dict[str, Any], extra: Mapping[str, Any], source: str = "overrides") -> dict[str, Any]:
+def _merge(base: dict[str, Any], extra: Mapping[str, Any], source: str = "overrides",
+           sources: dict[str, str] | None = None, key_sources: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``base`` with ``extra``'s sections merged in; ``sources`` records where each key came
+    from (``key_sources`` can name it per dotted key, e.g. the flag)."""
     out = {k: dict(v) for k, v in base.items()}
     for section, values in (extra or {}).items():
         if section not in _SECTIONS:
@@ -157,49 +250,140 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any], source: str = "overri
             if name not in valid:
                 raise ConfigError(f"{source}: unknown key {section}.{name}; valid keys: {sorted(valid)}")
             out[section][name] = value
+            if sources is not None:
+                sources[f"{section}.{name}"] = (key_sources or {}).get(f"{section}.{name}", source)
     return out
 
 
-def _coerce(cls: type, values: dict[str, Any]) -> Any:
+class _Invalid(Exception):
+    """A value outside its rule (turned into a ConfigError with the key and source)."""
+
+
+def _to_int(v: Any) -> int:
+    if isinstance(v, bool):
+        raise _Invalid
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float):
+        if not v.is_integer():
+            raise _Invalid
+        return int(v)
+    if isinstance(v, str):
+        text = v.strip()
+        try:
+            return int(text)
+        except ValueError:
+            try:
+                f = float(text)
+            except ValueError:
+                raise _Invalid from None
+            if not f.is_integer():
+                raise _Invalid from None
+            return int(f)
+    raise _Invalid
+
+
+def _to_float(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        raise _Invalid
+    try:
+        f = float(v.strip() if isinstance(v, str) else v)
+    except ValueError:
+        raise _Invalid from None
+    if not math.isfinite(f):
+        raise _Invalid
+    return f
+
+
+def _to_bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, int) and v in (0, 1):
+        return bool(v)
+    if isinstance(v, str):
+        word = v.strip().lower()
+        if word in TRUE_WORDS:
+            return True
+        if word in FALSE_WORDS:
+            return False
+    raise _Invalid
+
+
+def _to_names(v: Any) -> tuple[str, ...]:
+    if isinstance(v, str):
+        v = v.split(",")
+    if not isinstance(v, (list, tuple)):
+        raise _Invalid
+    names = tuple(str(n).strip() for n in v)
+    if not names or any(not n for n in names) or len(set(names)) != len(names):
+        raise _Invalid
+    return names
+
+
+def _in_range(rule: Rule, x: float) -> bool:
+    if rule.low is not None and (x < rule.low or (rule.low_open and x == rule.low)):
+        return False
+    if rule.high is not None and (x > rule.high or (rule.high_open and x == rule.high)):
+        return False
+    return True
+
+
+def check_value(key: str, value: Any, rule: Rule, source: str = DEFAULTS_SOURCE) -> Any:
+    """``value`` converted to the rule's type, or ConfigError naming ``key``, the valid values,
+    the value received and its ``source``."""
+    def bad() -> ConfigError:
+        return ConfigError(f"{key} must be {rule.describe()}, got {value!r} (from {source})")
+
+    if value is None or (rule.kind == "size" and isinstance(value, str) and value.strip().lower() == "all"):
+        if rule.nullable or rule.kind == "size":
+            return None
+        raise bad()
+    try:
+        if rule.kind == "path":
+            if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+                raise _Invalid
+            return Path(os.path.expanduser(str(value)))
+        if rule.kind == "names":
+            return _to_names(value)
+        if rule.kind == "bool":
+            return _to_bool(value)
+        if rule.kind == "str":
+            if not isinstance(value, str):
+                raise _Invalid
+            word = value.strip().lower()
+            if word not in rule.choice_names():
+                raise _Invalid
+            return word
+        number: float = _to_float(value) if rule.kind == "float" else _to_int(value)
+    except _Invalid:
+        raise bad() from None
+    if not _in_range(rule, number):
+        raise bad()
+    return number
+
+
+def _coerce(section: str, cls: type, values: dict[str, Any], sources: Mapping[str, str]) -> Any:
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         if f.name not in values:
             continue
-        v = values[f.name]
-        key = f"{cls.__name__}.{f.name}"
-        if f.name in ("train_size", "val_size", "unlabeled_size"):
-            v = _size(v, f.name)
-        elif f.name == "path":
-            v = None if v is None else Path(os.path.expanduser(str(v)))
-        elif isinstance(f.default, tuple) or f.name in ("class_names", "segmentation_classes"):
-            v = tuple(v) if isinstance(v, (list, tuple)) else tuple(str(v).split(","))
-        elif isinstance(f.default, bool):
-            v = v if isinstance(v, bool) else str(v).strip().lower() in ("1", "true", "yes", "on")
-        elif isinstance(f.default, float):
-            try:
-                v = float(v)
-            except (TypeError, ValueError):
-                raise ConfigError(f"{key} must be a number, got {v!r}") from None
-        elif isinstance(f.default, int) or f.name in ("num_threads", "max_instances"):
-            if v is not None:
-                try:
-                    v = int(v)
-                except (TypeError, ValueError):
-                    raise ConfigError(f"{key} must be an integer, got {v!r}") from None
-        if v is None and f.name == "path":
+        key = f"{section}.{f.name}"
+        v = check_value(key, values[f.name], f.metadata["rule"], sources.get(key, DEFAULTS_SOURCE))
+        if v is None and f.metadata["rule"].kind == "path":
             continue  # keep the default location
         kwargs[f.name] = v
     return cls(**kwargs)
 
 
-def _build(values: dict[str, Any]) -> Settings:
-    settings = Settings(**{name: _coerce(cls, values.get(name, {})) for name, cls in _SECTIONS.items()})
+def _build(values: dict[str, Any], sources: Mapping[str, str] | None = None) -> Settings:
+    sources = sources or {}
+    settings = Settings(**{name: _coerce(name, cls, values.get(name, {}), sources) for name, cls in _SECTIONS.items()})
     m = settings.metrics
-    if not 0 < m.ioa_threshold <= 1:
-        raise ConfigError(f"metrics.ioa_threshold must be in (0, 1], got {m.ioa_threshold}")
     unknown = set(m.segmentation_classes) - set(settings.data.class_names)
     if unknown:
-        raise ConfigError(f"metrics.segmentation_classes {sorted(unknown)} not in data.class_names {list(settings.data.class_names)}")
+        raise ConfigError(f"metrics.segmentation_classes {sorted(unknown)} not in data.class_names "
+                          f"{list(settings.data.class_names)} (from {sources.get('metrics.segmentation_classes', DEFAULTS_SOURCE)}); "
+                          f"use names of data.class_names")
     return settings
 
 
@@ -213,6 +397,8 @@ def _read_user_file(path: Path) -> dict[str, Any]:
         loaded = yaml.safe_load(path.read_text()) or {}
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
     if not isinstance(loaded, dict):
@@ -224,8 +410,11 @@ def load_settings(
     config_path: str | os.PathLike | None = None,
     overrides: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
+    override_sources: Mapping[str, str] | None = None,
 ) -> Settings:
     """Build Settings: defaults < user file < environment < ``overrides`` (CLI flags).
+
+    Every value is checked against its field's :class:`Rule` here, before any work.
 
     Args:
         config_path: a user YAML; default ``$ARMBENCH_CONFIG`` or
@@ -233,8 +422,13 @@ def load_settings(
         overrides: dotted keys from CLI flags, e.g. ``{"data.path": "/data/armbench"}``;
             None values are ignored (flag not given).
         env: environment mapping (default ``os.environ``).
+        override_sources: dotted key -> how the user gave it (e.g. ``"--conf-threshold"``),
+            named in error messages; default "command line".
+    Raises:
+        ConfigError: unreadable file, unknown key, or a value outside its rule.
     """
     env = os.environ if env is None else env
+    sources: dict[str, str] = {}
     values = default_values()
     if config_path is None and env.get("ARMBENCH_CONFIG"):
         config_path = env["ARMBENCH_CONFIG"]
@@ -242,11 +436,12 @@ def load_settings(
         path = Path(config_path).expanduser()
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        values = _merge(values, _read_user_file(path), source=str(path))
+        values = _merge(values, _read_user_file(path), source=str(path), sources=sources)
     elif USER_CONFIG_PATH.is_file():
-        values = _merge(values, _read_user_file(USER_CONFIG_PATH), source=str(USER_CONFIG_PATH))
-    env_flat = {key: env[var] for var, key in ENV_OVERRIDES.items() if env.get(var)}
-    values = _merge(values, _nest(env_flat), source="environment")
+        values = _merge(values, _read_user_file(USER_CONFIG_PATH), source=str(USER_CONFIG_PATH), sources=sources)
+    for var, key in ENV_OVERRIDES.items():
+        if env.get(var):
+            values = _merge(values, _nest({key: env[var]}), source=f"environment variable {var}", sources=sources)
     flags = {k: v for k, v in (overrides or {}).items() if v is not None}
-    values = _merge(values, _nest(flags), source="command line")
-    return _build(values)
+    values = _merge(values, _nest(flags), source="command line", sources=sources, key_sources=override_sources)
+    return _build(values, sources)
