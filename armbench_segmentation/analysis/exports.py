@@ -10,12 +10,17 @@ half-finished in-memory state. Files written (all under ``out_dir``)::
                                        load with ``COCO(<split gt>).loadRes(path)``
     errors.csv                         samples that could not be processed, with the reason
     run.json                           provenance: run key, model sha256, settings, dataset files
+
+Every CSV the project writes goes through :func:`write_csv`: text cells that a spreadsheet
+would run as a formula (starting with ``=``, ``+``, ``-``, ``@``, tab or carriage return)
+get a leading ``'`` (OWASP's CSV-injection rule); numeric cells are written as numbers.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -27,6 +32,46 @@ EXPORT_FIRST_COLUMNS = (
     "sample_id", "split", "file_name", "loss", "over_segmented_count", "under_segmented_count",
     "tp", "fp", "fn", "map_x", "map_y", "cluster",
 )
+
+
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def neutralise_cell(value: Any) -> Any:
+    """A string cell starting like a spreadsheet formula, prefixed with ``'``; anything
+    else (numbers, None, other strings, a plain number written as text like "-0.5")
+    unchanged."""
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES) and not _PLAIN_NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
+def csv_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``frame`` with every string cell neutralised (see :func:`neutralise_cell`);
+    numeric columns are left as they are. Column names are neutralised too."""
+    out = frame.copy()
+    for col in out.columns:
+        dtype = out[col].dtype
+        if pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype) \
+                or pd.api.types.is_datetime64_any_dtype(dtype):
+            continue
+        out[col] = out[col].astype(object).map(neutralise_cell)
+    out.columns = [neutralise_cell(c) if isinstance(c, str) else c for c in out.columns]
+    return out
+
+
+def write_csv(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Write ``frame`` as CSV (no index) atomically (a ``.tmp`` next to it, then renamed),
+    with formula-like text cells neutralised. The one CSV writer of the project.
+
+    Rows end in CRLF (RFC 4180): the csv writer then quotes every cell holding a carriage
+    return or a newline, so such a cell cannot split a row."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    csv_safe(frame).to_csv(tmp, index=False, lineterminator="\r\n")
+    tmp.replace(path)
+    return path
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -66,9 +111,7 @@ def write_table(frame: pd.DataFrame, out_dir: Path, name: str = "samples") -> tu
     out_dir.mkdir(parents=True, exist_ok=True)
     table = order_columns(frame)
     csv_path, parquet_path = out_dir / f"{name}.csv", out_dir / f"{name}.parquet"
-    tmp_csv = csv_path.with_name(csv_path.name + ".tmp")
-    table.to_csv(tmp_csv, index=False)
-    tmp_csv.replace(csv_path)
+    write_csv(table, csv_path)
     tmp_pq = parquet_path.with_name(parquet_path.name + ".tmp")
     _parquet_safe(table).to_parquet(tmp_pq, index=False)
     tmp_pq.replace(parquet_path)
@@ -146,11 +189,7 @@ def write_coco_predictions(store: Any, dataset: Any, out_dir: Path, class_names:
 
 def write_errors(store: Any, out_dir: Path) -> Path:
     path = Path(out_dir) / "errors.csv"
-    errors = store.errors()
-    tmp = path.with_name(path.name + ".tmp")
-    errors.to_csv(tmp, index=False)
-    tmp.replace(path)
-    return path
+    return write_csv(store.errors(), path)
 
 
 def write_run_info(store: Any, out_dir: Path, extra: dict | None = None) -> Path:

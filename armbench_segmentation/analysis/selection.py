@@ -48,6 +48,7 @@ import numpy as np
 import pandas as pd
 
 from armbench_segmentation.analysis.clustering import _numeric
+from armbench_segmentation.analysis.exports import write_csv
 from armbench_segmentation.analysis.projection import (
     check_embeddings, embeddings_digest, fit_rows, labeled_mask, reduce_embeddings,
 )
@@ -479,7 +480,7 @@ def write_label_picks(out_dir: str | Path, result: LabelingResult, frame: pd.Dat
     out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / f"{prefix}.csv", "coco": out / f"{prefix}.coco.json",
              "provenance": out / f"{prefix}.provenance.json"}
-    result.picks.to_csv(paths["csv"], index=False)
+    write_csv(result.picks, paths["csv"])
     _write_json(paths["provenance"], result.provenance)
 
     images, missing_size = [], 0
@@ -806,9 +807,9 @@ def write_prune_lists(out_dir: str | Path, result: PruneResult, prefix: str = "p
     paths = {"keep": out / f"{prefix}_keep.csv", "drop": out / f"{prefix}_drop.csv",
              "summary": out / f"{prefix}_summary.csv", "provenance": out / f"{prefix}.provenance.json"}
     d = result.decisions
-    d[d["keep"]].to_csv(paths["keep"], index=False)
-    d[~d["keep"]].to_csv(paths["drop"], index=False)
-    result.summary.to_csv(paths["summary"], index=False)
+    write_csv(d[d["keep"]], paths["keep"])
+    write_csv(d[~d["keep"]], paths["drop"])
+    write_csv(result.summary, paths["summary"])
     _write_json(paths["provenance"], result.provenance)
     return paths
 
