@@ -12,16 +12,33 @@ Provider choice (``ModelConfig.device``):
   * ``"auto"``: CUDA only when it can actually run here (the ``onnxruntime-gpu`` build
     offers it, a CUDA driver and a GPU are present, and the session really gets the CUDA
     provider); otherwise CPU, without ONNX Runtime's loud "missing CUDA libraries" log.
+
+Class order: a standard YOLOv5 export stores its class names in the ONNX metadata
+(``names``, a dict repr such as ``{0: 'Object', 1: 'Tote'}``, read with
+``ast.literal_eval``). Names equal to the configured ones in another order are remapped
+by ``SegmentationModel.run`` (one warning with both orders), so decode, loss and the
+analysis see the configured order; the raw ``session`` (which the Tensorleap integration
+returns, and the platform runs the file itself) is then refused with a ``ModelError``.
+Other names are refused; absent or unreadable names leave the configured order as is.
+
+Telemetry: onnxruntime's official builds start a telemetry client when they are first
+imported (a device id and an event queue under ``~/.cache/Microsoft/DeveloperTools``,
+DNS lookups of Microsoft's collector). ``ORT_DISABLE_TELEMETRY=1`` in the environment
+before that import is the only switch that stops all of it (``disable_telemetry_events()``
+after the import stops neither the files nor the lookups), so it is set (unless the user
+set it) when this module is imported and again before every ``import onnxruntime`` here.
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import ctypes
 import hashlib
 import io
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -38,6 +55,32 @@ CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 _ORT_DEFAULT_SEVERITY = 2  # onnxruntime's own default (warning)
 _FIX = "point --model (or ARMBENCH_MODEL, or model.path in the config) at a YOLOv5-seg ONNX export"
+TELEMETRY_ENV = "ORT_DISABLE_TELEMETRY"
+MAX_NAMES_METADATA = 100_000  # characters of the 'names' metadata parsed at most
+
+# onnxruntime already imported by someone else, without the switch: too late to stop it
+_ORT_IMPORTED_WITH_TELEMETRY = "onnxruntime" in sys.modules and TELEMETRY_ENV not in os.environ
+os.environ.setdefault(TELEMETRY_ENV, "1")  # before the first import of onnxruntime (see module docstring)
+_telemetry_warned = False
+
+
+def import_onnxruntime():
+    """``onnxruntime``, imported with its telemetry off (``ORT_DISABLE_TELEMETRY=1`` unless the
+    environment says otherwise). When it was imported earlier without the switch, its
+    non-essential events are disabled through the API and one warning says how to stop the rest."""
+    global _telemetry_warned
+    os.environ.setdefault(TELEMETRY_ENV, "1")
+    import onnxruntime as ort
+
+    if _ORT_IMPORTED_WITH_TELEMETRY and not _telemetry_warned:
+        _telemetry_warned = True
+        with contextlib.suppress(Exception):
+            ort.disable_telemetry_events()
+        log.warning("onnxruntime was imported before %s=1 was set, so its telemetry (a device id under "
+                    "~/.cache/Microsoft/DeveloperTools, events for Microsoft's collector) runs in this process; "
+                    "set %s=1 in the environment, or import armbench_segmentation before onnxruntime",
+                    TELEMETRY_ENV, TELEMETRY_ENV)
+    return ort
 
 
 @dataclass(frozen=True)
@@ -79,7 +122,7 @@ def _cuda_driver_has_device() -> tuple[bool, str]:
 
 def cuda_unavailable_reason() -> str | None:
     """None when a CUDA session is worth trying here, else why not (cheap, no ORT logs)."""
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     if CUDA not in ort.get_available_providers():
         return f"this onnxruntime build ({ort.get_device()}) has no CUDA provider; install onnxruntime-gpu"
@@ -90,7 +133,7 @@ def cuda_unavailable_reason() -> str | None:
 @contextlib.contextmanager
 def _quiet_ort():
     """Silence ONNX Runtime's default logger (where provider-load failures are printed)."""
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     ort.set_default_logger_severity(4)
     try:
@@ -101,7 +144,7 @@ def _quiet_ort():
 
 def _preload_cuda_libraries() -> None:
     """Let onnxruntime find CUDA/cuDNN from nvidia-* wheels, if any (it prints; we don't)."""
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     preload = getattr(ort, "preload_dlls", None)
     if preload is None:
@@ -127,13 +170,21 @@ class SegmentationModel:
         num_mask_coeffs: nm, the prototype channel count.
         has_embedding: whether the export has a 2-D embedding output.
         providers: the providers the session really uses.
-        session: the ``onnxruntime.InferenceSession``.
+        class_names: the configured class names (the order every output of ``run`` is in).
+        model_class_names: the names in the model's ONNX metadata, in its channel order;
+            None when it has none (or none readable).
+        class_permutation: None when the model's class channels are in configured order,
+            else ``perm`` with model channel ``perm[j]`` = configured class ``j`` (``run``
+            applies it).
+        session: the raw ``onnxruntime.InferenceSession`` (model class order; refused when
+            that is not the configured order).
     """
 
     def __init__(self, path: Path | str, config: ModelConfig, class_names: Sequence[str] | None):
         """``class_names``: the configured classes; the model must predict exactly that many.
-        None accepts any class count (tools and benchmarks) and names them ``class{i}``."""
-        import onnxruntime as ort
+        None accepts any class count (tools and benchmarks) and names them from the model's
+        metadata, else ``class{i}``."""
+        ort = import_onnxruntime()
 
         self.path = Path(path).expanduser()
         self.config = config
@@ -157,11 +208,34 @@ class SegmentationModel:
         # (shared, load 9-10) spinning cost 70-100 ms more CPU per image in the analysis engine
         # and even made inference alone slower (368-392 vs 295-317 ms CPU/image).
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if config.intra_op_spinning else "0")
-        self.session = self._create_session(ort, options, device)
-        self.providers = list(self.session.get_providers())
+        self.model_class_names: tuple[str, ...] | None = None
+        self.class_permutation: tuple[int, ...] | None = None
+        self._session = self._create_session(ort, options, device)
+        self.providers = list(self._session.get_providers())
         self._inspect_io()
+        self._match_class_names()
 
     # ------------------------------------------------------------------ session
+    @property
+    def session(self):
+        """The raw ``onnxruntime.InferenceSession``: its outputs are in the model's class order.
+
+        Raises:
+            ModelError: the model's class order (ONNX metadata) differs from the configured
+                one. ``run`` remaps it; raw outputs (the Tensorleap integration feeds them
+                straight to its metrics, and the platform runs the uploaded file) cannot be.
+        """
+        if self.class_permutation is not None:
+            raise ModelError(
+                f"{self.path}: the model's classes are in the order {list(self.model_class_names or ())} (ONNX metadata "
+                f"'names') but data.class_names is {list(self.class_names or ())}. armbench's own commands remap them, "
+                f"but the raw onnxruntime session (the Tensorleap integration, which the platform runs on the uploaded "
+                f"file) would read the classes swapped. Fix: set data.class_names to "
+                f"{list(self.model_class_names or ())}, or re-export the model with its classes in the order "
+                f"{list(self.class_names or ())}"
+            )
+        return self._session
+
     def _open(self, ort, options, providers: list[str]):
         try:
             return ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
@@ -191,7 +265,7 @@ class SegmentationModel:
         return session
 
     def _inspect_io(self) -> None:
-        inputs = self.session.get_inputs()
+        inputs = self._session.get_inputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
             got = [(i.name, i.shape) for i in inputs]
             raise ModelError(f"{self.path}: expected one image input (N, 3, H, W), got {got}; {_FIX}")
@@ -203,7 +277,7 @@ class SegmentationModel:
         self.static_batch = n if isinstance(n, int) and n > 0 else None
         self.input_hw = (h, w) if isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0 else None
 
-        outputs = self.session.get_outputs()
+        outputs = self._session.get_outputs()
         by_rank: dict[int, list] = {}
         for o in outputs:
             by_rank.setdefault(len(o.shape), []).append(o)
@@ -235,7 +309,8 @@ class SegmentationModel:
             raise ModelError(f"{self.path}: detections have {last} columns, protos {nm} channels: that leaves "
                              f"{nc} classes (5 + nc + nm columns expected); not a YOLOv5-seg export")
         if self.class_names is None:
-            self.class_names = tuple(f"class{i}" for i in range(nc))
+            names = self._metadata_class_names()
+            self.class_names = names if names is not None and len(names) == nc else tuple(f"class{i}" for i in range(nc))
         if nc != len(self.class_names):
             raise ModelError(
                 f"{self.path} predicts {nc} classes but {len(self.class_names)} class names are configured "
@@ -248,12 +323,70 @@ class SegmentationModel:
         self.has_embedding = emb is not None
         self.embedding_dim = emb.shape[1] if emb is not None and isinstance(emb.shape[1], int) else None
 
+    def _metadata_class_names(self) -> tuple[str, ...] | None:
+        """The class names of the ONNX metadata ``names`` in channel order, or None (absent,
+        or unreadable: then one warning). Parsed with ``ast.literal_eval`` only: a dict
+        ``{0: 'a', 1: 'b'}`` with keys 0..n-1, or a list/tuple of names. Read once."""
+        if "_names_read" not in self.__dict__:
+            self._names_read = self._read_metadata_class_names()
+        return self._names_read
+
+    def _read_metadata_class_names(self) -> tuple[str, ...] | None:
+        raw = self._session.get_modelmeta().custom_metadata_map.get("names")
+        if raw is None:
+            return None
+        value = None
+        if len(raw) <= MAX_NAMES_METADATA:
+            try:
+                value = ast.literal_eval(raw)
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                value = None
+        if isinstance(value, dict) and all(isinstance(k, int) and not isinstance(k, bool) for k in value) \
+                and sorted(value) == list(range(len(value))):
+            names = [value[i] for i in range(len(value))]
+        elif isinstance(value, (list, tuple)):
+            names = list(value)
+        else:
+            names = None
+        if not names or not all(isinstance(n, str) and n.strip() for n in names):
+            shown = raw if len(raw) <= 200 else raw[:200] + "..."
+            log.warning("%s: ONNX metadata 'names' is not a dict {index: name} or a list of names (%r); class "
+                        "names not checked against data.class_names", self.path, shown)
+            return None
+        return tuple(names)
+
+    def _match_class_names(self) -> None:
+        """Check the metadata class names against the configured ones: same order (or none):
+        nothing to do; a permutation: ``class_permutation`` and one warning; else ModelError."""
+        names = self._metadata_class_names()
+        if names is None:
+            return
+        configured = tuple(self.class_names or ())
+        if len(names) != self.num_classes:
+            log.warning("%s: ONNX metadata 'names' lists %d classes but the outputs have %d; class names not checked",
+                        self.path, len(names), self.num_classes)
+            return
+        self.model_class_names = names
+        model_folded = [n.casefold() for n in names]
+        conf_folded = [n.casefold() for n in configured]
+        if model_folded == conf_folded:
+            return
+        if sorted(model_folded) != sorted(conf_folded) or len(set(conf_folded)) != len(conf_folded):
+            raise ModelError(
+                f"{self.path} predicts the classes {list(names)} (ONNX metadata 'names', in model order) but "
+                f"data.class_names is {list(configured)}. Use a model trained for these classes (e.g. the shipped "
+                f"models/armbench-yolov5s-seg.onnx) or set data.class_names to the model's names"
+            )
+        self.class_permutation = tuple(model_folded.index(c) for c in conf_folded)
+        log.warning("%s: the model's classes are in the order %s (ONNX metadata 'names'), data.class_names is %s: "
+                    "class channels are remapped to the configured order", self.path, list(names), list(configured))
+
     def _probe_widths(self, det_name: str, proto_name: str) -> tuple[int, int]:
         """(nm, 5 + nc + nm) from one run on a small blank input (symbolic output dims)."""
         h, w = self.input_hw or (64, 64)
         blank = np.zeros((self.static_batch or 1, 3, h, w), np.float32)
         try:
-            det, proto = self.session.run([det_name, proto_name], {self.input_name: blank})
+            det, proto = self._session.run([det_name, proto_name], {self.input_name: blank})
         except Exception as exc:  # noqa: BLE001 - onnxruntime's own error types
             raise ModelError(f"{self.path}: output sizes are symbolic and a probe run on a blank {h}x{w} "
                              f"input failed: {str(exc).strip().splitlines()[0]}") from None
@@ -299,7 +432,8 @@ class SegmentationModel:
         Args:
             batch: (N, 3, H, W) float32 in 0..1 (see ``to_input``).
         Returns:
-            RawOutputs with N rows. A static batch-1 export is run once per image.
+            RawOutputs with N rows, class scores in configured order (``class_permutation``).
+            A static batch-1 export is run once per image.
         """
         batch = np.asarray(batch)
         if batch.ndim != 4 or batch.shape[1] != 3:
@@ -314,7 +448,11 @@ class SegmentationModel:
         step = self.static_batch or n
         if n % step:  # fixed batch > 1: pad the last chunk, drop the padding rows afterwards
             batch = np.concatenate([batch, np.zeros((step - n % step, *batch.shape[1:]), np.float32)])
-        parts = [self.session.run(self._out_names, {self.input_name: batch[i : i + step]}) for i in range(0, len(batch), step)]
+        parts = [self._session.run(self._out_names, {self.input_name: batch[i : i + step]}) for i in range(0, len(batch), step)]
         outs = [(np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k])[:n] for k in range(len(self._out_names))]
         emb = outs[2].astype(np.float32, copy=False) if self.has_embedding else None
-        return RawOutputs(outs[0].astype(np.float32, copy=False), outs[1].astype(np.float32, copy=False), emb)
+        det = outs[0].astype(np.float32, copy=False)
+        if self.class_permutation is not None:  # model class order -> configured order (in place: det is ours)
+            scores = det[..., 5 : 5 + self.num_classes]  # (N, A, nc) view
+            scores[...] = scores[..., list(self.class_permutation)]
+        return RawOutputs(det, outs[1].astype(np.float32, copy=False), emb)

@@ -12,12 +12,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 def build_tiny_yolo(path: Path, nc: int = 2, nm: int = 32, static: bool = False, embedding: bool = True,
                     size: int = 64, names: tuple[str, str, str] = ("output0", "output1", "embedding"),
-                    symbolic_width: bool = False) -> Path:
+                    symbolic_width: bool = False, metadata: dict[str, str] | None = None) -> Path:
     """Outputs shaped like a YOLOv5-seg export, derived from the input by pooling + 1x1 convs.
 
     detections (N, (H/8)*(W/8), 5+nc+nm), protos (N, nm, H/4, W/4), embedding (N, 3).
     ``symbolic_width``: declare the detection width symbolic, as yolov5's dynamic export does
-    (``Concatoutput0_dim_2``).
+    (``Concatoutput0_dim_2``). ``metadata``: ONNX ``metadata_props`` (e.g. yolov5's ``names``).
     """
     rng = np.random.default_rng(0)
     c = 5 + nc + nm
@@ -51,6 +51,9 @@ def build_tiny_yolo(path: Path, nc: int = 2, nm: int = 32, static: bool = False,
                               outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
+    for key, value in (metadata or {}).items():
+        prop = model.metadata_props.add()
+        prop.key, prop.value = key, value
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return Path(path)
