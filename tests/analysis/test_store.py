@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -159,3 +160,107 @@ def test_sigkill_during_writes_keeps_committed_rows(tmp_path):
         assert sorted(frame["tp"]) == list(range(n))
         emb = s.embeddings(frame)
         assert all(math.isclose(e, v) for e, v in zip(emb[:, 0], frame["loss"]))
+
+
+# ---------------------------------------------------------------------------- damaged files
+def _filled_store(path, n=300):
+    with ResultsStore(path) as s:
+        s.start_run("run-a")
+        s.put_samples([_ok("train", f"s{i:04d}", i, i / n, dim=64) for i in range(n)])
+    assert n < 300 or path.stat().st_size > 50_000  # several pages, so a cut lands inside the data
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _random_bytes(path):
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 20_000, dtype=np.uint8).tobytes())
+
+
+def _header_only(path):
+    path.write_bytes(path.read_bytes()[:60])
+
+
+def _foreign_schema(path):
+    path.unlink()
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE photos (id INTEGER PRIMARY KEY, title TEXT)")
+    conn.execute("INSERT INTO photos VALUES (1, 'holiday')")
+    conn.commit()
+    conn.close()
+
+
+def _foreign_samples_table(path):
+    path.unlink()
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE samples (id INTEGER, label TEXT)")
+    conn.commit()
+    conn.close()
+
+
+@pytest.mark.parametrize("damage", [_truncate, _random_bytes, _header_only, _foreign_schema, _foreign_samples_table])
+def test_damaged_store_is_moved_aside_and_replaced(tmp_path, caplog, damage):
+    path = tmp_path / "results.sqlite"
+    _filled_store(path)
+    damage(path)
+    damaged_bytes = path.read_bytes()
+    (tmp_path / "results.sqlite-wal").write_bytes(b"stale wal")
+    with caplog.at_level("WARNING", logger="armbench_segmentation.analysis.store"):
+        store = ResultsStore(path)
+    moved = store.moved_to
+    assert moved is not None and moved.parent == tmp_path and moved.name.startswith("results.sqlite.corrupt-")
+    assert moved.read_bytes() == damaged_bytes  # kept byte for byte, never deleted
+    assert (tmp_path / (moved.name + "-wal")).read_bytes() == b"stale wal"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and str(path) in warnings[0] and str(moved) in warnings[0]
+    # a fresh, working store in its place
+    store.start_run("run-a")
+    assert store.finished() == set()
+    store.put_samples([_ok("val", "x", 0, 0.5)])
+    store.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+    assert conn.execute("SELECT count(*) FROM samples").fetchone()[0] == 1
+    conn.close()
+
+
+def test_two_damaged_stores_in_one_second_get_distinct_names(tmp_path):
+    path = tmp_path / "results.sqlite"
+    names = set()
+    for _ in range(2):
+        _random_bytes(path)
+        from armbench_segmentation.analysis.store import move_aside
+
+        names.add(move_aside(path, stamp="20990101T000000Z").name)
+    assert len(names) == 2 and len(list(tmp_path.glob("results.sqlite.corrupt-*"))) == 2
+
+
+def test_healthy_store_and_empty_file_are_kept(tmp_path, caplog):
+    path = tmp_path / "results.sqlite"
+    _filled_store(path, n=5)
+    with caplog.at_level("WARNING"):
+        with ResultsStore(path) as s:
+            s.start_run("run-a")
+            assert len(s.finished()) == 5 and s.moved_to is None
+    empty = tmp_path / "empty.sqlite"
+    empty.write_bytes(b"")  # what sqlite3.connect leaves before the first write: a new store
+    with ResultsStore(empty) as s:
+        assert s.moved_to is None
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert not list(tmp_path.glob("*.corrupt-*"))
+
+
+def test_other_schema_version_is_a_clear_error_not_moved(tmp_path):
+    from armbench_segmentation.errors import ArmbenchError
+
+    path = tmp_path / "results.sqlite"
+    _filled_store(path, n=2)
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(ArmbenchError, match="schema version 99"):
+        ResultsStore(path)
+    assert path.is_file() and not list(tmp_path.glob("*.corrupt-*"))
