@@ -18,10 +18,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from armbench_segmentation.commands._common import add_settings_arguments, settings_from_args
+from armbench_segmentation.commands._common import add_settings_arguments, check_output_path, settings_from_args
 from armbench_segmentation.errors import ArmbenchError
-
-PROJECTIONS = ("pca", "umap", "tsne")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,8 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--synthetic", action="store_true",
                         help="analyse the synthetic ARMBench-like dataset (generated once into the cache) "
                              "when no --dataset is given")
-    parser.add_argument("--projection", choices=PROJECTIONS, default=None,
-                        help="population map method (default from settings: pca)")
+    parser.add_argument("--projection", metavar="NAME", default=None,
+                        help="population map method: pca, umap, tsne or another registered in "
+                             "analysis.projection (default from settings: pca)")
     parser.add_argument("--budget", metavar="K", type=int, default=None,
                         help="number of unlabeled images to pick for labeling (analysis.label_budget)")
     parser.add_argument("--keep-fraction", metavar="F", type=float, default=None,
@@ -51,13 +50,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+# settings key -> the flag of this command that sets it
+FLAGS = {
+    "analysis.projection": "--projection",
+    "analysis.label_budget": "--budget",
+    "analysis.prune_keep_fraction": "--keep-fraction",
+    "model.device": "--device",
+    "model.batch_size": "--batch-size",
+}
+
+
 def _validate(args: argparse.Namespace) -> None:
-    if args.budget is not None and args.budget < 0:
-        raise ArmbenchError(f"--budget must be >= 0, got {args.budget}")
-    if args.keep_fraction is not None and not 0 < args.keep_fraction <= 1:
-        raise ArmbenchError(f"--keep-fraction must be in (0, 1], got {args.keep_fraction}")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise ArmbenchError(f"--batch-size must be >= 1, got {args.batch_size}")
+    """Flags that are not settings (settings flags are checked by their config rules)."""
     if args.workers is not None and args.workers < 0:
         raise ArmbenchError(f"--workers must be >= 0, got {args.workers}")
     if args.max_samples is not None and args.max_samples < 0:
@@ -74,13 +78,16 @@ def run(args: argparse.Namespace) -> int:
         "analysis.prune_keep_fraction": args.keep_fraction,
         "model.device": args.device,
         "model.batch_size": args.batch_size,
-    })
+    }, flags=FLAGS)
+    if args.out is not None:
+        check_output_path(args.out, "dir", "--out")
     progress = not args.no_progress
     # Resolve (and generate, for --synthetic) the dataset first: the default --out is named after it.
     settings, where = resolve_dataset(settings, args.synthetic, progress=progress)
     out = args.out
     if out is None:
         out = default_out_dir(Path(settings.data.path).name)
+    out = check_output_path(out, "dir", "--out")
     print(f"dataset: {where}")
     print(f"output:  {out}")
     result = run_analysis(settings, out, synthetic=False, resume=not args.no_resume, progress=progress,

@@ -57,6 +57,9 @@ def load_predictions(path: Path) -> Any:
                             f"{exc.msg}); it must be a COCO results list as written by `armbench predict`") from None
     except UnicodeDecodeError:
         raise ArmbenchError(f"predictions file {path} is not UTF-8 JSON text") from None
+    except OSError as exc:
+        raise ArmbenchError(f"cannot read predictions file {path}: {exc.strerror or exc}; check the path "
+                            f"and its permissions") from None
 
 
 def _predict(settings, split: str) -> list[dict]:

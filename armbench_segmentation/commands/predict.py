@@ -28,7 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from armbench_segmentation.commands._common import add_settings_arguments, open_dataset, settings_from_args
+from armbench_segmentation.commands._common import (
+    add_settings_arguments, check_output_path, open_dataset, settings_from_args,
+)
 from armbench_segmentation.config import Settings
 from armbench_segmentation.data.coco import SPLITS
 from armbench_segmentation.data.letterbox import Letterbox
@@ -183,10 +185,16 @@ def run_split(settings: Settings, split: str, progress: bool = True) -> SplitPre
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args, extra={"model.device": args.device, "model.conf_threshold": args.conf_threshold})
+    settings = settings_from_args(args, extra={"model.device": args.device, "model.conf_threshold": args.conf_threshold},
+                                  flags={"model.device": "--device", "model.conf_threshold": "--conf-threshold"})
+    check_output_path(args.out, "file", "--out")  # before the model runs over the split
     t0 = time.perf_counter()
     out = run_split(settings, args.split)
-    write_json_atomic(args.out, out.results)
+    try:
+        write_json_atomic(args.out, out.results)
+    except OSError as exc:
+        raise ArmbenchError(f"cannot write --out {args.out}: {exc.strerror or exc}; choose a writable file "
+                            f"path") from None
     elapsed = time.perf_counter() - t0
     skipped = out.skipped
     print(f"predict: {out.images} images, {len(out.results)} detections, {len(skipped)} skipped"

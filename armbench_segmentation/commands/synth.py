@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from armbench_segmentation.commands._common import check_output_path
 from armbench_segmentation.errors import ArmbenchError
 
 
@@ -47,9 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from armbench_segmentation.data.synth import generate_dataset, is_synthetic_dataset
 
     _validate(args)
-    out: Path = args.out
-    if out.exists() and not out.is_dir():
-        raise ArmbenchError(f"--out {out} exists and is not a folder; choose a folder path")
+    out: Path = check_output_path(args.out, "dir", "--out")
     if out.is_dir() and any(out.iterdir()) and not is_synthetic_dataset(out) and not args.force:
         raise ArmbenchError(
             f"--out {out} is not empty and is not a synthetic dataset written by `armbench synth`; "
