@@ -12,8 +12,12 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
 
 from armbench_segmentation.errors import ArmbenchError
+
+# where bugs go (the project has no public tracker address in pyproject.toml)
+REPORT_TO = "the armbench-segmentation maintainers (the project's issue tracker)"
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -53,11 +57,35 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._module.run(args) or 0)
     except ArmbenchError as exc:
-        print(f"armbench {args.command}: error: {exc}", file=sys.stderr)
+        print(f"armbench {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        # a file the user named (or a full disk) failed where no command turned it into an
+        # ArmbenchError: one line with the file and the reason, no traceback
+        print(f"armbench {args.command}: error: {_os_error_line(exc)}", file=sys.stderr)
+        return 1
+    except Exception:  # a bug: show everything, then say so
+        traceback.print_exc()
+        print(f"armbench {args.command}: internal error: this is a bug in armbench, not in your input; please "
+              f"report it to {REPORT_TO} with the traceback above and the command line", file=sys.stderr)
+        return 3
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _os_error_line(exc: OSError) -> str:
+    """``cannot write /x/y: Permission denied; check the path and its permissions``."""
+    name = exc.filename if exc.filename is not None else None
+    reason = exc.strerror or _one_line(exc)
+    where = f" {name}" if name is not None else ""
+    if exc.filename2 is not None:
+        where += f" -> {exc.filename2}"
+    return f"file system error on{where}: {reason}; check the path, its permissions and the free disk space"
 
 
 if __name__ == "__main__":  # pragma: no cover
