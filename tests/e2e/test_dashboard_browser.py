@@ -122,3 +122,165 @@ def test_dashboard_renders_filters_and_has_no_console_errors(dashboard, browser,
     assert shot.stat().st_size > 10_000
     severe = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
     assert not severe, f"console errors: {severe}"
+
+
+# ---------------------------------------------------------------------------- hostile names
+# Strings that break a page or a spreadsheet when they are not escaped. A file name cannot
+# hold "/", so the ones with a slash become folders under images/ (the file_name column keeps
+# the whole string; the sample id is the last component's stem).
+HOSTILE_FILES = {
+    "test_a.jpg": "<!--<script>.jpg",
+    "test_b.jpg": "&amp;.jpg",
+    "test_c.jpg": "</script><script>alert(1)</script>.jpg",
+    "val_a.jpg": "<b>x</b>.jpg",
+    "val_portrait.jpg": "=HYPERLINK(\"http:/x\").jpg",
+    "train_a.jpg": "a\u2028b\u2029c.jpg",
+    "train_b.png": "@cmd.png",
+    "train_c.jpg": "-2+3.jpg",
+}
+HOSTILE_IDS = ["<!--<script>", "</script><script>alert(1)</script>", "<b>x</b>", "&amp;", "=HYPERLINK(\"http://x\")",
+               "a\u2028b", "x\u2029y", "-2+3", "+1", "@cmd", "\tTAB", "\rCR", "plain"]
+
+# Plotly.Fx.hover is throttled (one label per 50 ms): hover each point in turn, 80 ms apart,
+# and read the label plotly drew (its text content: what the user sees).
+HOVER_JS = """
+const done = arguments[arguments.length - 1];
+const gd = document.getElementById('map'); const D = window.armbenchDashboard.data; const out = []; const todo = [];
+for (let c = 0; c < gd.data.length; c++) for (let p = 0; p < gd.data[c].x.length; p++) todo.push([c, p]);
+function step(k) {
+  if (k > 0) {
+    const [c, p] = todo[k - 1]; const t = gd.querySelector('.hoverlayer .hovertext text');
+    out.push([D.ids[gd.data[c].customdata[p]], t ? t.textContent : null]);
+    Plotly.Fx.unhover(gd);
+  }
+  if (k === todo.length) { done(out); return; }
+  setTimeout(() => { Plotly.Fx.hover(gd, [{curveNumber: todo[k][0], pointNumber: todo[k][1]}]);
+                     setTimeout(() => step(k + 1), 80); }, 80);
+}
+step(0);
+"""
+
+
+def _load(name, path):
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def hostile_run(tmp_path_factory):
+    """``armbench analyze`` (the real pipeline, tiny ONNX model) over the tiny dataset with
+    every image renamed to a hostile name. Returns the output folder."""
+    import json
+    import os
+
+    from armbench_segmentation import cli
+    from armbench_segmentation import config as config_module
+
+    tests = Path(__file__).resolve().parents[1]
+    conftest = _load("_hostile_conftest", tests / "conftest.py")
+    runner_helpers = _load("_hostile_test_runner", tests / "analysis" / "test_runner.py")
+    base = tmp_path_factory.mktemp("hostile")
+    ds = conftest.build_tiny_dataset(base / "armbench")
+    for split_file in ("train.json", "val.json", "test.json"):
+        data = ds.json(split_file)
+        for img in data["images"]:
+            new = HOSTILE_FILES[img["file_name"]]
+            target = ds.root / "images" / new
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (ds.root / "images" / img["file_name"]).rename(target)
+            img["file_name"] = new
+        ds.write_json(split_file, data)
+    model = runner_helpers.build_model(base / "m.onnx")
+    cfg = base / "config.yaml"
+    cfg.write_text("data:\n  image_size: 64\n  train_size: all\n  val_size: all\n  unlabeled_size: all\n"
+                   "model:\n  device: cpu\n  num_threads: 1\nanalysis:\n  n_clusters: 2\n  label_budget: 3\n")
+    out = base / "out"
+    with pytest.MonkeyPatch.context() as mp:
+        for k in list(os.environ):
+            if k.startswith("ARMBENCH_"):
+                mp.delenv(k)
+        mp.setenv("HOME", str(base / "home"))
+        mp.setenv("XDG_CACHE_HOME", str(base / "cache"))
+        mp.setattr(config_module, "USER_CONFIG_PATH", base / "home" / "no-config.yaml")
+        rc = cli.main(["analyze", "--no-progress", "--dataset", str(ds.root), "--model", str(model),
+                       "--config", str(cfg), "--out", str(out)])
+    assert rc == 0
+    run = json.loads((out / "run.json").read_text())
+    assert sum(c.get("error", 0) for c in run["counts"].values()) == 0, run["counts"]
+    return out
+
+
+def _open(browser, path):
+    from selenium.common.exceptions import NoAlertPresentException
+
+    browser.get_log("browser")  # drop what earlier pages logged
+    browser.get(Path(path).resolve().as_uri())
+    browser.implicitly_wait(5)
+    with pytest.raises(NoAlertPresentException):
+        browser.switch_to.alert.text  # noqa: B018 - no script of the data ran
+    assert browser.execute_script("return typeof window.armbenchDashboard") == "object"
+
+
+def _assert_literal_hover(browser, expected_ids):
+    browser.set_script_timeout(120)
+    pairs = browser.execute_async_script(HOVER_JS)
+    assert sorted(p[0] for p in pairs) == sorted(expected_ids)
+    for sample_id, shown in pairs:
+        # the label is the id as typed, then "<metric>: <value>" on the next line; SVG text
+        # draws a carriage return as a space (no markup involved)
+        literal = sample_id.replace("\r", " ")
+        assert shown is not None and shown.startswith(literal), (sample_id, shown)
+        assert ": " in shown[len(literal):], (sample_id, shown)
+
+
+def test_hostile_run_dashboard_shows_every_point_literally(hostile_run, browser):
+    samples = pd.read_csv(hostile_run / "samples.csv", keep_default_na=False)
+    _open(browser, hostile_run / "dashboard.html")
+    assert browser.execute_script(POINTS_JS) == len(samples) == len(HOSTILE_FILES)
+    ids = browser.execute_script("return window.armbenchDashboard.data.ids")
+    assert sorted(ids) == sorted(Path(f).stem.split("/")[-1] if "/" not in f else f.split("/")[-1].rsplit(".", 1)[0]
+                                 for f in HOSTILE_FILES.values())
+    _assert_literal_hover(browser, ids)
+    # the side panel and the picks table show the ids as text
+    browser.execute_script("document.getElementById('map').emit('plotly_hover', {points: [{customdata: 0}]});")
+    assert f"sample: {ids[0]}" in browser.execute_script("return document.getElementById('panel').textContent")
+    picks = pd.read_csv(hostile_run / "label_picks.csv", keep_default_na=False)
+    cells = browser.execute_script("return Array.from(document.querySelectorAll('#picks-table tbody tr'))"
+                                   ".map(tr => tr.children[2].textContent)")
+    assert cells == [s[1:] if s.startswith("'") else s for s in picks["sample_id"].astype(str)]
+    assert not browser.find_elements("css selector", "#picks-table b, #prune-drop-table b")  # <b>x</b> is text
+    severe = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
+    assert not severe, f"console errors: {severe}"
+
+
+def test_hostile_sample_ids_in_a_dashboard(browser, tmp_path):
+    n = len(HOSTILE_IDS)
+    frame, emb = _fake_frame(n=n * 4, seed=3)
+    frame["sample_id"] = [HOSTILE_IDS[i % n] + ("" if i < n else f" #{i // n}") for i in range(len(frame))]
+    frame["file_name"] = frame["sample_id"] + ".jpg"
+    frame["meta_tote_color"] = [HOSTILE_IDS[i % n] for i in range(len(frame))]
+    xy = project(frame, emb)
+    clusters = cluster(frame, emb, n_clusters=3)
+    picks = select_for_labeling(frame, emb, budget=5, model_hash="</script><b>m</b>")
+    pruning = select_for_pruning(frame, emb, clusters.labels, keep_fraction=0.7)
+    path = write_report(tmp_path, frame, xy, clusters, picks, pruning, [], thumbnails=None,
+                        provenance={"model_hash": "</script><script>alert(2)</script>"})
+    html_text = path.read_text()
+    data = html_text.split('<script type="application/json" id="map-data">', 1)[1].split("</script>", 1)[0]
+    assert not any(ch in data for ch in "<>&\u2028\u2029")  # escaped as \\u003c ...
+    _open(browser, path)
+    assert browser.execute_script(POINTS_JS) == len(frame)
+    assert browser.execute_script("return window.armbenchDashboard.data.ids") == frame["sample_id"].tolist()
+    _assert_literal_hover(browser, frame["sample_id"].tolist())
+    browser.execute_script("document.getElementById('map').emit('plotly_hover', {points: [{customdata: 2}]});")
+    panel = browser.execute_script("return document.getElementById('panel').textContent")
+    assert f"sample: {frame['sample_id'][2]}" in panel and f"meta_tote_color: {frame['meta_tote_color'][2]}" in panel
+    assert "alert(2)" in browser.find_element("id", "provenance").text
+    severe = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
+    assert not severe, f"console errors: {severe}"
