@@ -586,10 +586,10 @@ def pred_boxes_visualizer(image: np.ndarray, detections: np.ndarray, prototypes:
 
 def _segmentation_view(image, detections, prototypes, gt_boxes_, gt_masks_, kind: str) -> LeapImage:
     img = _display_image(image)
+    if _f32(gt_boxes_).size == 0:  # unlabeled
+        return LeapImage(img)
     boxes, masks = _unbatch(_f32(gt_boxes_), 2), _unbatch(_f32(gt_masks_), 3)
     ev = _labeled(_unbatch(detections, 2), _unbatch(prototypes, 3), boxes, masks)
-    if ev is None:
-        return LeapImage(img)
     return LeapImage(draw_error_instances(img, ev.gt, ev.predictions, ev.involved(), kind,
                                           class_names=_settings().data.class_names))
 

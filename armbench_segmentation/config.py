@@ -7,7 +7,7 @@ Every field declares its constraint next to it (``field(metadata=_rule(...))``):
 a range, a set of choices. :func:`load_settings` checks all of them before any work starts
 and raises :class:`ConfigError` naming the key, the valid range or choices, the value and
 where it came from, e.g. ``model.conf_threshold must be in [0, 1], got 7 (from --conf-threshold)``.
-Choices of the analysis methods are read from the registries that implement them.
+Choices of the analysis methods are the names the registries implementing them register.
 """
 
 from __future__ import annotations
@@ -110,19 +110,14 @@ def _rule(kind: str, **kw: Any) -> dict[str, Rule]:
     return {"rule": Rule(kind, **kw)}
 
 
-def _registry_names(module: str, attribute: str) -> Callable[[], tuple[str, ...]]:
-    """Names of a registry dict, imported only when a setting is checked."""
-    def names() -> tuple[str, ...]:
-        import importlib
-
-        return tuple(getattr(importlib.import_module(module), attribute))
-    names.__qualname__ = f"{module}.{attribute}"
-    return names
-
-
-PROJECTION_NAMES = _registry_names("armbench_segmentation.analysis.projection", "PROJECTIONS")
-CLUSTERING_NAMES = _registry_names("armbench_segmentation.analysis.clustering", "CLUSTERERS")
-LABEL_STRATEGY_NAMES = _registry_names("armbench_segmentation.analysis.selection", "LABEL_STRATEGIES")
+# The analysis methods by name. The registries that implement them (analysis.projection,
+# analysis.clustering, analysis.selection) must register exactly these (tests/test_config.py
+# checks it); config does not import them: loading settings stays cheap and the Tensorleap
+# bundle, which has no analysis engine, can check every setting.
+PROJECTION_NAMES = ("pca", "tsne", "umap")
+CLUSTERING_NAMES = ("hdbscan", "kmeans")
+LABEL_STRATEGY_NAMES = ("combined", "count", "diversity", "entropy", "least_confidence", "loss_neighbourhood",
+                        "margin")
 
 _UNIT = dict(low=0.0, high=1.0)
 _SIZE = _rule("size", low=0, note="0 skips the split, 'all' takes every image")

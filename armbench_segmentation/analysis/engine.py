@@ -366,6 +366,8 @@ def write_outputs(out_dir: Path, frame: Any, insights: Insights, store: ResultsS
 
     files: dict[str, Path] = {}
     files["samples_csv"], files["samples_parquet"] = exports.write_table(frame, out_dir)
+    files["instances_csv"], files["instances_parquet"] = exports.write_instances(
+        store, out_dir, keys=zip(frame["split"], frame["sample_id"]))
     for split, path in exports.write_coco_predictions(store, dataset, out_dir, settings.data.class_names,
                                                       frame=frame).items():
         files[f"predictions_{split}"] = path
@@ -373,8 +375,7 @@ def write_outputs(out_dir: Path, frame: Any, insights: Insights, store: ResultsS
     files["run"] = exports.write_run_info(store, out_dir, {"dataset": where})
     if insights.clusters is not None:
         path = out_dir / "clusters.csv"
-        insights.clusters.table().to_csv(path, index=False)
-        files["clusters"] = path
+        files["clusters"] = exports.write_csv(insights.clusters.table(), path)
     if insights.picks is not None:
         categories = dataset.coco("unlabeled").dataset.get("categories") or None
         for name, path in selection.write_label_picks(out_dir, insights.picks, frame, categories=categories,

@@ -187,6 +187,46 @@ def write_coco_predictions(store: Any, dataset: Any, out_dir: Path, class_names:
     return paths
 
 
+def instances_frame(store: Any, keys: Iterable[tuple[str, str]] | None = None) -> pd.DataFrame:
+    """One row per GT instance and per prediction of every finished sample, from the stored
+    facts (``SampleEvaluation.instance_rows`` plus the engine's ``visible_fraction`` and
+    ``box_overlaps``), in split and sample order; columns: ``split, sample_id`` then
+    ``analysis.columns.INSTANCE_COLUMNS``. ``keys``: only these (split, sample_id) samples
+    (the current selection, as in samples.csv); default every finished one."""
+    from armbench_segmentation.analysis.columns import INSTANCE_COLUMNS
+
+    wanted = None if keys is None else set(keys)
+    rows = []
+    for split, sample_id, facts in store.facts():
+        if wanted is not None and (split, sample_id) not in wanted:
+            continue
+        for inst in (facts or {}).get("instances", []):
+            rows.append({"split": split, "sample_id": sample_id, **inst})
+    columns = ["split", "sample_id", *INSTANCE_COLUMNS]
+    frame = pd.DataFrame(rows, columns=columns)
+    for col in ("index", "matched_index", "annotation_id", "area", "box_overlaps"):
+        frame[col] = frame[col].astype("Int64")
+    for col in INSTANCE_FLAG_COLUMNS:
+        frame[col] = frame[col].astype("boolean")
+    return frame
+
+
+INSTANCE_FLAG_COLUMNS = ("over_segmented", "missed", "in_under_segmenting", "under_segmenting", "duplicate",
+                         "false_positive", "in_over_segmented")
+
+
+def write_instances(store: Any, out_dir: Path, keys: Iterable[tuple[str, str]] | None = None) -> tuple[Path, Path]:
+    """``instances.csv`` and ``instances.parquet`` (see :func:`instances_frame`)."""
+    frame = instances_frame(store, keys)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path, parquet_path = out_dir / "instances.csv", out_dir / "instances.parquet"
+    write_csv(frame, csv_path)
+    tmp_pq = parquet_path.with_name(parquet_path.name + ".tmp")
+    frame.to_parquet(tmp_pq, index=False)
+    tmp_pq.replace(parquet_path)
+    return csv_path, parquet_path
+
+
 def write_errors(store: Any, out_dir: Path) -> Path:
     path = Path(out_dir) / "errors.csv"
     return write_csv(store.errors(), path)

@@ -44,11 +44,11 @@ THUMB_SIDE = 96
 DEFAULT_MAX_THUMBNAILS = 1000
 MAX_METRICS = 24
 MAX_TABLE_ROWS = 200
-PREFERRED_METRICS = ("loss", "over_segmented_count", "under_segmented_count", "f1", "precision", "recall",
+PREFERRED_METRICS = ("loss", "error_rate", "over_segmented_count", "under_segmented_count", "f1", "precision", "recall",
                      "mean_iou", "sample_ap", "ap", "yolo_loss_total", "tp", "fp", "fn", "n_pred", "mean_score")
 HIDDEN_NUMERIC = {"image_id", "width", "height", "map_x", "map_y", "cluster", "over_segmented", "under_segmented"}
-PANEL_FIELDS = ("loss", "over_segmented_count", "under_segmented_count", "f1", "mean_iou", "unc_mask_entropy",
-                "meta_n_objects", "meta_tote_color")
+PANEL_FIELDS = ("loss", "error_rate", "over_segmented_count", "under_segmented_count", "f1", "mean_iou",
+                "unc_mask_entropy", "meta_n_objects", "meta_tote_color")
 
 
 # --------------------------------------------------------------------------------------
@@ -262,6 +262,20 @@ def _thumbnail_uris(frame: pd.DataFrame, thumbnails: Any, priority: Sequence[str
     return out
 
 
+def _definitions(columns: Sequence[str]) -> dict[str, str]:
+    """Column -> "definition (range; higher is worse)" from ``analysis.columns``."""
+    from armbench_segmentation.analysis.columns import describe
+
+    arrow = {"worse": "higher is worse", "better": "higher is better", "": ""}
+    out = {}
+    for c in columns:
+        d = describe(c)
+        if d is not None:
+            extra = "; ".join(x for x in (d.range, arrow[d.direction]) if x)
+            out[c] = d.definition + (f" ({extra})" if extra else "")
+    return out
+
+
 def _map_payload(frame: pd.DataFrame, map_xy: np.ndarray, thumbs: dict[str, str], insights: dict[int, str]) -> dict:
     n = len(frame)
     splits = frame["split"].astype(str).to_numpy() if "split" in frame.columns else np.full(n, "all")
@@ -282,6 +296,7 @@ def _map_payload(frame: pd.DataFrame, map_xy: np.ndarray, thumbs: dict[str, str]
         "split": [code[s] for s in splits], "splits": split_names, "cluster": clusters,
         "clusters": sorted(set(clusters)), "insights": {str(k): v for k, v in insights.items()},
         "metrics": metrics, "panel": panel, "panel_fields": [c for c in PANEL_FIELDS if c in metrics or c in panel],
+        "definitions": _definitions(metrics),
         "thumbs": thumbs,
     }
 
@@ -563,6 +578,9 @@ function showPanel(i){
   D.panel_fields.forEach(f => add(f, D.metrics[f] ? D.metrics[f][i] : (D.panel[f] ? D.panel[f][i] : null)));
   const ins = D.insights[String(D.cluster[i])]; if (ins) add('cluster insight', ins);
 }
+function showDefinition(){ document.getElementById('color-def').textContent = D.definitions[colorSel.value] || ''; }
+showDefinition();
+colorSel.addEventListener('change', showDefinition);
 colorSel.addEventListener('change', render); clusterSel.addEventListener('change', render);
 sizeChk.addEventListener('change', render); splitBoxes.forEach(b => b.addEventListener('change', render));
 document.querySelectorAll('#cluster-table tr.clickable').forEach(tr => tr.addEventListener('click', () => {
@@ -586,9 +604,10 @@ _TEMPLATE = """<!DOCTYPE html>
 <section id="map-section"><h2>Population map</h2>
 <div id="controls">
 <label>Color by <select id="color-by"></select></label>
+<span id="color-def" class="muted"></span>
 <span>Splits: <span id="split-boxes"></span></span>
 <label>Cluster <select id="cluster-filter"><option value="all">all clusters</option></select></label>
-<label><input type="checkbox" id="size-by-loss" checked> size by loss</label>
+<label title="loss: the sample's YOLOv5-seg loss"><input type="checkbox" id="size-by-loss" checked> size by loss</label>
 <span id="visible-count" class="muted"></span>
 </div>
 <div id="map-wrap"><div id="map"></div><div id="panel"><p class="muted">Hover over a point to see its thumbnail and numbers.</p></div></div>

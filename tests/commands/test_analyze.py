@@ -265,7 +265,8 @@ def test_shipped_model_end_to_end(synth_dataset, tmp_path, isolated, capsys):
                  "--out", str(out)) == 0
     assert "9 analysed (9 computed now" in capsys.readouterr().out
     table = pd.read_parquet(out / "samples.parquet")
-    assert table.loc[table["split"] != "unlabeled", "loss"].between(0, 1).all()
+    labeled = table[table["split"] != "unlabeled"]
+    assert (labeled["loss"] == labeled["yolo_loss_total"]).all() and labeled["error_rate"].between(0, 1).all()
     gt = COCO(str(synth_dataset / "val.json"))
     results = json.loads((out / "predictions_val.json").read_text())
     if results:
@@ -286,9 +287,13 @@ def test_dashboard_images_come_from_the_store(tiny_dataset, tmp_path, isolated):
         store.start_run(store.runs()[0])
         views = SampleViews(dataset, store, settings, selected_samples(dataset))
         for sid in ("val_a", "test_a"):
-            for kind in ("over", "under"):
-                image = views.overlay(sid, kind)
-                assert image.shape == (64, 64, 3) and image.dtype.name == "uint8"
+            for kind in ("over_segmented", "under_segmenting", "missed", "false_positive"):
+                view = views.error_view(sid, kind)
+                assert view.image.shape == (64, 64, 3) and view.image.dtype.name == "uint8"
+                facts = store.sample_facts(views.samples[sid].split, sid)
+                assert list(view.pred_ids) == facts["involved"][kind]["pred"]
+        crop = views.hard_region_crop("val_a")
+        assert crop.ndim == 3 and crop.shape[2] == 3
         assert max(views.thumbnail("train_a").shape[:2]) <= 96
         # predictions rebuilt from the stored RLEs match the stored row
         loaded = dataset.load(views.samples["val_a"])

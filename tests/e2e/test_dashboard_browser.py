@@ -46,6 +46,20 @@ def _image(sample_id, kind=None):
     return img
 
 
+def _error_view(frame):
+    """A view provider drawing as many instances as the row counts (what SampleViews does
+    from the stored facts)."""
+    from armbench_segmentation.analysis.report import GALLERY_KINDS, ErrorView
+
+    columns = {kind: column for kind, column, _ in GALLERY_KINDS.values()}
+    rows = frame.set_index("sample_id")
+
+    def provider(sample_id, kind):
+        ids = tuple(range(int(rows.loc[sample_id, columns[kind]])))
+        return ErrorView(_image(sample_id, "over" if kind == "over_segmented" else "under"), kind, ids, ids, ids)
+    return provider
+
+
 @pytest.fixture(scope="module")
 def dashboard(tmp_path_factory):
     out = tmp_path_factory.mktemp("dash")
@@ -54,7 +68,7 @@ def dashboard(tmp_path_factory):
     clusters = cluster(frame, emb, n_clusters=4)
     picks = select_for_labeling(frame, emb, budget=10, model_hash="test-model")
     pruning = select_for_pruning(frame, emb, clusters.labels, keep_fraction=0.7)
-    galleries = [build_gallery(frame, k, _image, n=4, out_dir=out) for k in ("over", "under")]
+    galleries = [build_gallery(frame, k, _error_view(frame), n=4, out_dir=out) for k in ("over", "under")]
     path = write_report(out, frame, xy, clusters, picks, pruning, galleries, thumbnails=_image,
                         provenance={"model_hash": "test-model"})
     return path, frame
