@@ -14,13 +14,13 @@ poetry:
 	@command -v poetry >/dev/null 2>&1 || [ -x "$(HOME)/.local/bin/poetry" ] || \
 		(echo "Poetry not found: installing it with pip" && $(PYTHON) -m pip install --user --quiet poetry)
 
-## browser: Debian's Chromium + ChromeDriver for the dashboard test (needs root or sudo)
+## browser: Debian's Chromium + ChromeDriver for the dashboard test, strace for the no-network test (needs root or sudo)
 browser:
-	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
-		echo "chromium and chromedriver present"; \
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 && command -v strace >/dev/null 2>&1; then \
+		echo "chromium, chromedriver and strace present"; \
 	else \
 		SUDO=$$( [ "$$(id -u)" = 0 ] && echo "" || echo sudo ); \
-		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver; \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver strace; \
 	fi
 
 ## analyze: the main job on the default (synthetic) data; prints where the dashboard is
