@@ -20,7 +20,7 @@ What it does, in order (exit status 0 only when every step passes):
    platform runs first); asserts ``is_valid``.
 5. leap.yaml: entry file, requirements.txt and every project module the entry imports (found
    statically through the import graph and at run time in step 4) are matched by
-   ``include`` and not by ``exclude`` (leap-cli's doublestar glob semantics).
+   ``include`` and not by ``exclude`` (leap-cli's doublestar glob semantics; ``leap_bundle.py``).
 6. Telemetry: no ``~/.tensorleap`` appeared (``TL_DISABLE_ANALYTICS`` is set before
    code_loader is imported).
 """
@@ -31,14 +31,12 @@ os.environ.setdefault("TL_DISABLE_ANALYTICS", "1")  # before code_loader is impo
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 import argparse  # noqa: E402
-import ast  # noqa: E402
 import contextlib  # noqa: E402
 import importlib.util  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
-import re  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -49,12 +47,12 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple  # noqa:
 
 import numpy as np  # noqa: E402
 
+from leap_bundle import bundled, check_leap_yaml, glob_match, import_closure, read_leap_yaml  # noqa: E402,F401
+
 ROOT = Path(__file__).resolve().parent
-LEAP_YAML = ROOT / "leap.yaml"
 SYNTH_SPLITS = (4, 4, 4)  # train, val, unlabeled
 SYNTH_SIZE = (816, 683)  # width, height: ARMBench's 2448x2048 at 1/3
 SYNTH_SEED = 0
-REQUIRED_FILES = ("requirements.txt", "armbench_segmentation/default_config.yaml")
 MIN_METADATA_FIELDS = 20
 RESULT_TAG = "@@LEAP_TEST_RESULT@@"
 
@@ -721,137 +719,11 @@ def check_dataset(entry: Path, step) -> Dict[str, Any]:
 
 
 # ============================================================================ step 5: leap.yaml
-def _expand_braces(pattern: str) -> List[str]:
-    m = re.search(r"\{([^{}]*)\}", pattern)
-    if not m:
-        return [pattern]
-    return [x for alt in m.group(1).split(",") for x in _expand_braces(pattern[:m.start()] + alt + pattern[m.end():])]
-
-
-def _segment_regex(segment: str) -> "re.Pattern[str]":
-    out, i = "", 0
-    while i < len(segment):
-        c = segment[i]
-        if c == "*":
-            out += "[^/]*"
-        elif c == "?":
-            out += "[^/]"
-        elif c == "[":
-            j = segment.find("]", i + 1)
-            if j < 0:
-                out += re.escape(c)
-            else:
-                body = segment[i + 1:j]
-                out += "[" + ("^" + body[1:] if body.startswith(("!", "^")) else body) + "]"
-                i = j
-        elif c == "\\" and i + 1 < len(segment):
-            i += 1
-            out += re.escape(segment[i])
-        else:
-            out += re.escape(c)
-        i += 1
-    return re.compile(out + r"\Z")
-
-
-def _match_segments(pat: List[str], parts: List[str]) -> bool:
-    if not pat:
-        return not parts
-    if pat[0] == "**":
-        return any(_match_segments(pat[1:], parts[i:]) for i in range(len(parts) + 1))
-    return bool(parts) and bool(_segment_regex(pat[0]).match(parts[0])) and _match_segments(pat[1:], parts[1:])
-
-
-def glob_match(pattern: str, path: str) -> bool:
-    """doublestar semantics (leap-cli): ``**`` spans directories, ``*``/``?`` stay in one, ``{a,b}``."""
-    pattern = pattern.replace("\\", "/").lstrip("./") if pattern.startswith("./") else pattern.replace("\\", "/")
-    parts = [p for p in path.replace("\\", "/").split("/") if p]
-    return any(_match_segments([s for s in p.split("/") if s], parts) for p in _expand_braces(pattern))
-
-
-def bundled(path: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
-    included = any(glob_match(p, path) for p in (include or ["**"]))
-    return included and not any(glob_match(p, path) for p in exclude or [])
-
-
-def _module_file(name: str, root: Path) -> Optional[Path]:
-    base = root.joinpath(*name.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def import_closure(entry: Path, root: Path) -> List[Path]:
-    """Project files the entry imports, transitively (every import statement, lazy ones
-    inside functions included), plus the ``__init__.py`` of every package on the way."""
-    seen: Dict[Path, None] = {}
-    todo = [entry.resolve()]
-    while todo:
-        path = todo.pop()
-        if path in seen:
-            continue
-        seen[path] = None
-        rel_pkg = path.relative_to(root).parent.parts if path.is_relative_to(root) else ()
-        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
-        names: List[str] = []
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                names += [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    pkg = list(rel_pkg)[: len(rel_pkg) - node.level + 1]
-                    base = ".".join(pkg + ([base] if base else []))
-                names.append(base)
-                names += [f"{base}.{a.name}" if base else a.name for a in node.names]
-        for name in names:
-            parts = name.split(".")
-            for i in range(1, len(parts) + 1):  # the package __init__ files on the way, then the module
-                found = _module_file(".".join(parts[:i]), root)
-                if found is not None and found.resolve() not in seen:
-                    todo.append(found.resolve())
-    return sorted(p for p in seen if p.is_relative_to(root))
-
-
-def read_leap_yaml() -> Dict[str, Any]:
-    import yaml
-
-    data = yaml.safe_load(LEAP_YAML.read_text(encoding="utf-8")) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{LEAP_YAML} must hold a mapping")
-    return data
-
-
-def _is_environment(rel: Path) -> bool:
-    """Installed packages (a virtualenv inside the project), not project code."""
-    return "site-packages" in rel.parts or "dist-packages" in rel.parts or rel.parts[0].startswith(".")
-
-
-def check_leap_yaml(config: Dict[str, Any], runtime_modules: Sequence[str], step, report: Report) -> None:
-    include, exclude = list(config.get("include") or []), list(config.get("exclude") or [])
-    entry = config.get("entryFile")
-    if not entry or not (ROOT / entry).is_file():
-        report.fail(step, f"leap.yaml entryFile {entry!r} does not exist in {ROOT}")
-        return
-    if str(config.get("pythonVersion")) != "3.11":
-        report.fail(step, f"leap.yaml pythonVersion is {config.get('pythonVersion')!r}, expected '3.11'")
-    static = [p.relative_to(ROOT).as_posix() for p in import_closure(ROOT / entry, ROOT)]
-    runtime = [Path(m).relative_to(ROOT).as_posix() for m in runtime_modules
-               if Path(m).is_relative_to(ROOT) and not _is_environment(Path(m).relative_to(ROOT))]
-    needed = sorted(set(static) | set(runtime) | {entry, *REQUIRED_FILES})
-    missing = [p for p in needed if not bundled(p, include, exclude)]
-    for p in missing:
-        report.fail(step, f"leap.yaml does not bundle {p} (imported or read by {entry})")
-    for p in REQUIRED_FILES:
-        if not (ROOT / p).is_file():
-            report.fail(step, f"{p} is missing")
-    for bad in ("models/armbench-yolov5s-seg.onnx", "tests/conftest.py", "tools/finetune.py",
-                "armbench_segmentation/dataset/train.json", ".venv/bin/python"):
-        if bundled(bad, include, exclude):
-            report.fail(step, f"leap.yaml would bundle {bad}")
-    step.lines.append(f"{len(needed)} files needed by {entry} ({len(static)} by the import graph, "
-                      f"{len(runtime)} imported at run time): all bundled" if not missing else
-                      f"{len(missing)} of {len(needed)} needed files not bundled")
+def check_bundle(config: Dict[str, Any], runtime_modules: Sequence[str], step, report: Report) -> None:
+    failures, lines = check_leap_yaml(config, runtime_modules, ROOT)
+    for message in failures:
+        report.fail(step, message)
+    step.lines += lines
 
 
 # ============================================================================ main
@@ -981,7 +853,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     report.fail(step, "check_dataset: is_valid is False")
 
     with report.step("leap.yaml covers the entry's imports") as step:
-        check_leap_yaml(config, runtime_modules, step, report)
+        check_bundle(config, runtime_modules, step, report)
 
     with report.step("telemetry off") as step:
         if not telemetry_existed and telemetry_dir.exists():
