@@ -94,6 +94,7 @@ from code_loader.inner_leap_binder.leapbinder_decorators import (  # noqa: E402
 
 from armbench_segmentation.config import Settings, load_settings  # noqa: E402
 from armbench_segmentation.data.coco import ArmbenchDataset, LoadedSample, Sample  # noqa: E402
+from armbench_segmentation.data.probe import readable_samples  # noqa: E402
 from armbench_segmentation.errors import DatasetError, ModelError  # noqa: E402
 from armbench_segmentation.codecs import pack_mask_bits, unpack_mask_bits  # noqa: E402
 from armbench_segmentation.metadata import METADATA_FIELDS, sample_metadata  # noqa: E402
@@ -208,11 +209,30 @@ def _loaded(sample_id: str, preprocess: PreprocessResponse) -> LoadedSample:
     return _load(sample.split, sample.sample_id)
 
 
+@functools.lru_cache(maxsize=None)
+def _readable(split: str) -> tuple:
+    """(readable samples, {sample_id: problem}) of a split (``data.probe.readable_samples``):
+    the platform cannot skip a sample whose encoder raises, so unreadable ones are left out
+    of the preprocess, each named once in a warning."""
+    readable, problems = readable_samples(_dataset(), _dataset().samples(split))
+    return tuple(readable), problems
+
+
+def excluded_samples() -> Dict[str, str]:
+    """``{sample_id: problem}`` of every sample the preprocess responses left out."""
+    out: Dict[str, str] = {}
+    for split in (*LABELED_SPLITS, UNLABELED_SPLIT):
+        out.update(_readable(split)[1])
+    return out
+
+
 def _response(split: str, state: DataStateType) -> PreprocessResponse:
-    ids = [s.sample_id for s in _dataset().samples(split)]
+    samples, problems = _readable(split)
+    ids = [s.sample_id for s in samples]
     if not ids:
-        raise DatasetError(f"split {split!r} of {_dataset().root} has no images; check data.{split}_size "
-                           f"and the split's COCO file")
+        why = f" ({len(problems)} unreadable, e.g. {next(iter(problems.values()))})" if problems else ""
+        raise DatasetError(f"split {split!r} of {_dataset().root} has no readable images{why}; check "
+                           f"data.{split}_size and the split's COCO file")
     return PreprocessResponse(sample_ids=ids, data={"split": split}, state=state, sample_id_type=str)
 
 

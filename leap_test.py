@@ -322,8 +322,20 @@ def check_metadata(name: str, value: Any, types: Dict[str, Any]) -> List[str]:
 
 
 # ============================================================================ step 2: integration test
+def _print_trace(exc: BaseException) -> None:
+    """A traceback for a bug; none for an input problem the project names itself (an
+    ArmbenchError: its one-line message, reported once by the caller, says it all)."""
+    from armbench_segmentation.errors import ArmbenchError
+
+    if not isinstance(exc, ArmbenchError):
+        traceback.print_exception(exc)
+
+
 def run_integration_test(module, report: Report, step, n_samples: int) -> Dict[str, Any]:
     responses = list(module.preprocess()) + [module.preprocess_unlabeled()]
+    excluded = getattr(module, "excluded_samples", dict)()
+    for sid, problem in excluded.items():  # named once, against the sample that has the problem
+        step.lines.append(f"excluded from the preprocess: {problem}")
     by_split = {}
     for resp in responses:
         split = resp.data["split"]
@@ -339,7 +351,7 @@ def run_integration_test(module, report: Report, step, n_samples: int) -> Dict[s
                     module.integration_test(sid, resp)
             except Exception as exc:  # noqa: BLE001
                 print(sink.getvalue(), end="")
-                traceback.print_exc()
+                _print_trace(exc)
                 report.fail(step, f"integration_test({sid!r}, {split}): {_describe(exc)}")
                 continue
             step.lines.append(f"{split:9s} {sid}: ok ({time.perf_counter() - start:.1f} s)")
@@ -467,7 +479,7 @@ def replay(module, registered: Registered, responses: Dict[str, Any], report: Re
                     stats["seconds"] += time.perf_counter() - t0
                     stats["samples"] += b
                 except Exception as exc:  # noqa: BLE001
-                    traceback.print_exc()
+                    _print_trace(exc)
                     report.fail(step, f"{kind} '{name}' ({_func_name(handler)}) on {split}, batch of {b}: "
                                       f"{_describe(exc)}")
                     continue
@@ -507,7 +519,7 @@ def replay(module, registered: Registered, responses: Dict[str, Any], report: Re
                     result = handler.function(**kwargs)
                     stats["seconds"] += time.perf_counter() - t0
                 except Exception as exc:  # noqa: BLE001
-                    traceback.print_exc()
+                    _print_trace(exc)
                     report.fail(step, f"{kind} '{name}' ({_func_name(handler)}) on {split}: {_describe(exc)}")
                     continue
                 stats["calls"] += 1

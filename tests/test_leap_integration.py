@@ -28,12 +28,12 @@ from armbench_segmentation.config import DEFAULT_MODEL_PATH
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_PATH = Path(os.environ.get("ARMBENCH_MODEL") or DEFAULT_MODEL_PATH)
 S = 640  # data.image_size
-H = S // 4  # prototype / GT-mask resolution
+H = S // 4  # prototype resolution
 
 
 # ---------------------------------------------------------------------------- fixtures
 def _clear(lb) -> None:
-    for fn in (lb._settings, lb._dataset, lb._samples_by_id, lb._load, lb._segmentation_keys, lb._uncertainty_keys):
+    for fn in (lb._settings, lb._dataset, lb._samples_by_id, lb._load, lb._segmentation_keys, lb._readable):
         fn.cache_clear()
     lb._memo = lb._Memo()
 
@@ -65,8 +65,11 @@ def _crafted_outputs(lb, boxes_row: np.ndarray, masks_row: np.ndarray, merge: tu
     mask coefficient picks a prototype that is +20 on the instance's mask and -20 elsewhere.
     With ``merge=(i, j)``, instances i and j are replaced by one prediction covering both."""
     n_anchors = 3 * ((S // 8) ** 2 + (S // 16) ** 2 + (S // 32) ** 2)
+    from armbench_segmentation.codecs import unpack_mask_bits
+
     det = np.zeros((n_anchors, 5 + 2 + 32), np.float32)
     protos = np.full((32, H, H), -20.0, np.float32)
+    small = unpack_mask_bits(masks_row, S)[:, ::4, ::4]  # (K, H, H): the encoded masks at prototype pixels
     valid = np.flatnonzero(boxes_row[:, 5] > 0.5)
     groups = [[int(i)] for i in valid]
     if merge is not None:
@@ -77,7 +80,7 @@ def _crafted_outputs(lb, boxes_row: np.ndarray, masks_row: np.ndarray, merge: tu
         det[k * 7, :5] = [(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1, 0.95]
         det[k * 7, 5 + int(boxes_row[members[0], 4])] = 0.95
         det[k * 7, 7 + k] = 1.0
-        protos[k][masks_row[members].max(axis=0) > 0.5] = 20.0
+        protos[k][small[members].max(axis=0)] = 20.0
     return det[None], protos[None]
 
 
@@ -96,13 +99,16 @@ def test_gt_encoders_pad_to_the_data_maximum(binder):
     assert binder.max_instances() == 6  # train_a: tote + 5 objects, the most on one train/val image
     loaded = binder._loaded("train_a", train)
     boxes, masks = binder.gt_boxes("train_a", train), binder.gt_masks("train_a", train)
-    assert boxes.shape == (6, 6) and masks.shape == (6, H, H)
+    assert boxes.shape == (6, 6) and masks.shape == (6, S, S // 8)  # model-frame masks, 8 pixels per value
     assert boxes.dtype == masks.dtype == np.float32
     n = len(loaded.gt)
     assert boxes[:, 5].sum() == n == 6
     np.testing.assert_allclose(boxes[:n, :4], loaded.gt.boxes)
     np.testing.assert_array_equal(boxes[:n, 4], loaded.gt.class_ids)
-    np.testing.assert_array_equal(masks[:n] > 0.5, loaded.gt.masks[:, ::4, ::4])  # the pixels the loss reads
+    from armbench_segmentation.codecs import unpack_mask_bits
+
+    np.testing.assert_array_equal(unpack_mask_bits(masks[:n], S), loaded.gt.masks)  # the engine's very pixels
+    np.testing.assert_array_equal(masks, masks.astype(np.float16))  # exact through float16 storage
 
     empty_boxes, empty_masks = binder.gt_boxes("train_b", train), binder.gt_masks("train_b", train)
     assert empty_boxes.shape == (6, 6) and not empty_boxes.any() and not empty_masks.any()  # no GT: all padding
