@@ -3,6 +3,7 @@
 The dashboard is ONE self-contained HTML file: plotly.js is embedded from the installed
 ``plotly`` package (no CDN), images are base64 data URIs (map thumbnails ~96 px), data is
 JSON in a ``<script type="application/json">`` block. Nothing is fetched at view time.
+The page's template, CSS and JavaScript are package data in ``analysis/dashboard/``.
 
 Images come through callables supplied by the engine, so this module depends on no drawing
 code:
@@ -23,6 +24,7 @@ import logging
 import math
 import re
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -435,6 +437,13 @@ def _json_default(v: Any) -> Any:
     return str(v)
 
 
+def _asset(name: str) -> str:
+    """A file of the page, shipped as package data in ``analysis/dashboard/``: ``page.html``
+    (a ``str.format`` template: ``{name}`` placeholders, ``{{``/``}}`` literal braces),
+    ``style.css`` and ``app.js`` (inserted verbatim)."""
+    return resources.files(__package__).joinpath("dashboard", name).read_text(encoding="utf-8")
+
+
 def write_report(out_dir: str | Path, frame: pd.DataFrame, map_xy: Any, clusters: Any = None, label_picks: Any = None,
                  prune_result: Any = None, galleries: Any = None, thumbnails: Any = None,
                  provenance: Mapping[str, Any] | None = None, *, title: str = "ARMBench segmentation analysis",
@@ -478,13 +487,13 @@ def write_report(out_dir: str | Path, frame: pd.DataFrame, map_xy: Any, clusters
         prov.setdefault("labeling", label_picks.provenance)
     if prune_result is not None:
         prov.setdefault("pruning", prune_result.provenance)
-    page = _TEMPLATE.format(
+    page = _asset("page.html").format(
         title=html.escape(title), summary=html.escape(summary or "no samples"),
         plotly_js=plotly.offline.get_plotlyjs(), data=script_json(payload),
         clusters=_clusters_html(clusters), picks=_picks_html(label_picks, thumbs),
         prune=_prune_html(prune_result), galleries=_galleries_html(galleries),
         provenance=html.escape(json.dumps(prov, indent=2, default=_json_default)),
-        css=_CSS, js=_JS,
+        css=_asset("style.css"), js=_asset("app.js"),
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -493,142 +502,3 @@ def write_report(out_dir: str | Path, frame: pd.DataFrame, map_xy: Any, clusters
     logger.info("dashboard written to %s (%.1f MB)", path, path.stat().st_size / 1e6)
     return path
 
-
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#222;background:#fafafa}
-header{padding:12px 20px;background:#1f2937;color:#fff}header h1{margin:0;font-size:20px}
-header p{margin:4px 0 0;color:#cbd5e1;font-size:13px}
-nav{padding:6px 20px;background:#e5e7eb;font-size:14px}nav a{margin-right:14px;color:#1f2937}
-section{padding:10px 20px}h2{font-size:17px;border-bottom:1px solid #ddd;padding-bottom:4px}
-#controls{display:flex;flex-wrap:wrap;gap:14px;align-items:center;font-size:14px;margin-bottom:6px}
-#map-wrap{display:flex;gap:12px}#map{flex:1;min-width:0;height:560px;background:#fff;border:1px solid #ddd}
-#panel{width:250px;font-size:13px;background:#fff;border:1px solid #ddd;padding:8px}
-#panel img{width:96px;height:auto;display:block;margin-bottom:6px}
-table{border-collapse:collapse;font-size:13px;background:#fff}th,td{border:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top}
-th{background:#f3f4f6}td.num{text-align:right;font-variant-numeric:tabular-nums}
-tr.clickable{cursor:pointer}tr.clickable:hover{background:#eef2ff}img.thumb{width:64px;height:auto}
-.gallery{display:flex;flex-wrap:wrap;gap:10px}.gallery figure{margin:0;width:300px}
-.gallery img{width:300px;height:auto;border:1px solid #ccc}.gallery figcaption{font-size:12px}
-.muted{color:#6b7280;font-size:13px}pre{background:#fff;border:1px solid #ddd;padding:8px;font-size:12px;overflow:auto}
-"""
-
-_JS = r"""
-(function(){
-const D = JSON.parse(document.getElementById('map-data').textContent);
-const N = D.ids.length;
-const colorSel = document.getElementById('color-by');
-const clusterSel = document.getElementById('cluster-filter');
-const sizeChk = document.getElementById('size-by-loss');
-const splitBoxes = Array.from(document.querySelectorAll('input.split-filter'));
-const countEl = document.getElementById('visible-count');
-const metricNames = Object.keys(D.metrics);
-metricNames.forEach(m => { const o = document.createElement('option'); o.value = m; o.textContent = m; colorSel.appendChild(o); });
-if (metricNames.includes('loss')) colorSel.value = 'loss';
-D.clusters.forEach(c => { const o = document.createElement('option'); o.value = String(c);
-  o.textContent = 'cluster ' + c + (D.insights[String(c)] ? ': ' + D.insights[String(c)].slice(0, 60) : ''); clusterSel.appendChild(o); });
-const symbols = ['circle', 'diamond', 'square', 'triangle-up', 'x'];
-function range(vals){ let lo = Infinity, hi = -Infinity; for (const v of vals) if (v !== null) { if (v < lo) lo = v; if (v > hi) hi = v; }
-  return lo === Infinity ? [0, 1] : (lo === hi ? [lo - 0.5, hi + 0.5] : [lo, hi]); }
-// plotly reads <b>, <br>, &amp;... in hover text, trace names and titles: show data literally
-function lit(v){ return String(v).replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;'); }
-function fmt(v){ return (v === null || v === undefined) ? '–' : (typeof v === 'number' ? (Number.isInteger(v) ? String(v) : v.toPrecision(3)) : String(v)); }
-function visible(){
-  const splits = new Set(splitBoxes.filter(b => b.checked).map(b => Number(b.value)));
-  const cl = clusterSel.value; const out = [];
-  for (let i = 0; i < N; i++) if (splits.has(D.split[i]) && (cl === 'all' || String(D.cluster[i]) === cl)) out.push(i);
-  return out;
-}
-function render(){
-  const metric = colorSel.value; const vals = metric ? D.metrics[metric] : null;
-  const [cmin, cmax] = vals ? range(vals) : [0, 1];
-  const loss = D.metrics.loss; const [lmin, lmax] = loss ? range(loss) : [0, 1];
-  const idx = visible(); const traces = []; const under = []; let scale = true;  // gray (no value) drawn first, below
-  const gl = N > 5000;
-  D.splits.forEach((name, s) => {
-    const inSplit = idx.filter(i => D.split[i] === s);
-    const colored = vals ? inSplit.filter(i => vals[i] !== null) : inSplit;
-    const gray = vals ? inSplit.filter(i => vals[i] === null) : [];
-    const mk = (ids, withColor, label) => {
-      if (!ids.length) return;
-      const size = ids.map(i => (sizeChk.checked && loss && loss[i] !== null) ? 5 + 12 * (loss[i] - lmin) / ((lmax - lmin) || 1) : 6);
-      const marker = {size: size, symbol: symbols[s % symbols.length], line: {width: 0}, opacity: 0.8};
-      if (withColor) Object.assign(marker, {color: ids.map(i => vals[i]), colorscale: 'Viridis', cmin: cmin, cmax: cmax,
-        showscale: scale, colorbar: {title: {text: lit(metric)}, len: 0.8}});
-      else marker.color = '#b0b0b0';
-      if (withColor) scale = false;
-      (withColor ? traces : under).push({type: gl ? 'scattergl' : 'scatter', mode: 'markers', name: lit(label), x: ids.map(i => D.x[i]),
-        y: ids.map(i => D.y[i]), customdata: ids, marker: marker,
-        hovertemplate: '%{text}<extra></extra>', text: ids.map(i => lit(D.ids[i]) + (vals ? '<br>' + lit(metric) + ': ' + lit(fmt(vals[i])) : ''))});
-    };
-    mk(colored, !!vals, name);
-    mk(gray, false, name + ' (no ' + metric + ')');
-  });
-  countEl.textContent = idx.length + ' of ' + N + ' samples shown';
-  Plotly.react('map', under.concat(traces), {margin: {l: 40, r: 10, t: 10, b: 40}, legend: {orientation: 'h', y: -0.08},
-    xaxis: {title: {text: 'map x'}, zeroline: false}, yaxis: {title: {text: 'map y'}, zeroline: false},
-    hovermode: 'closest', uirevision: 'keep'}, {responsive: true, displaylogo: false});
-}
-function showPanel(i){
-  const p = document.getElementById('panel'); p.textContent = '';
-  const uri = D.thumbs[D.ids[i]];
-  if (uri) { const img = document.createElement('img'); img.src = uri; img.alt = D.ids[i]; p.appendChild(img); }
-  const add = (k, v) => { const d = document.createElement('div'); const b = document.createElement('b'); b.textContent = k + ': ';
-    d.appendChild(b); d.appendChild(document.createTextNode(fmt(v))); p.appendChild(d); };
-  add('sample', D.ids[i]); add('split', D.splits[D.split[i]]); add('cluster', D.cluster[i]);
-  D.panel_fields.forEach(f => add(f, D.metrics[f] ? D.metrics[f][i] : (D.panel[f] ? D.panel[f][i] : null)));
-  const ins = D.insights[String(D.cluster[i])]; if (ins) add('cluster insight', ins);
-}
-function showDefinition(){ document.getElementById('color-def').textContent = D.definitions[colorSel.value] || ''; }
-showDefinition();
-colorSel.addEventListener('change', showDefinition);
-colorSel.addEventListener('change', render); clusterSel.addEventListener('change', render);
-sizeChk.addEventListener('change', render); splitBoxes.forEach(b => b.addEventListener('change', render));
-document.querySelectorAll('#cluster-table tr.clickable').forEach(tr => tr.addEventListener('click', () => {
-  clusterSel.value = tr.dataset.cluster; render(); document.getElementById('map-section').scrollIntoView(); }));
-render();
-const mapDiv = document.getElementById('map');
-mapDiv.on('plotly_hover', ev => { if (ev.points && ev.points.length) showPanel(ev.points[0].customdata); });
-mapDiv.on('plotly_click', ev => { if (ev.points && ev.points.length) showPanel(ev.points[0].customdata); });
-window.armbenchDashboard = {render: render, visible: visible, data: D};
-})();
-"""
-
-_TEMPLATE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<link rel="icon" href="data:,"><title>{title}</title><style>{css}</style>
-<script>{plotly_js}</script></head>
-<body>
-<header><h1>{title}</h1><p>{summary}. Offline report: nothing is loaded from the network.</p></header>
-<nav><a href="#map-section">Map</a><a href="#clusters">Clusters</a><a href="#picks">Labeling picks</a>
-<a href="#pruning">Pruning</a><a href="#galleries">Galleries</a><a href="#provenance">Provenance</a></nav>
-<section id="map-section"><h2>Population map</h2>
-<div id="controls">
-<label>Color by <select id="color-by"></select></label>
-<span id="color-def" class="muted"></span>
-<span>Splits: <span id="split-boxes"></span></span>
-<label>Cluster <select id="cluster-filter"><option value="all">all clusters</option></select></label>
-<label title="loss: the sample's YOLOv5-seg loss"><input type="checkbox" id="size-by-loss" checked> size by loss</label>
-<span id="visible-count" class="muted"></span>
-</div>
-<div id="map-wrap"><div id="map"></div><div id="panel"><p class="muted">Hover over a point to see its thumbnail and numbers.</p></div></div>
-</section>
-<section id="clusters"><h2>Clusters and insights</h2>{clusters}</section>
-<section id="picks"><h2>Labeling picks (send to annotators)</h2>{picks}</section>
-<section id="pruning"><h2>Pruning (training images to drop)</h2>{prune}</section>
-<section id="galleries"><h2>Galleries</h2>{galleries}</section>
-<section id="provenance"><h2>Provenance</h2><pre>{provenance}</pre></section>
-<script type="application/json" id="map-data">{data}</script>
-<script>
-(function(){{
-  const D = JSON.parse(document.getElementById('map-data').textContent);
-  const box = document.getElementById('split-boxes');
-  D.splits.forEach((name, s) => {{
-    const l = document.createElement('label'); const c = document.createElement('input');
-    c.type = 'checkbox'; c.className = 'split-filter'; c.value = String(s); c.checked = true; c.id = 'split-' + name;
-    l.appendChild(c); l.appendChild(document.createTextNode(' ' + name + ' ')); box.appendChild(l);
-  }});
-}})();
-</script>
-<script>{js}</script>
-</body></html>
-"""
