@@ -108,6 +108,7 @@ from armbench_segmentation.metrics.sample_evaluation import (  # noqa: E402
 )
 from armbench_segmentation.metrics.uncertainty import entropy_map  # noqa: E402
 from armbench_segmentation.model.onnx_model import SegmentationModel  # noqa: E402
+from armbench_segmentation.splits import LABELED_SPLITS as LABELED_SPLIT_NAMES, UNLABELED  # noqa: E402
 from armbench_segmentation.structures import Instances, python_scalar, unbatch  # noqa: E402
 from armbench_segmentation.visualize import draw_error_instances, instance_labels, label_map  # noqa: E402
 
@@ -116,8 +117,8 @@ log = logging.getLogger("leap_binder")
 ROOT = Path(__file__).resolve().parent
 LEAP_CONFIG = ROOT / "leap_config.yaml"
 
-LABELED_SPLITS = {"train": DataStateType.training, "val": DataStateType.validation}
-UNLABELED_SPLIT = "unlabeled"
+LABELED_SPLITS = dict(zip(LABELED_SPLIT_NAMES, (DataStateType.training, DataStateType.validation)))  # train, val
+UNLABELED_SPLIT = UNLABELED
 PROTO_STRIDE = 4  # YOLOv5-seg prototypes are at 1/4 of the input
 NUM_MASK_COEFFS = 32  # YOLOv5-seg export contract
 EMBEDDING_DIM = 512  # tools/export_onnx.py: pooled SPPF output of yolov5s-seg

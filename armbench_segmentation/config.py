@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable, Mapping
 import yaml
 
 from armbench_segmentation.errors import ConfigError
+from armbench_segmentation.splits import UNLABELED
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PROJECT_DIR = PACKAGE_DIR.parent
@@ -137,7 +138,7 @@ class DataConfig:
     reduced_decode: bool = field(default=True, metadata=_rule("bool"))
 
     def split_size(self, split: str) -> int | None:
-        return {"train": self.train_size, "val": self.val_size, "unlabeled": self.unlabeled_size}[split]
+        return {"train": self.train_size, "val": self.val_size, UNLABELED: self.unlabeled_size}[split]
 
 
 @dataclass(frozen=True)

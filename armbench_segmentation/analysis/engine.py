@@ -35,6 +35,7 @@ from armbench_segmentation.analysis import exports
 from armbench_segmentation.analysis.runner import RunSummary, open_run, run_samples, selected_samples
 from armbench_segmentation.analysis.store import ResultsStore
 from armbench_segmentation.config import DEFAULT_DATASET_DIR, Settings
+from armbench_segmentation.splits import UNLABELED
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ def resolve_dataset(settings: Settings, synthetic: bool, spec: SyntheticSpec = D
     else:
         folder = ensure_synthetic_dataset(spec, folder=path, progress=progress)
         where = f"synthetic dataset ({spec.describe()}) generated at {folder}"
-    sizes = {"train": spec.n_train, "val": spec.n_val, "unlabeled": spec.n_unlabeled}
+    sizes = {"train": spec.n_train, "val": spec.n_val, UNLABELED: spec.n_unlabeled}
     overrides: dict[str, Any] = {"data.path": str(folder)}
     for split, n in sizes.items():
         current = settings.data.split_size(split)
@@ -192,7 +193,7 @@ def compute_insights(frame: Any, embeddings: np.ndarray, settings: Settings, sto
         return frame, out
     out.clusters = cluster(frame, embeddings, method=a.clustering, n_clusters=a.n_clusters, seed=seed)
     frame["cluster"] = out.clusters.labels.astype(np.int64)
-    if (frame["split"] == "unlabeled").any() and a.label_budget >= 1:
+    if (frame["split"] == UNLABELED).any() and a.label_budget >= 1:
         out.picks = pick_for_labeling(frame, embeddings, settings, model_hash=model_hash)
     if (frame["split"] == "train").any():
         out.pruning = prune(frame, embeddings, settings, cluster_labels=out.clusters.labels, model_hash=model_hash)
@@ -377,7 +378,7 @@ def write_outputs(out_dir: Path, frame: Any, insights: Insights, store: ResultsS
         path = out_dir / "clusters.csv"
         files["clusters"] = exports.write_csv(insights.clusters.table(), path)
     if insights.picks is not None:
-        categories = dataset.coco("unlabeled").dataset.get("categories") or None
+        categories = dataset.coco(UNLABELED).dataset.get("categories") or None
         for name, path in selection.write_label_picks(out_dir, insights.picks, frame, categories=categories,
                                                      crop_provider=crop_provider).items():
             files[f"label_picks_{name}"] = path

@@ -26,6 +26,9 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import pandas as pd
 
+from armbench_segmentation.codecs import atomic_path, atomic_write_text
+from armbench_segmentation.splits import SPLITS
+
 logger = logging.getLogger(__name__)
 
 EXPORT_FIRST_COLUMNS = (
@@ -62,22 +65,16 @@ def csv_safe(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_csv(frame: pd.DataFrame, path: str | Path) -> Path:
-    """Write ``frame`` as CSV (no index) atomically (a ``.tmp`` next to it, then renamed),
-    with formula-like text cells neutralised. The one CSV writer of the project.
+    """Write ``frame`` as CSV (no index) atomically (``codecs.atomic_path``: a temporary file
+    next to it, then renamed), with formula-like text cells neutralised. The one CSV writer
+    of the project.
 
     Rows end in CRLF (RFC 4180): the csv writer then quotes every cell holding a carriage
     return or a newline, so such a cell cannot split a row."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    csv_safe(frame).to_csv(tmp, index=False, lineterminator="\r\n")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        csv_safe(frame).to_csv(tmp, index=False, lineterminator="\r\n")
     return path
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def order_columns(frame: pd.DataFrame) -> pd.DataFrame:
@@ -112,9 +109,8 @@ def write_table(frame: pd.DataFrame, out_dir: Path, name: str = "samples") -> tu
     table = order_columns(frame)
     csv_path, parquet_path = out_dir / f"{name}.csv", out_dir / f"{name}.parquet"
     write_csv(table, csv_path)
-    tmp_pq = parquet_path.with_name(parquet_path.name + ".tmp")
-    _parquet_safe(table).to_parquet(tmp_pq, index=False)
-    tmp_pq.replace(parquet_path)
+    with atomic_path(parquet_path) as tmp:
+        _parquet_safe(table).to_parquet(tmp, index=False)
     return csv_path, parquet_path
 
 
@@ -152,7 +148,7 @@ def coco_results(records: Iterable[tuple[str, int | None, str | None, list[dict]
 
 
 def write_coco_predictions(store: Any, dataset: Any, out_dir: Path, class_names: Sequence[str],
-                           splits: Sequence[str] = ("train", "val", "unlabeled"),
+                           splits: Sequence[str] = SPLITS,
                            frame: pd.DataFrame | None = None) -> dict[str, Path]:
     """``predictions_<split>.json`` per split (COCO results, original resolution), streamed
     from the store to the file (memory stays flat for any number of images).
@@ -173,13 +169,11 @@ def write_coco_predictions(store: Any, dataset: Any, out_dir: Path, class_names:
         counts: dict[str, int] = {}
         entries = coco_results(store.predictions(split), class_to_category_ids(dataset, split, class_names), ids, counts)
         path = out_dir / f"predictions_{split}.json"
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w") as f:
+        with atomic_path(path) as tmp, open(tmp, "w") as f:
             f.write("[")
             for i, entry in enumerate(entries):
                 f.write(("," if i else "") + json.dumps(entry, separators=(",", ":")))
             f.write("]")
-        tmp.replace(path)
         if counts["dropped"]:
             logger.warning("COCO export %s: %d predictions of classes without a category in %s were left out",
                            split, counts["dropped"], dataset.split_path(split).name)
@@ -221,9 +215,8 @@ def write_instances(store: Any, out_dir: Path, keys: Iterable[tuple[str, str]] |
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path, parquet_path = out_dir / "instances.csv", out_dir / "instances.parquet"
     write_csv(frame, csv_path)
-    tmp_pq = parquet_path.with_name(parquet_path.name + ".tmp")
-    frame.to_parquet(tmp_pq, index=False)
-    tmp_pq.replace(parquet_path)
+    with atomic_path(parquet_path) as tmp:
+        frame.to_parquet(tmp, index=False)
     return csv_path, parquet_path
 
 
@@ -236,5 +229,5 @@ def write_run_info(store: Any, out_dir: Path, extra: dict | None = None) -> Path
     """``run.json``: the run key and its provenance (model, settings, dataset files)."""
     info = {"run_key": store.run_key, **store.run_info(), "counts": store.counts(), **(extra or {})}
     path = Path(out_dir) / "run.json"
-    _atomic_write_text(path, json.dumps(info, indent=2, default=str, sort_keys=True))
+    atomic_write_text(path, json.dumps(info, indent=2, default=str, sort_keys=True))
     return path

@@ -33,10 +33,10 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from armbench_segmentation.errors import ArmbenchError
+from armbench_segmentation.splits import LABELED_SPLITS
 
 logger = logging.getLogger(__name__)
 
-LABELED_SPLITS = ("train", "val")
 DEFAULT_MAX_FIT = 20_000
 _PRE_PCA_DIMS = 50
 

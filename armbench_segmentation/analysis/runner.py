@@ -41,12 +41,13 @@ from armbench_segmentation.analysis.store import (
     StoredSample,
     make_run_key,
 )
+from armbench_segmentation import package_version
 from armbench_segmentation.config import Settings
 from armbench_segmentation.errors import SampleError
+from armbench_segmentation.splits import SPLITS
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "unlabeled")
 # Bump when the meaning or computation of a result row changes: it is part of the run key,
 # so results of an older pipeline are recomputed instead of mixed with new ones.
 # 2: the metrics run with numpy's BLAS on one thread (single_threaded_blas): the mask decode's
@@ -87,15 +88,6 @@ def dataset_identity(dataset: Any, store: ResultsStore, splits: Sequence[str] = 
         path = dataset.split_path(split)
         out[path.name] = store.file_sha256(path)
     return out
-
-
-def package_version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("armbench-segmentation")
-    except metadata.PackageNotFoundError:
-        return "unknown (not installed)"
 
 
 def run_key_for(model: Any, settings: Settings, identity: dict[str, str]) -> str:

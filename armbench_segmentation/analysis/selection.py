@@ -47,16 +47,18 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from armbench_segmentation import package_version
 from armbench_segmentation.analysis.clustering import _numeric
 from armbench_segmentation.analysis.exports import write_csv
 from armbench_segmentation.analysis.projection import (
     check_embeddings, embeddings_digest, fit_rows, labeled_mask, reduce_embeddings,
 )
+from armbench_segmentation.codecs import json_default
+from armbench_segmentation.splits import UNLABELED
 from armbench_segmentation.structures import python_scalar
 
 logger = logging.getLogger(__name__)
 
-UNLABELED = "unlabeled"
 # Strategy -> uncertainty columns tried in order (first present one is the score).
 UNCERTAINTY_COLUMNS: dict[str, tuple[str, ...]] = {
     "entropy": ("unc_mask_entropy", "unc_score_entropy"),
@@ -78,15 +80,6 @@ DEFAULT_CATEGORIES = ({"id": 1, "name": "Tote", "supercategory": ""},
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("armbench-segmentation")
-    except Exception:  # noqa: BLE001 - not installed as a distribution (source checkout)
-        return "source"
 
 
 
@@ -415,7 +408,7 @@ def select_for_labeling(frame: pd.DataFrame, embeddings: Any, budget: int = 50, 
         "kind": "labeling", "strategy": strategy, "budget": int(budget), "n_picked": k, "params": params,
         "seed": seed, "reduce_dims": reduce_dims, "model_hash": model_hash,
         "embeddings_hash": embeddings_digest(emb), "n_candidates": n_cand, "n_labeled": int(len(ctx.labeled)),
-        "created": _now(), "tool": f"armbench-segmentation {_version()}",
+        "created": _now(), "tool": f"armbench-segmentation {package_version()}",
     }
     if k == 0:
         return LabelingResult(pd.DataFrame(columns=PICK_COLUMNS), provenance, np.zeros(0, np.int64))
@@ -441,19 +434,7 @@ def select_for_labeling(frame: pd.DataFrame, embeddings: Any, budget: int = 50, 
 # --------------------------------------------------------------------------------------
 
 def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
-
-
-def _json_default(v: Any) -> Any:
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, Path):
-        return str(v)
-    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
-
-
+    path.write_text(json.dumps(obj, indent=2, default=json_default) + "\n")
 
 
 def write_label_picks(out_dir: str | Path, result: LabelingResult, frame: pd.DataFrame | None = None,
@@ -675,7 +656,7 @@ def select_for_pruning(frame: pd.DataFrame, embeddings: Any, cluster_labels: Any
     provenance = {"kind": "pruning", "keep_fraction": keep_fraction, "n_bands": n_bands, "prefer": prefer,
                   "dedup_threshold": dedup_threshold, "subgroup_size": subgroup_size, "seed": seed,
                   "model_hash": model_hash, "embeddings_hash": embeddings_digest(emb), "reduce_dims": reduce_dims,
-                  "n_train": int(len(rows)), "created": _now(), "tool": f"armbench-segmentation {_version()}",
+                  "n_train": int(len(rows)), "created": _now(), "tool": f"armbench-segmentation {package_version()}",
                   "clusters": "given" if labels_all is not None else f"k-means k={n_clusters} on train rows"}
     dec_cols = ["sample_id", "file_name", "cluster", "subgroup", "distance", "band", "keep", "reason",
                 "duplicate_of", "similarity"]

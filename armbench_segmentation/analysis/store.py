@@ -57,12 +57,13 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from armbench_segmentation.codecs import json_default
 from armbench_segmentation.errors import ArmbenchError
+from armbench_segmentation.splits import SPLITS
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
-SPLIT_ORDER = ("train", "val", "unlabeled")
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
 
@@ -450,7 +451,7 @@ class ResultsStore:
                 emb_blob, dim = emb.tobytes(), int(emb.size)
             preds = None if s.predictions is None else zlib.compress(json.dumps(s.predictions).encode(), 6)
             facts = None if s.facts is None else zlib.compress(
-                json.dumps(s.facts, allow_nan=False, default=_json_default).encode(), 6)
+                json.dumps(s.facts, allow_nan=False, default=json_default).encode(), 6)
             row = None if s.row is None else json.dumps(clean_row(s.row), allow_nan=False)
             params.append((key, s.split, s.sample_id, s.seq, s.image_id, s.file_name, s.status, s.error,
                            row, emb_blob, dim, preds, facts, now))
@@ -492,7 +493,7 @@ class ResultsStore:
 
     def _ordered(self, rows: list[tuple], keys: list[SampleKey] | None, key_of=lambda r: (r[0], r[1])) -> list[tuple]:
         if keys is None:
-            rank = {s: i for i, s in enumerate(SPLIT_ORDER)}
+            rank = {s: i for i, s in enumerate(SPLITS)}
             return sorted(rows, key=lambda r: (rank.get(r[0], len(rank)), r[0], r[2] if r[2] is not None else -1, r[1]))
         by_key = {key_of(r): r for r in rows}
         return [by_key[k] for k in keys if k in by_key]
@@ -593,11 +594,11 @@ class ResultsStore:
     def facts(self, chunk: int = 256) -> Iterator[tuple[str, str, dict[str, Any] | None]]:
         """Yield (split, sample_id, facts) for every finished sample of the run in split and
         sample order, streaming (``chunk`` rows in memory at a time)."""
-        order = " ".join(f"WHEN '{s}' THEN {i}" for i, s in enumerate(SPLIT_ORDER))
+        order = " ".join(f"WHEN '{s}' THEN {i}" for i, s in enumerate(SPLITS))
         with self._lock:
             cur = self._conn.execute(
                 f"SELECT split, sample_id, facts FROM samples WHERE run_key=? AND status='ok' "
-                f"ORDER BY CASE split {order} ELSE {len(SPLIT_ORDER)} END, seq, sample_id", (self._require_run(),))
+                f"ORDER BY CASE split {order} ELSE {len(SPLITS)} END, seq, sample_id", (self._require_run(),))
         while True:
             with self._lock:
                 rows = cur.fetchmany(chunk)
@@ -636,7 +637,7 @@ class ResultsStore:
             np.save(buf, value, allow_pickle=False)
             kind, blob = "npy", buf.getvalue()
         else:
-            kind, blob = "json", json.dumps(value, default=_json_default).encode()
+            kind, blob = "json", json.dumps(value, default=json_default).encode()
         with self._transaction() as cur:
             cur.execute("INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?, ?, ?, ?)",
                         (self._require_run(), name, key, kind, blob, time.time()))
@@ -668,13 +669,3 @@ def _column(values: list[Any]) -> Any:
     if kinds and kinds <= {int, float}:
         return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
     return pd.array(values, dtype=object)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot store {type(value).__name__} as JSON; pass bytes or a numpy array instead")

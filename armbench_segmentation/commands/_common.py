@@ -10,6 +10,7 @@ from typing import Any, Mapping
 
 from armbench_segmentation.config import Settings, load_settings
 from armbench_segmentation.errors import ArmbenchError
+from armbench_segmentation.splits import SPLITS
 
 # flag dest -> dotted settings key
 SETTINGS_FLAGS: dict[str, str] = {
@@ -35,7 +36,7 @@ def add_settings_arguments(parser: argparse.ArgumentParser, model: bool = True, 
     if model:
         group.add_argument("--model", metavar="PATH", default=None, help="YOLOv5s-seg ONNX model; env ARMBENCH_MODEL")
     if sizes:
-        for split in ("train", "val", "unlabeled"):
+        for split in SPLITS:
             group.add_argument(f"--{split}-size", metavar="N", default=None,
                                help=f"images taken from the {split} split: an integer or 'all'")
 

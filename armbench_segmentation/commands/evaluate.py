@@ -29,14 +29,14 @@ from typing import Any
 
 from armbench_segmentation.commands._common import add_settings_arguments, open_dataset, settings_from_args
 from armbench_segmentation.errors import ArmbenchError
+from armbench_segmentation.splits import LABELED_SPLITS
 
 log = logging.getLogger(__name__)
 
-LABELED = ("train", "val")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--split", choices=LABELED, default="val", help="labeled split to evaluate (default: val)")
+    parser.add_argument("--split", choices=LABELED_SPLITS, default="val", help="labeled split to evaluate (default: val)")
     parser.add_argument("--predictions", metavar="FILE", type=Path, default=None,
                         help="COCO results JSON (from `armbench predict`); default: run the model first")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")

@@ -19,15 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from armbench_segmentation.codecs import atomic_write_text
 from armbench_segmentation.commands._common import (
     add_settings_arguments, check_output_path, open_dataset, settings_from_args,
 )
@@ -85,14 +84,7 @@ def write_json_atomic(path: Path, payload) -> None:
     """Write JSON to a temporary file next to ``path``, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(payload, fh, separators=(",", ":"))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(payload, separators=(",", ":")))
 
 
 @dataclass(frozen=True)

@@ -54,14 +54,13 @@ from armbench_segmentation.config import DataConfig
 from armbench_segmentation.data.image import decode_image_scaled, reduced_size
 from armbench_segmentation.data.letterbox import Letterbox
 from armbench_segmentation.errors import DatasetError, SampleError
+from armbench_segmentation.splits import LABELED_SPLITS, SPLITS, UNLABELED
 from armbench_segmentation.structures import Instances
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "unlabeled")
-SPLIT_FILES = {"train": "train.json", "val": "val.json", "unlabeled": "test.json"}
+SPLIT_FILES = {"train": "train.json", "val": "val.json", UNLABELED: "test.json"}
 IMAGES_DIR = "images"
-LABELED_SPLITS = ("train", "val")
 MAX_LISTED_ENTRIES = 20  # unsafe image entries warned one by one; the rest are counted
 
 

@@ -43,6 +43,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from armbench_segmentation.codecs import atomic_write_bytes, atomic_write_text
+
 logger = logging.getLogger(__name__)
 
 GENERATOR_NAME = "armbench_segmentation.data.synth"
@@ -1054,18 +1056,12 @@ def _render_job(job: tuple[int, np.random.SeedSequence, str, str, int, int]) -> 
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(synth.image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
     if not ok:
         raise RuntimeError(f"JPEG encoding failed for image {image_id}")
-    path = Path(image_dir) / f"{image_id}.jpg"
-    tmp = path.with_name(f".{image_id}.jpg.tmp")
-    tmp.write_bytes(buf.tobytes())
-    os.replace(tmp, path)
+    atomic_write_bytes(Path(image_dir) / f"{image_id}.jpg", buf.tobytes())
     return index, _annotations_for(synth)
 
 
 def _write_json_atomic(path: Path, payload: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(payload, fh, separators=(",", ":"))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(payload, separators=(",", ":")))
 
 
 def _read_marker(folder: Path) -> dict | None:
