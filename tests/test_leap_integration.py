@@ -290,16 +290,15 @@ def test_leap_test_passes_without_telemetry(tmp_path, synth_cache):
 BREAKS = {
     # one value too many: code_loader's own local check does not catch this
     "matching_metrics": (
-        '    return _columns(_per_sample(_matching_row, detections, prototypes, gt_boxes, gt_masks), '
-        'list(MATCHING_DIRECTIONS))\n',
-        '    columns = _columns(_per_sample(_matching_row, detections, prototypes, gt_boxes, gt_masks), '
-        'list(MATCHING_DIRECTIONS))\n    return {k: v + [0.0] for k, v in columns.items()}\n',
+        '    return _columns([None if ev is None else ev.columns() for ev in evs], list(MATCHING_DIRECTIONS))\n',
+        '    columns = _columns([None if ev is None else ev.columns() for ev in evs], list(MATCHING_DIRECTIONS))\n'
+        '    return {k: v + [0.0] for k, v in columns.items()}\n',
         "one value per sample",
     ),
     # raises inside the function
     "uncertainty_metrics": (
-        '    rows = _per_sample(lambda d, p: uncertainty_scores(',
-        '    raise RuntimeError("broken on purpose")\n    rows = _per_sample(lambda d, p: uncertainty_scores(',
+        '    evs = _per_sample(_evaluation, detections, prototypes)\n',
+        '    raise RuntimeError("broken on purpose")\n',
         "broken on purpose",
     ),
 }
