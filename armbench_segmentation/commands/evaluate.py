@@ -5,7 +5,7 @@
 ``preds.json`` is a COCO results list (``armbench predict`` writes one): ``image_id``,
 ``category_id`` (the dataset's ids), ``bbox`` [x, y, w, h], ``segmentation`` (RLE at the
 original resolution), ``score``. Without ``--predictions`` the configured model predicts
-the split first (``commands.predict.predict_split``).
+the split first (``analysis.predict.predict_split``).
 
 Reported:
 - mask (segm) and box (bbox) AP, AP50, AP75, AR100 per class: pycocotools COCOeval's
@@ -64,7 +64,7 @@ def load_predictions(path: Path) -> Any:
 
 def _predict(settings, split: str) -> list[dict]:
     try:
-        from armbench_segmentation.commands import predict
+        from armbench_segmentation.analysis import predict
     except ImportError as exc:  # pragma: no cover - the predict command ships with the package
         raise ArmbenchError(f"cannot run the model ({exc}); run `armbench predict --split {split} --out preds.json` "
                             f"and pass --predictions preds.json") from None

@@ -109,7 +109,7 @@ def test_empty_predictions_on_train_with_crowd_and_degenerate_annotations(env, t
 
 
 def test_without_predictions_uses_predict_split(env, tmp_path, monkeypatch, capsys):
-    from armbench_segmentation.commands import predict
+    from armbench_segmentation.analysis import predict
 
     monkeypatch.delattr(predict, "predict_split", raising=False)
     with pytest.raises(ArmbenchError, match="armbench predict"):

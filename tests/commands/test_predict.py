@@ -121,6 +121,7 @@ def test_predict_missing_model_is_a_clear_error(predict_env, tmp_path):
 
 
 def test_predict_split_returns_what_the_command_writes(predict_env, tmp_path):
+    from armbench_segmentation.analysis.predict import predict_split
     from armbench_segmentation.config import load_settings
 
     tiny, model, config = predict_env
@@ -128,6 +129,6 @@ def test_predict_split_returns_what_the_command_writes(predict_env, tmp_path):
     assert _run(tiny, model, config, out) == 0
     settings = load_settings(config, overrides={"data.path": str(tiny.root), "model.path": str(model),
                                                 "data.val_size": "all", "model.device": "cpu"}, env={})
-    results = predict.predict_split(settings, "val", progress=False)
+    results = predict_split(settings, "val", progress=False)
     assert results == json.loads(out.read_text())
     assert len(results) == 4 and {r["image_id"] for r in results} == {10, 11}
