@@ -96,7 +96,7 @@ from armbench_segmentation.config import Settings, load_settings  # noqa: E402
 from armbench_segmentation.data.coco import ArmbenchDataset, LoadedSample, Sample  # noqa: E402
 from armbench_segmentation.data.probe import readable_samples  # noqa: E402
 from armbench_segmentation.errors import DatasetError, ModelError  # noqa: E402
-from armbench_segmentation.codecs import pack_mask_bits, unpack_mask_bits  # noqa: E402
+from armbench_segmentation.codecs import pack_mask_bits, unpack_mask_bits, xyxy_to_center_xywh  # noqa: E402
 from armbench_segmentation.metadata import METADATA_FIELDS, sample_metadata  # noqa: E402
 from armbench_segmentation.metrics.matching import confusion_elements  # noqa: E402
 from armbench_segmentation.metrics.sample_evaluation import (  # noqa: E402
@@ -371,13 +371,13 @@ def bounding_boxes(inst: Instances, prefix: str = "") -> List[BoundingBox]:
     """Instances -> Leap boxes (centre x, y, width, height relative to the frame)."""
     h, w = inst.image_size
     names = _class_names()
+    frame = np.array([w, h, w, h], np.float64)
+    boxes = xyxy_to_center_xywh(np.clip(np.asarray(inst.boxes, np.float64).reshape(-1, 4), 0.0, frame)) / frame  # (N, 4)
     out = []
     for k in range(len(inst)):
-        x1, y1, x2, y2 = (float(v) for v in inst.boxes[k])
-        x1, x2 = min(max(x1, 0.0), w), min(max(x2, 0.0), w)
-        y1, y2 = min(max(y1, 0.0), h), min(max(y2, 0.0), h)
+        cx, cy, bw, bh = (float(v) for v in boxes[k])
         score = 1.0 if inst.scores is None else float(inst.scores[k])
-        out.append(BoundingBox(x=(x1 + x2) / 2 / w, y=(y1 + y2) / 2 / h, width=(x2 - x1) / w, height=(y2 - y1) / h,
+        out.append(BoundingBox(x=cx, y=cy, width=bw, height=bh,
                                confidence=score, label=f"{prefix}{names[int(inst.class_ids[k])]}"))
     return out
 

@@ -34,6 +34,7 @@ import numpy as np
 from armbench_segmentation.analysis import exports
 from armbench_segmentation.analysis.runner import RunSummary, open_run, run_samples, selected_samples
 from armbench_segmentation.analysis.store import ResultsStore
+from armbench_segmentation.codecs import corner_xywh_to_xyxy
 from armbench_segmentation.config import DEFAULT_DATASET_DIR, Settings
 from armbench_segmentation.splits import UNLABELED
 
@@ -242,8 +243,7 @@ class SampleViews:
         for i, r in enumerate(records):  # one original-size mask at a time
             rle = {"size": r["segmentation"]["size"], "counts": r["segmentation"]["counts"].encode("ascii")}
             masks[i] = letterbox.masks_to_model(mask_utils.decode(rle).astype(bool)[None])[0]
-        xywh = np.array([r["bbox"] for r in records], np.float64)
-        boxes = letterbox.boxes_to_model(np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1))
+        boxes = letterbox.boxes_to_model(corner_xywh_to_xyxy(np.array([r["bbox"] for r in records], np.float64)))
         return Instances(boxes=boxes, class_ids=np.array([r["class_index"] for r in records]), image_size=size,
                          masks=masks, scores=np.array([r["score"] for r in records], np.float32))
 

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import pandas as pd
 
-from armbench_segmentation.codecs import atomic_path, atomic_write_text
+from armbench_segmentation.codecs import atomic_path, atomic_write_text, category_ids_by_name, json_default
 from armbench_segmentation.splits import SPLITS
 
 logger = logging.getLogger(__name__)
@@ -115,10 +115,14 @@ def write_table(frame: pd.DataFrame, out_dir: Path, name: str = "samples") -> tu
 
 
 def class_to_category_ids(dataset: Any, split: str, class_names: Sequence[str]) -> dict[int, int]:
-    """Model class index -> the split file's COCO category id, matched by name."""
-    categories = dataset.coco(split).dataset.get("categories", [])
-    by_name = {str(c.get("name", "")).strip().lower(): int(c["id"]) for c in categories if "id" in c}
-    return {i: by_name[name.lower()] for i, name in enumerate(class_names) if name.lower() in by_name}
+    """Model class index -> the split file's COCO category id, matched by name
+    (``codecs.category_ids_by_name``; of several categories with the name, the last). A class
+    without a category is left out with a warning (its predictions are not exported)."""
+    by_class, missing = category_ids_by_name(dataset.coco(split).dataset.get("categories", []), class_names)
+    if missing:
+        logger.warning("COCO export %s: %s has no category named %s", split, dataset.split_path(split).name,
+                       ", ".join(map(repr, missing)))
+    return {i: ids[-1] for i, ids in by_class.items()}
 
 
 def coco_results(records: Iterable[tuple[str, int | None, str | None, list[dict]]], class_to_cat: dict[int, int],
@@ -229,5 +233,5 @@ def write_run_info(store: Any, out_dir: Path, extra: dict | None = None) -> Path
     """``run.json``: the run key and its provenance (model, settings, dataset files)."""
     info = {"run_key": store.run_key, **store.run_info(), "counts": store.counts(), **(extra or {})}
     path = Path(out_dir) / "run.json"
-    atomic_write_text(path, json.dumps(info, indent=2, default=str, sort_keys=True))
+    atomic_write_text(path, json.dumps(info, indent=2, default=json_default, sort_keys=True))
     return path

@@ -23,14 +23,13 @@ rerunning a sample gives an identical row, which is what makes resume safe.
 
 from __future__ import annotations
 
-import functools
 import logging
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
+from armbench_segmentation.codecs import mask_to_original_rle, xyxy_to_corner_xywh
 from armbench_segmentation.config import Settings
 from armbench_segmentation.data.letterbox import Letterbox
 from armbench_segmentation.structures import Instances, python_scalar
@@ -184,69 +183,6 @@ def process_sample(loaded: Any, raw: RawSample, model: Any, settings: Settings,
 
 
 # ---------------------------------------------------------------------------- compact predictions
-@functools.lru_cache(maxsize=64)
-def _nearest_maps(lb: Letterbox) -> tuple[np.ndarray, np.ndarray]:
-    """For each content-crop row (column) r, the first original row (column) that cv2's
-    INTER_NEAREST upscale (``Letterbox.masks_to_original``) fills from it: original y is
-    filled from crop row floor(y * (new_h / orig_h)). Arrays of length new_h + 1 (the last
-    entry is orig_h), so original rows [first[r], first[r + 1]) come from crop row r."""
-    maps = []
-    for orig, new in ((lb.orig_h, lb.new_h), (lb.orig_w, lb.new_w)):
-        f = 1.0 / (orig / new)
-        src = np.minimum(np.floor(np.arange(orig) * f).astype(np.int64), new - 1)  # (orig,)
-        first = np.searchsorted(src, np.arange(new + 1), "left").astype(np.int64)  # (new + 1,)
-        first.setflags(write=False)
-        maps.append(first)
-    return maps[0], maps[1]
-
-
-def mask_to_original_rle(mask: np.ndarray, lb: Letterbox) -> dict:
-    """Model-frame (S, S) bool mask -> compressed COCO RLE at the ORIGINAL resolution.
-
-    Same pixels as ``lb.masks_to_original(mask[None])[0]``, without materialising the
-    original-size mask: vertical runs are found at model resolution, their row bounds mapped
-    to original rows, and each crop column's runs repeated for the original columns that
-    nearest-neighbour upscaling copies from it. Cost follows the mask's perimeter.
-    """
-    oh, ow = lb.orig_h, lb.orig_w
-    crop = mask[lb.pad_y: lb.pad_y + lb.new_h, lb.pad_x: lb.pad_x + lb.new_w]  # (new_h, new_w)
-    rows_any = crop.any(axis=1)
-    if not rows_any.any():
-        counts = [oh * ow]
-    else:
-        first_y, first_x = _nearest_maps(lb)
-        r0, r1 = np.flatnonzero(rows_any)[[0, -1]]
-        cols_any = crop[r0: r1 + 1].any(axis=0)
-        c0, c1 = np.flatnonzero(cols_any)[[0, -1]]
-        sub = crop[r0: r1 + 1, c0: c1 + 1]  # (hs, ws)
-        hs, ws = sub.shape
-        padded = np.zeros((ws, hs + 2), np.int8)  # column-major, zero-padded so runs stay in a column
-        padded[:, 1:-1] = sub.T
-        d = np.diff(padded, axis=1)  # (ws, hs + 1)
-        sc, sr = np.nonzero(d == 1)  # run starts, sorted by column then row
-        _, er = np.nonzero(d == -1)  # run ends (exclusive), same order
-        start_y = first_y[sr + r0]  # original rows
-        end_y = first_y[er + r0]
-        keep = end_y > start_y  # runs shorter than one original row vanish when downscaling
-        sc, start_y, end_y = sc[keep], start_y[keep], end_y[keep]
-        k = np.bincount(sc, minlength=ws)  # runs per crop column
-        offset = np.concatenate([[0], np.cumsum(k)[:-1]])
-        xs = np.arange(first_x[c0], first_x[c1 + 1])  # original columns covering the crop columns
-        col = np.searchsorted(first_x, xs, "right") - 1 - c0  # crop column each is copied from
-        per_x = k[col]
-        xs_rep = np.repeat(xs, per_x)
-        within = np.arange(per_x.sum()) - np.repeat(np.cumsum(per_x) - per_x, per_x)
-        run = np.repeat(offset[col], per_x) + within
-        starts = xs_rep * oh + start_y[run]
-        ends = xs_rep * oh + end_y[run]
-        bounds = np.empty(2 * len(starts) + 2, np.int64)
-        bounds[0], bounds[-1] = 0, oh * ow
-        bounds[1:-1:2], bounds[2:-1:2] = starts, ends
-        counts = np.diff(bounds).tolist()
-    rle = mask_utils.frPyObjects({"size": [oh, ow], "counts": counts}, oh, ow)
-    return {"size": [oh, ow], "counts": rle["counts"].decode("ascii")}
-
-
 def compact_predictions(pred: Instances, lb: Letterbox) -> list[dict]:
     """Model-frame predictions -> JSON-ready records at the original resolution.
 
@@ -256,11 +192,11 @@ def compact_predictions(pred: Instances, lb: Letterbox) -> list[dict]:
     """
     out = []
     boxes = lb.boxes_to_original(pred.boxes) if len(pred) else np.zeros((0, 4), np.float32)
+    xywh = xyxy_to_corner_xywh(np.asarray(boxes, np.float64))  # (N, 4) COCO bbox
     for i in range(len(pred)):
-        x1, y1, x2, y2 = (float(v) for v in boxes[i])
         rec = {"class_index": int(pred.class_ids[i]),
                "score": round(float(pred.scores[i]), 5) if pred.scores is not None else None,
-               "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)]}
+               "bbox": [round(float(v), 2) for v in xywh[i]]}
         if pred.masks is not None:
             rec["segmentation"] = mask_to_original_rle(pred.masks[i], lb)
         out.append(rec)

@@ -31,7 +31,9 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from armbench_segmentation.codecs import json_default
 from armbench_segmentation.errors import ArmbenchError
+from armbench_segmentation.splits import SPLITS
 
 logger = logging.getLogger(__name__)
 
@@ -281,8 +283,7 @@ def _definitions(columns: Sequence[str]) -> dict[str, str]:
 def _map_payload(frame: pd.DataFrame, map_xy: np.ndarray, thumbs: dict[str, str], insights: dict[int, str]) -> dict:
     n = len(frame)
     splits = frame["split"].astype(str).to_numpy() if "split" in frame.columns else np.full(n, "all")
-    split_names = [s for s in ("train", "val", "unlabeled") if s in set(splits)] + \
-                  sorted(set(splits) - {"train", "val", "unlabeled"})
+    split_names = [s for s in SPLITS if s in set(splits)] + sorted(set(splits) - set(SPLITS))
     code = {s: i for i, s in enumerate(split_names)}
     clusters = (pd.to_numeric(frame["cluster"], errors="coerce").fillna(-1).astype(int).tolist()
                 if "cluster" in frame.columns else [0] * n)
@@ -424,17 +425,8 @@ def script_json(obj: Any) -> str:
     """JSON that is safe as the text of any ``<script>`` element: ``<``, ``>``, ``&``,
     U+2028 and U+2029 become ``\\uXXXX`` escapes (the same value once parsed), NaN is refused.
     The one way this module embeds JSON in the page."""
-    text = json.dumps(obj, allow_nan=False, separators=(",", ":"), default=_json_default)
+    text = json.dumps(obj, allow_nan=False, separators=(",", ":"), default=json_default)
     return _SCRIPT_UNSAFE_RE.sub(lambda m: _SCRIPT_UNSAFE[m.group(0)], text)
-
-
-
-def _json_default(v: Any) -> Any:
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    return str(v)
 
 
 def _asset(name: str) -> str:
@@ -492,7 +484,7 @@ def write_report(out_dir: str | Path, frame: pd.DataFrame, map_xy: Any, clusters
         plotly_js=plotly.offline.get_plotlyjs(), data=script_json(payload),
         clusters=_clusters_html(clusters), picks=_picks_html(label_picks, thumbs),
         prune=_prune_html(prune_result), galleries=_galleries_html(galleries),
-        provenance=html.escape(json.dumps(prov, indent=2, default=_json_default)),
+        provenance=html.escape(json.dumps(prov, indent=2, default=json_default)),
         css=_asset("style.css"), js=_asset("app.js"),
     )
     out = Path(out_dir)

@@ -406,7 +406,7 @@ class ResultsStore:
             raise ValueError("run_key must be a non-empty string")
         with self._transaction() as cur:
             cur.execute("INSERT OR IGNORE INTO runs VALUES (?, ?, ?)",
-                        (run_key, time.time(), json.dumps(dict(info or {}), default=str, sort_keys=True)))
+                        (run_key, time.time(), json.dumps(dict(info or {}), default=json_default, sort_keys=True)))
         self.run_key = run_key
 
     def run_info(self, run_key: str | None = None) -> dict[str, Any]:

@@ -50,6 +50,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from armbench_segmentation.codecs import category_ids_by_name
 from armbench_segmentation.config import DataConfig
 from armbench_segmentation.data.image import decode_image_scaled, reduced_size
 from armbench_segmentation.data.letterbox import Letterbox
@@ -761,30 +762,24 @@ def load_coco(path: Path, require_annotations: bool = True) -> COCO:
 
 def category_map_by_name(categories: list[dict], class_names: tuple[str, ...] | list[str], source: str = "COCO file",
                          strict: bool = True) -> dict[int, int]:
-    """COCO category id -> index in ``class_names``, matched by name (case-insensitive
-    fallback). Categories with other names are left out.
+    """COCO category id -> index in ``class_names``, matched by name (``codecs.category_ids_by_name``:
+    exact, then case-insensitive). Categories with other names are left out.
 
     Raises:
         DatasetError: (strict) a class name has no category; the message lists those present.
+            Not strict: a warning names the missing classes.
     """
-    exact = {c.get("name"): c["id"] for c in categories}
-    folded: dict[str, list[int]] = {}
-    for c in categories:
-        folded.setdefault(str(c.get("name", "")).casefold(), []).append(c["id"])
-    out: dict[int, int] = {}
-    missing = []
-    for index, name in enumerate(class_names):
-        ids = [c["id"] for c in categories if c.get("name") == name] if name in exact else folded.get(name.casefold(), [])
-        if not ids:
-            missing.append(name)
-        for cid in ids:
-            out[int(cid)] = index
+    by_class, missing = category_ids_by_name(categories, class_names)
+    out = {cid: index for index, ids in by_class.items() for cid in ids}
     if missing and strict:
         present = ", ".join(f"{c.get('name')!r} (id {c['id']})" for c in categories) or "none"
         raise DatasetError(
             f"{source} has no category named {', '.join(map(repr, missing))}; its categories are: {present}. "
             f"Set data.class_names to names that exist (in model class order)."
         )
+    if missing:
+        log.warning("%s has no category named %s; its annotations of those classes are not used",
+                    source, ", ".join(map(repr, missing)))
     return out
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from armbench_segmentation.codecs import category_ids_by_name
 from armbench_segmentation.data.coco import (
     LABELED_SPLITS, PROBLEM_KINDS, SPLIT_FILES, SPLITS, Sample, category_map_by_name, check_annotation,
     sample_id_from_file_name,
@@ -91,10 +92,8 @@ def summarize(dataset) -> dict[str, Any]:
         cmap = category_map_by_name(data.get("categories", []), class_names, strict=False)
         if labeled:
             names_present = {c.get("name") for c in data.get("categories", [])}
-            folded = {str(n).casefold() for n in names_present}
-            for name in class_names:
-                if name not in names_present and name.casefold() not in folded:
-                    problems.add("missing_class_name", split=split, detail=f"{name!r} not in {sorted(map(str, names_present))}")
+            for name in category_ids_by_name(data.get("categories", []), class_names)[1]:
+                problems.add("missing_class_name", split=split, detail=f"{name!r} not in {sorted(map(str, names_present))}")
         images_by_id: dict[Any, dict] = {}
         stems: dict[str, list[str]] = {}
         missing = 0

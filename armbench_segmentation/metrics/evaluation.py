@@ -32,6 +32,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from armbench_segmentation.codecs import corner_xywh_to_xyxy, xyxy_to_corner_xywh
 from armbench_segmentation.config import MetricsConfig
 from armbench_segmentation.errors import ArmbenchError
 from armbench_segmentation.metrics.matching import (
@@ -190,8 +191,7 @@ class CocoEvaluator:
                 overlaps = mask_overlaps(gt.masks, pred.masks)
             iou = crowd_iou(overlaps, crowd)
         else:
-            xywh = lambda b: np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1)  # noqa: E731
-            iou = _box_crowd_iou(xywh(gt.boxes), xywh(pred.boxes), crowd)
+            iou = _box_crowd_iou(xyxy_to_corner_xywh(gt.boxes), xyxy_to_corner_xywh(pred.boxes), crowd)
         scores = pred.scores if pred.scores is not None else np.ones(len(pred), np.float32)
         for c in range(len(self.class_names)):
             gi = np.flatnonzero(gt.class_ids == c)
@@ -508,9 +508,9 @@ def evaluate_coco_results(
         # over/under segmentation on non-crowd GT
         keep = ~g_crowd
         gt_inst = Instances(
-            _xywh_to_xyxy(g_box[keep]), g_cls[keep], (h, w), ids=np.array([a["id"] for a in anns], np.int64)[keep]
+            _corner_boxes(g_box[keep]), g_cls[keep], (h, w), ids=np.array([a["id"] for a in anns], np.int64)[keep]
         )
-        pr_inst = Instances(_xywh_to_xyxy(d_box), d_cls, (h, w), scores=d_score.astype(np.float32))
+        pr_inst = Instances(_corner_boxes(d_box), d_cls, (h, w), scores=d_score.astype(np.float32))
         pred_pairs = rle_overlaps(d_rle, d_rle) if len(d_rle) > 1 else None
         errs = segmentation_errors(
             gt_inst,
@@ -571,6 +571,6 @@ def _gt_box(ann: dict, rle: dict) -> list[float]:
     return [float(v) for v in mask_utils.toBbox(rle)]
 
 
-def _xywh_to_xyxy(b: np.ndarray) -> np.ndarray:
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    return np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1)
+def _corner_boxes(b: np.ndarray) -> np.ndarray:
+    """COCO ``bbox`` rows (any shape holding 4 per box, empty included) -> (N, 4) float64 xyxy."""
+    return corner_xywh_to_xyxy(np.asarray(b, np.float64).reshape(-1, 4))

@@ -17,6 +17,7 @@ import logging
 import cv2
 import numpy as np
 
+from armbench_segmentation.codecs import center_xywh_to_xyxy, mask_to_original_rle
 from armbench_segmentation.config import ModelConfig
 from armbench_segmentation.data.letterbox import Letterbox
 from armbench_segmentation.structures import Instances
@@ -28,12 +29,6 @@ MAX_NMS = 30000  # yolov5: at most this many boxes enter NMS
 
 
 # ---------------------------------------------------------------------------- NMS
-def xywh_to_xyxy(xywh: np.ndarray) -> np.ndarray:
-    """(N, 4) centre x, y, width, height -> (N, 4) x1, y1, x2, y2 (same dtype)."""
-    xy, half = xywh[:, :2], xywh[:, 2:4] / 2
-    return np.concatenate([xy - half, xy + half], axis=1)
-
-
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
     """Greedy NMS with torchvision's semantics (float32 IoU, suppress when IoU > threshold).
 
@@ -77,7 +72,7 @@ def _select(detections: np.ndarray, nc: int, config: ModelConfig) -> tuple[np.nd
         log.warning("decode: %d candidates above conf_threshold=%.3g, only the best %d enter NMS", len(x), conf_thr, MAX_NMS)
     order = np.argsort(-conf, kind="stable")[:MAX_NMS]
     x, j, conf = x[order], j[order], conf[order]
-    boxes = xywh_to_xyxy(x[:, :4])  # (K, 4) float32
+    boxes = center_xywh_to_xyxy(x[:, :4])  # (K, 4) float32
     offset = (j.astype(np.float32) * np.float32(MAX_WH))[:, None]
     keep = nms(boxes + offset, conf, config.iou_threshold)
     cap = int(config.max_detections)
@@ -209,63 +204,14 @@ def to_original(pred: Instances, letterbox: Letterbox) -> Instances:
                      ids=pred.ids, extras=pred.extras)
 
 
-def _nearest_sources(n_out: int, n_src: int) -> np.ndarray:
-    """cv2.INTER_NEAREST source index of each output pixel: floor(dst * src / out)."""
-    ifx = 1.0 / (n_out / n_src)  # as cv2 computes it
-    idx = np.floor(np.arange(n_out, dtype=np.float64) * ifx).astype(np.int64)
-    return np.minimum(idx, n_src - 1)
-
-
 def masks_to_original_rle(masks: np.ndarray, letterbox: Letterbox) -> list[dict]:
-    """Model-frame masks -> COCO RLEs at original resolution, one instance at a time.
-
-    Same pixels as ``Letterbox.masks_to_original`` (nearest), but only the mask's bounding
-    box is resized and the run lengths are computed from it, so a 2448x2048 original never
-    needs a full-size array per instance.
+    """Model-frame masks -> COCO RLEs at original resolution, one instance at a time
+    (``codecs.mask_to_original_rle``: the pixels of ``Letterbox.masks_to_original`` without a
+    full-size array per instance).
 
     Args:
         masks: (N, out_h, out_w) bool.
     Returns:
         N dicts ``{"size": [H, W], "counts": str}`` (compressed COCO RLE, JSON-ready).
     """
-    from pycocotools import mask as mask_utils
-
-    masks = np.asarray(masks, dtype=bool)
-    lb = letterbox
-    H, W = lb.orig_h, lb.orig_w
-    crop = masks[:, lb.pad_y : lb.pad_y + lb.new_h, lb.pad_x : lb.pad_x + lb.new_w]  # (N, new_h, new_w)
-    ys = _nearest_sources(H, lb.new_h)  # (H,) source row of each original row
-    xs = _nearest_sources(W, lb.new_w)  # (W,)
-    out = []
-    for m in crop:
-        cols = np.flatnonzero(m.any(axis=0))
-        if cols.size == 0:
-            counts = [H * W]
-        else:
-            rows = np.flatnonzero(m.any(axis=1))
-            # original columns/rows whose nearest source lies in the mask's bounding box, plus one
-            # zero row above/below so that column-to-column gaps (all zeros) cause no spurious runs
-            X0 = int(np.searchsorted(xs, cols[0], side="left"))
-            X1 = int(np.searchsorted(xs, cols[-1], side="right"))
-            R0 = max(int(np.searchsorted(ys, rows[0], side="left")) - 1, 0)
-            R1 = min(int(np.searchsorted(ys, rows[-1], side="right")) + 1, H)
-            bh = R1 - R0
-            block = m[ys[R0:R1]][:, xs[X0:X1]]  # (bh, X1-X0) original pixels
-            flat = block.T.reshape(-1)  # column-major
-            if not flat.any():  # (downscaled original: no original pixel samples the mask)
-                flat = np.zeros(1, bool)
-            i = np.flatnonzero(flat[1:] != flat[:-1]) + 1  # value changes (flattened block index)
-            # ones never lie in the skipped (all-zero) rows: a run of ones starts at its first
-            # pixel and ends right after its last one; map those pixels to full-image indices
-            j = np.where(flat[i], i, i - 1)
-            pos = (X0 + j // bh) * H + R0 + j % bh + (~flat[i])
-            head = [X0 * H + R0] if flat[0] else []
-            end = (X1 - 1) * H + R1  # one past the block's last pixel
-            tail = [end] if flat[-1] and end < H * W else []
-            bounds = np.concatenate([[0], head, pos, tail, [H * W]]).astype(np.int64)
-            counts = np.diff(bounds)
-        rle = mask_utils.frPyObjects({"size": [H, W], "counts": [int(c) for c in counts]}, H, W)
-        rle["counts"] = rle["counts"].decode("ascii") if isinstance(rle["counts"], bytes) else rle["counts"]
-        out.append(rle)
-    return out
-
+    return [mask_to_original_rle(m, letterbox) for m in np.asarray(masks, dtype=bool)]
