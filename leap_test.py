@@ -47,7 +47,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple  # noqa:
 
 import numpy as np  # noqa: E402
 
-from leap_bundle import bundled, check_leap_yaml, glob_match, import_closure, read_leap_yaml  # noqa: E402,F401
+from leap_bundle import check_leap_yaml, read_leap_yaml  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 SYNTH_SPLITS = (4, 4, 4)  # train, val, unlabeled

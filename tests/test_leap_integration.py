@@ -235,23 +235,28 @@ def test_relative_boxes(binder):
     ("data/[a-c]?.json", "data/b1.json", True),
 ])
 def test_glob_semantics(pattern, path, expected):
-    import leap_test
+    import leap_bundle
 
-    assert leap_test.glob_match(pattern, path) is expected
+    assert leap_bundle.glob_match(pattern, path) is expected
 
 
 def test_leap_yaml_bundles_the_entry_imports_and_nothing_heavy():
-    import leap_test
+    import leap_bundle
 
-    config = leap_test.read_leap_yaml()
+    config = leap_bundle.read_leap_yaml()
     include, exclude = config["include"], config["exclude"]
-    needed = [p.relative_to(ROOT).as_posix() for p in leap_test.import_closure(ROOT / config["entryFile"], ROOT)]
+    needed = [p.relative_to(ROOT).as_posix() for p in leap_bundle.import_closure(ROOT / config["entryFile"], ROOT)]
     assert "armbench_segmentation/metrics/loss.py" in needed and "armbench_segmentation/visualize.py" in needed
     for path in needed + ["requirements.txt", "armbench_segmentation/default_config.yaml"]:
-        assert leap_test.bundled(path, include, exclude), path
+        assert leap_bundle.bundled(path, include, exclude), path
     for path in ("models/armbench-yolov5s-seg.onnx", "armbench_segmentation/dataset/images/X.jpg", "tests/conftest.py",
-                 "tools/finetune.py", ".venv/lib/python3.11/site-packages/numpy/__init__.py", "leap_test.py"):
-        assert not leap_test.bundled(path, include, exclude), path
+                 "tools/finetune.py", ".venv/lib/python3.11/site-packages/numpy/__init__.py", "leap_test.py",
+                 "leap_bundle.py"):
+        assert not leap_bundle.bundled(path, include, exclude), path
+    failures, lines = leap_bundle.check_leap_yaml(config, [])  # what leap_test.py's step reports
+    n = len(set(needed) | {config["entryFile"], *leap_bundle.REQUIRED_FILES})
+    assert failures == [] and lines == [f"{n} files needed by {config['entryFile']} ({len(needed)} by the import "
+                                        "graph, 0 imported at run time): all bundled"]
 
 
 # ---------------------------------------------------------------------------- end to end
