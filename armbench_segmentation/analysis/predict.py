@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from armbench_segmentation.codecs import atomic_write_text
+from armbench_segmentation.codecs import atomic_write_text, xyxy_to_corner_xywh
 from armbench_segmentation.config import Settings
 from armbench_segmentation.data.coco import ArmbenchDataset
 from armbench_segmentation.data.letterbox import Letterbox
@@ -42,14 +42,14 @@ def results_for_image(pred: Instances, letterbox: Letterbox, image_id: int, cate
     if len(pred) == 0:
         return []
     boxes = letterbox.boxes_to_original(pred.boxes)  # (N, 4) xyxy, clipped
+    xywh = xyxy_to_corner_xywh(np.asarray(boxes, np.float64))  # (N, 4) COCO bbox
     rles = masks_to_original_rle(pred.masks, letterbox)
     out = []
-    for box, cls, score, rle in zip(boxes.tolist(), pred.class_ids.tolist(), pred.scores.tolist(), rles):
-        x1, y1, x2, y2 = box
+    for box, cls, score, rle in zip(xywh.tolist(), pred.class_ids.tolist(), pred.scores.tolist(), rles):
         out.append({
             "image_id": int(image_id),
             "category_id": int(category_ids[cls]),
-            "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+            "bbox": [round(v, 2) for v in box],
             "segmentation": rle,
             "score": round(float(score), 5),
         })
