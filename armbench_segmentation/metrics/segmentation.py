@@ -267,52 +267,33 @@ def _class_errors(
     )
 
 
+# the means of a combined record, from (sum field, count field) totals
+_MEANS = {
+    "over_segmented_mean_parts": ("_over_parts_sum", "over_segmented_count"),
+    "under_segmented_mean_parts": ("_under_parts_sum", "under_segmented_count"),
+    "over_segmented_mean_confidence": ("_over_conf_sum", "_over_conf_n"),
+    "under_segmented_mean_confidence": ("_under_conf_sum", "_under_conf_n"),
+}
+
+
 def _combine(records: dict[str, SegmentationErrors]) -> SegmentationErrors:
+    """One record for several classes: id arrays united, flags or-ed, counts and sums added,
+    means recomputed from the summed parts; ``per_class`` keeps the class records."""
     rs = list(records.values())
-    if len(rs) == 1:
-        only = rs[0]
-        return SegmentationErrors(**{f.name: getattr(only, f.name) for f in fields(only) if f.name != "per_class"},
-                                  per_class=dict(records))
-
-    def cat(name: str) -> np.ndarray:
-        return np.unique(np.concatenate([getattr(r, name) for r in rs])) if rs else _EMPTY_IDS
-
-    def total(name: str):
-        return sum(getattr(r, name) for r in rs)
-
-    over_n, under_n = total("over_segmented_count"), total("under_segmented_count")
-    return SegmentationErrors(
-        over_segmented=over_n > 0,
-        over_segmented_legacy=total("over_segmented_count_legacy") > 0,
-        under_segmented=under_n > 0,
-        over_segmented_count=over_n,
-        over_segmented_count_legacy=total("over_segmented_count_legacy"),
-        under_segmented_count=under_n,
-        over_segmented_mean_parts=_mean_or_none(total("_over_parts_sum"), over_n),
-        under_segmented_mean_parts=_mean_or_none(total("_under_parts_sum"), under_n),
-        over_segmented_gt_ids=cat("over_segmented_gt_ids"),
-        over_segmented_pred_ids=cat("over_segmented_pred_ids"),
-        under_segmented_pred_ids=cat("under_segmented_pred_ids"),
-        under_segmented_gt_ids=cat("under_segmented_gt_ids"),
-        over_segmented_mean_confidence=_mean_or_none(total("_over_conf_sum"), total("_over_conf_n")),
-        under_segmented_mean_confidence=_mean_or_none(total("_under_conf_sum"), total("_under_conf_n")),
-        over_segmented_small=any(r.over_segmented_small for r in rs),
-        under_segmented_small=any(r.under_segmented_small for r in rs),
-        duplicate_count=total("duplicate_count"),
-        duplicate_group_count=total("duplicate_group_count"),
-        duplicate_pred_ids=cat("duplicate_pred_ids"),
-        duplicate_redundant_ids=cat("duplicate_redundant_ids"),
-        duplicate_gt_ids=cat("duplicate_gt_ids"),
-        num_gt=total("num_gt"),
-        num_pred=total("num_pred"),
-        per_class=dict(records),
-        _over_parts_sum=total("_over_parts_sum"),
-        _under_parts_sum=total("_under_parts_sum"),
-        _over_conf_sum=total("_over_conf_sum"),
-        _over_conf_n=total("_over_conf_n"),
-        _under_conf_sum=total("_under_conf_sum"),
-        _under_conf_n=total("_under_conf_n"),
-    )
+    values: dict = {}
+    for f in fields(SegmentationErrors):
+        if f.name == "per_class" or f.name in _MEANS:
+            continue
+        parts = [getattr(r, f.name) for r in rs]
+        if f.name.endswith("_ids"):
+            values[f.name] = np.unique(np.concatenate(parts)) if parts else _EMPTY_IDS
+        elif isinstance(f.default, bool):
+            values[f.name] = any(parts)
+        else:
+            values[f.name] = sum(parts)
+    for name, (total, n) in _MEANS.items():
+        values[name] = _mean_or_none(values[total], values[n])
+    return SegmentationErrors(**values, per_class=dict(records))
 
 
 def segmentation_errors(
