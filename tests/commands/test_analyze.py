@@ -27,7 +27,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from armbench_segmentation import config as config_module
 from armbench_segmentation.analysis.store import ResultsStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,21 +55,6 @@ def _config(tmp_path: Path, image_size: int = 64) -> Path:
     path.write_text(f"data:\n  image_size: {image_size}\n  train_size: all\n  val_size: all\n  unlabeled_size: all\n"
                     "model:\n  device: cpu\n  num_threads: 1\nanalysis:\n  n_clusters: 2\n  label_budget: 2\n")
     return path
-
-
-@pytest.fixture
-def isolated(tmp_path, monkeypatch):
-    """No ARMBENCH_* variables, no user config, cache under tmp_path; cwd = an empty folder."""
-    for k in list(os.environ):
-        if k.startswith("ARMBENCH_"):
-            monkeypatch.delenv(k)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(config_module, "USER_CONFIG_PATH", tmp_path / "home" / "no-config.yaml")
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    monkeypatch.chdir(cwd)
-    return cwd
 
 
 def _main(*argv: str) -> int:

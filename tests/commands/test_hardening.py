@@ -17,7 +17,6 @@ import pandas as pd
 import pytest
 
 from armbench_segmentation import cli
-from armbench_segmentation import config as config_module
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,20 +30,6 @@ def _runner_helpers():
 
 helpers = _runner_helpers()
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
-
-
-@pytest.fixture
-def isolated(tmp_path, monkeypatch):
-    for k in list(os.environ):
-        if k.startswith("ARMBENCH_"):
-            monkeypatch.delenv(k)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(config_module, "USER_CONFIG_PATH", tmp_path / "home" / "no-config.yaml")
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    monkeypatch.chdir(cwd)
-    return cwd
 
 
 def _config(tmp_path: Path, extra: str = "") -> Path:
