@@ -27,7 +27,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,6 +37,9 @@ from armbench_segmentation.analysis.store import ResultsStore
 from armbench_segmentation.codecs import corner_xywh_to_xyxy
 from armbench_segmentation.config import DEFAULT_DATASET_DIR, Settings
 from armbench_segmentation.splits import UNLABELED
+
+if TYPE_CHECKING:  # pragma: no cover
+    from armbench_segmentation.analysis.report import ErrorView
 
 logger = logging.getLogger(__name__)
 
@@ -248,7 +251,7 @@ class SampleViews:
                          masks=masks, scores=np.array([r["score"] for r in records], np.float32))
 
     def error_view(self, sample_id: str, kind: str) -> ErrorView:
-        from armbench_segmentation.analysis.report import ErrorView
+        from armbench_segmentation.analysis.report import ErrorView  # noqa: F811 (imported here: report loads pandas)
         from armbench_segmentation.metrics.sample_evaluation import COUNTED_SIDE
         from armbench_segmentation.visualize import draw_error_instances
 
