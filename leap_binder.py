@@ -101,10 +101,9 @@ from armbench_segmentation.metadata import METADATA_FIELDS, sample_metadata  # n
 from armbench_segmentation.metrics.matching import confusion_elements  # noqa: E402
 from armbench_segmentation.metrics.sample_evaluation import (  # noqa: E402
     LOSS_PARTS,
-    MATCH_COLUMNS,
     SampleEvaluation,
     evaluate_sample,
-    labeled_column_names,
+    segmentation_column_names,
 )
 from armbench_segmentation.metrics.uncertainty import entropy_map  # noqa: E402
 from armbench_segmentation.model.onnx_model import SegmentationModel  # noqa: E402
@@ -506,9 +505,8 @@ def loss_components(detections: np.ndarray, prototypes: np.ndarray, gt_boxes: np
 
 @functools.lru_cache(maxsize=None)
 def _segmentation_keys() -> List[str]:
-    """The segmentation columns of the evaluation (all labeled-only columns before the matching's)."""
-    names = labeled_column_names(_settings().data.class_names, _settings())
-    return [k for k in names[:names.index(MATCH_COLUMNS[0])] if k not in SEGMENTATION_SKIP]
+    """The evaluation's segmentation columns that are error measures."""
+    return [k for k in segmentation_column_names() if k not in SEGMENTATION_SKIP]
 
 
 @tensorleap_custom_metric("segmentation_errors", direction=MetricDirection.Downward)

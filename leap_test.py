@@ -619,9 +619,6 @@ def dump_values(module, registered: Registered, responses: Dict[str, Any], n_sam
             "engine_columns": dict(getattr(module, "ENGINE_COLUMNS", {})), "samples": samples}
 
 
-_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-
-
 def _csv_value(text: str) -> Any:
     """A samples.csv cell -> None, a number, a bool or the string (a formula-neutralising
     leading quote removed)."""
@@ -633,7 +630,9 @@ def _csv_value(text: str) -> Any:
         return float(text)
     except ValueError:
         pass
-    if text.startswith("'") and text[1:2] and text[1] in _FORMULA_PREFIXES:
+    from armbench_segmentation.analysis.exports import FORMULA_PREFIXES
+
+    if text.startswith("'") and text[1:2] and text[1] in FORMULA_PREFIXES:
         return text[1:]
     return text
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -121,14 +121,6 @@ def _input_hw(model: Any, loaded: Any) -> tuple[int, int]:
     return tuple(int(v) for v in hw) if hw else tuple(int(v) for v in loaded.image.shape[:2])
 
 
-def _gt_attributes(loaded: Any, annotations: Sequence[dict]) -> dict[int, dict[str, Any]]:
-    """Per GT annotation id: ``visible_fraction`` (the annotation's own attribute, None when
-    absent) for the instance table."""
-    from armbench_segmentation.metadata import annotation_visible_fraction
-
-    return {int(a.get("id", -1)): {"visible_fraction": annotation_visible_fraction(a)} for a in annotations}
-
-
 # ---------------------------------------------------------------------------- the function
 def process_sample(loaded: Any, raw: RawSample, model: Any, settings: Settings,
                    annotations: list[dict] | None) -> SampleResult:
@@ -144,7 +136,7 @@ def process_sample(loaded: Any, raw: RawSample, model: Any, settings: Settings,
     Returns:
         ``SampleResult(row, embedding (D,) float32, predictions, facts)``.
     """
-    from armbench_segmentation.metadata import box_overlap_counts, sample_metadata
+    from armbench_segmentation.metadata import annotation_visible_fraction, box_overlap_counts, sample_metadata
     from armbench_segmentation.metrics.sample_evaluation import evaluate_sample
 
     sample = loaded.sample
@@ -163,22 +155,19 @@ def process_sample(loaded: Any, raw: RawSample, model: Any, settings: Settings,
     metadata = sample_metadata(loaded, list(annotations or []), settings.metrics.small_area_fraction, class_names)
     _merge(row, metadata, prefix=METADATA_PREFIX)
     facts = evaluation.facts()
+    visible: dict[int, float | None] = {}
+    overlaps = np.zeros(0, np.int64)
     if evaluation.labeled:
-        attributes = _gt_attributes(loaded, annotations or [])
+        visible = {int(a.get("id", -1)): annotation_visible_fraction(a) for a in annotations or []}
         gt = evaluation.gt
-        occluders = np.zeros(len(gt), np.int64)  # other GT boxes of the same class overlapping each box
+        overlaps = np.zeros(len(gt), np.int64)  # other GT boxes of the same class overlapping each box
         for c in np.unique(gt.class_ids):
             same = np.flatnonzero(gt.class_ids == c)
-            occluders[same] = box_overlap_counts(gt.boxes[same])
-        for inst in facts["instances"]:
-            if inst["kind"] == "gt":
-                inst.update(attributes.get(inst["annotation_id"], {"visible_fraction": None}))
-                inst["box_overlaps"] = int(occluders[inst["index"]])
-            else:
-                inst.update({"visible_fraction": None, "box_overlaps": None})
-    else:
-        for inst in facts["instances"]:
-            inst.update({"visible_fraction": None, "box_overlaps": None})
+            overlaps[same] = box_overlap_counts(gt.boxes[same])
+    for inst in facts["instances"]:
+        is_gt = inst["kind"] == "gt"
+        inst["visible_fraction"] = visible.get(inst["annotation_id"]) if is_gt else None
+        inst["box_overlaps"] = int(overlaps[inst["index"]]) if is_gt else None
     return SampleResult(row=row, embedding=sample_embedding(raw), predictions=evaluation.predictions, facts=facts)
 
 

@@ -33,15 +33,16 @@ import pandas as pd
 
 from armbench_segmentation.codecs import json_default
 from armbench_segmentation.errors import ArmbenchError
+from armbench_segmentation.metrics.sample_evaluation import COUNT_COLUMNS
 from armbench_segmentation.splits import SPLITS
 
 logger = logging.getLogger(__name__)
 
 # gallery -> (error kind of metrics.sample_evaluation.ERROR_KINDS, its count column, title)
 GALLERY_KINDS = {
-    "over": ("over_segmented", "over_segmented_count",
+    "over": ("over_segmented", COUNT_COLUMNS["over_segmented"],
              "Worst over-segmentation (one object split into several predictions)"),
-    "under": ("under_segmenting", "under_segmented_count",
+    "under": ("under_segmenting", COUNT_COLUMNS["under_segmenting"],
               "Worst under-segmentation (several objects merged into one prediction)"),
 }
 THUMB_SIDE = 96

@@ -28,6 +28,7 @@ positions; the engine adds the COCO annotation id of each GT row to its instance
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -37,8 +38,9 @@ from armbench_segmentation.config import Settings
 from armbench_segmentation.structures import Instances, python_scalar
 
 __all__ = [
-    "COUNTED_SIDE", "COUNT_COLUMNS", "EVALUATION_FRAME", "ERROR_KINDS", "HARD_REGION_WINDOW", "LOSS_PARTS", "MATCH_COLUMNS", "SampleEvaluation",
-    "evaluate_sample", "labeled_column_names", "prediction_columns",
+    "COUNTED_SIDE", "COUNT_COLUMNS", "EVALUATION_FRAME", "ERROR_KINDS", "HARD_REGION_WINDOW", "LOSS_PARTS",
+    "MATCH_COLUMNS", "SampleEvaluation", "evaluate_sample", "labeled_column_names", "prediction_columns",
+    "segmentation_column_names",
 ]
 
 EVALUATION_FRAME = "model frame: the letterboxed model input, data.image_size x data.image_size pixels"
@@ -180,19 +182,21 @@ class SampleEvaluation:
     def columns(self) -> dict[str, Any]:
         """Flat per-sample columns (prediction summary, labeled metrics or None,
         ``unc_*`` uncertainty); see ``analysis.columns`` for their definitions."""
+        from armbench_segmentation.metrics.matching import error_rate
+
         out = prediction_columns(self.predictions, self.class_names)
         if self.labeled:
             out.update({k: python_scalar(v) for k, v in self.segmentation.as_dict().items()})
             m = self.matching
             for name in MATCH_COLUMNS:
                 out[name] = python_scalar(getattr(m, name))
-            out["error_rate"] = error_rate_of(m)
+            out["error_rate"] = error_rate(m.tp, m.fp, m.fn)
             out["ap"] = python_scalar(self.ap)
             for part in LOSS_PARTS:
                 out[f"yolo_loss_{part}"] = python_scalar(self.losses.get(part)) if self.losses else None
             out["loss"] = out["yolo_loss_total"]
         else:
-            out.update({k: None for k in labeled_column_names(self.class_names)})
+            out.update(dict.fromkeys(labeled_column_names()))
         for key, value in self.uncertainty.items():
             out[f"unc_{key}"] = python_scalar(value)
         return out
@@ -208,12 +212,6 @@ def _primary_kind(side: str, row: dict[str, Any]) -> str:
     return next((kind for kind in order if row.get(kind)), "none")
 
 
-def error_rate_of(m: Any) -> float:
-    from armbench_segmentation.metrics.matching import error_rate
-
-    return error_rate(m.tp, m.fp, m.fn)
-
-
 def prediction_columns(pred: Instances, class_names: Sequence[str]) -> dict[str, Any]:
     """``n_pred``, ``n_pred_<class>`` (lower case) and ``mean_score`` of a prediction set."""
     out: dict[str, Any] = {"n_pred": len(pred)}
@@ -224,14 +222,17 @@ def prediction_columns(pred: Instances, class_names: Sequence[str]) -> dict[str,
     return out
 
 
-def labeled_column_names(class_names: Sequence[str], settings: Settings | None = None) -> tuple[str, ...]:
-    """Columns that only labeled samples have (None for unlabeled ones)."""
-    from armbench_segmentation.metrics.segmentation import segmentation_errors
+@functools.lru_cache(maxsize=1)
+def segmentation_column_names() -> tuple[str, ...]:
+    """The over/under segmentation columns (``SegmentationErrors.as_dict`` keys)."""
+    from armbench_segmentation.metrics.segmentation import SegmentationErrors
 
-    metrics = settings.metrics if settings is not None else None
-    empty = Instances.empty((1, 1))
-    seg = segmentation_errors(empty, Instances.empty((1, 1), with_scores=True), metrics, tuple(class_names))
-    return tuple(seg.as_dict()) + MATCH_COLUMNS + ("error_rate", "ap") + tuple(
+    return tuple(SegmentationErrors().as_dict())
+
+
+def labeled_column_names() -> tuple[str, ...]:
+    """Columns that only labeled samples have (None for unlabeled ones)."""
+    return segmentation_column_names() + MATCH_COLUMNS + ("error_rate", "ap") + tuple(
         f"yolo_loss_{p}" for p in LOSS_PARTS) + ("loss",)
 
 
@@ -270,7 +271,8 @@ def evaluate_sample(detections: np.ndarray, protos: np.ndarray, gt: Instances | 
 
     class_names = tuple(settings.data.class_names)
     input_hw = tuple(int(v) for v in input_hw)
-    pred = decode(np.asarray(detections, np.float32), np.asarray(protos, np.float32), input_hw, settings.model)
+    detections, protos = np.asarray(detections, np.float32), np.asarray(protos, np.float32)
+    pred = decode(detections, protos, input_hw, settings.model)
     base = dict(predictions=pred, class_names=class_names, uncertainty=uncertainty_scores(pred, settings.metrics),
                 hard_region=_hard_region(pred, settings))
     if gt is None:
@@ -293,5 +295,5 @@ def evaluate_sample(detections: np.ndarray, protos: np.ndarray, gt: Instances | 
     return SampleEvaluation(
         **base, gt=gt, annotation_ids=np.asarray(annotation_ids, np.int64), segmentation=seg, matching=m,
         best_iou_gt=best_gt, best_iou_pred=best_pred, ap=sample_ap(gt, pred, overlaps=overlaps),
-        losses=yolov5_seg_loss(np.asarray(detections, np.float32), np.asarray(protos, np.float32), gt, input_hw),
+        losses=yolov5_seg_loss(detections, protos, gt, input_hw),
     )

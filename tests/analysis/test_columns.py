@@ -16,7 +16,7 @@ def test_readme_holds_the_generated_column_table():
 
 
 def test_every_evaluation_column_is_defined():
-    for name in labeled_column_names(("Object", "Tote")):
+    for name in labeled_column_names():
         assert describe(name) is not None, name
     assert describe("meta_tote_color") is not None and describe("no_such_column") is None
 

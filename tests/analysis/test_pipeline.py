@@ -114,7 +114,7 @@ def test_unlabeled_row_has_none_metrics_and_same_columns(env):
     labeled, _ = _result(env, "val")
     unlabeled, _ = _result(env, "unlabeled")
     assert set(unlabeled.row) == set(labeled.row)
-    for col in labeled_column_names(env[0].data.class_names) + ("over_segmented_count", "under_segmented_count"):
+    for col in labeled_column_names() + ("over_segmented_count", "under_segmented_count"):
         assert unlabeled.row[col] is None, col
     assert unlabeled.row["n_pred"] >= 1 and _no_nan(unlabeled.row)
 

@@ -128,6 +128,7 @@ def test_every_gallery_tile_draws_what_it_counts(both_faces):
     from armbench_segmentation.analysis.store import ResultsStore
     from armbench_segmentation.config import load_settings
     from armbench_segmentation.data.coco import ArmbenchDataset
+    from armbench_segmentation.metrics.sample_evaluation import COUNTED_SIDE
 
     data, run, _ = both_faces
     settings = load_settings(overrides={"data.path": str(data), "model.path": str(SHIPPED_MODEL),
@@ -142,7 +143,7 @@ def test_every_gallery_tile_draws_what_it_counts(both_faces):
         views = SampleViews(dataset, store, settings, selected_samples(dataset))
         for kind, (error_kind, column, _) in GALLERY_KINDS.items():
             gallery = build_gallery(samples, kind, views.error_view, n=24)
-            side = "gt" if error_kind == "over_segmented" else "pred"
+            side = COUNTED_SIDE[error_kind]
             for item in gallery.items:
                 tiles += 1
                 row = samples[samples["sample_id"] == item.sample_id].iloc[0]
