@@ -96,7 +96,12 @@ from armbench_segmentation.config import Settings, load_settings  # noqa: E402
 from armbench_segmentation.data.coco import ArmbenchDataset, LoadedSample, Sample  # noqa: E402
 from armbench_segmentation.data.probe import readable_samples  # noqa: E402
 from armbench_segmentation.errors import DatasetError, ModelError  # noqa: E402
-from armbench_segmentation.codecs import pack_mask_bits, unpack_mask_bits, xyxy_to_center_xywh  # noqa: E402
+from armbench_segmentation.codecs import (  # noqa: E402
+    MASK_BITS_PER_VALUE,
+    pack_mask_bits,
+    unpack_mask_bits,
+    xyxy_to_center_xywh,
+)
 from armbench_segmentation.metadata import METADATA_FIELDS, sample_metadata  # noqa: E402
 from armbench_segmentation.metrics.matching import confusion_elements  # noqa: E402
 from armbench_segmentation.metrics.sample_evaluation import (  # noqa: E402
@@ -298,7 +303,7 @@ def encode_gt_masks(gt: Instances, k: int) -> np.ndarray:
     """Instances (N, S, S) masks -> (K, S, ceil(S/8)) float32, bit-packed 8 pixels per value
     (``codecs.pack_mask_bits``), zero rows as padding."""
     h, w = gt.image_size
-    out = np.zeros((k, h, -(-w // 8)), np.float32)
+    out = np.zeros((k, h, -(-w // MASK_BITS_PER_VALUE)), np.float32)
     n = _fit(len(gt), k)
     if n:
         out[:n] = pack_mask_bits(gt.masks[:n])
@@ -315,7 +320,8 @@ def decode_gt(boxes: np.ndarray, masks: np.ndarray, input_hw: tuple) -> Optional
         return None
     if boxes.ndim != 2 or boxes.shape[1] != len(GT_BOX_COLUMNS) or masks.ndim != 3 or len(masks) != len(boxes) \
             or masks.shape[1] != input_hw[0]:
-        raise ValueError(f"expected gt_boxes (K, 6) and gt_masks (K, {input_hw[0]}, {-(-input_hw[1] // 8)}), "
+        raise ValueError(f"expected gt_boxes (K, 6) and gt_masks (K, {input_hw[0]}, "
+                         f"{-(-input_hw[1] // MASK_BITS_PER_VALUE)}), "
                          f"got {boxes.shape} and {masks.shape}")
     valid = np.flatnonzero(boxes[:, 5] > 0.5)
     return Instances(boxes=boxes[valid, :4], class_ids=np.rint(boxes[valid, 4]).astype(np.int64),
@@ -531,7 +537,7 @@ def _confusion_row(detections, prototypes, boxes, masks) -> List[ConfusionMatrix
     if ev is None:
         return []
     s = _settings()
-    records = confusion_elements(ev.gt, ev.predictions, s.data.class_names, s.metrics.match_iou)
+    records = confusion_elements(ev.gt, ev.predictions, s.data.class_names, s.metrics.match_iou, overlaps=ev.overlaps)
     return [ConfusionMatrixElement(r.label, ConfusionMatrixValue.Positive if r.expected else ConfusionMatrixValue.Negative,
                                    float(r.probability), r.id) for r in records]
 

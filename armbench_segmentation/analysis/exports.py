@@ -102,16 +102,20 @@ def _parquet_safe(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def write_table(frame: pd.DataFrame, out_dir: Path, name: str = "samples") -> tuple[Path, Path]:
-    """Write the per-sample table as ``<name>.csv`` and ``<name>.parquet``; returns both paths."""
+def _write_csv_and_parquet(table: pd.DataFrame, out_dir: Path, name: str) -> tuple[Path, Path]:
+    """``<name>.csv`` (``write_csv``) and ``<name>.parquet`` of the same table, each atomic."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = order_columns(frame)
     csv_path, parquet_path = out_dir / f"{name}.csv", out_dir / f"{name}.parquet"
     write_csv(table, csv_path)
     with atomic_path(parquet_path) as tmp:
         _parquet_safe(table).to_parquet(tmp, index=False)
     return csv_path, parquet_path
+
+
+def write_table(frame: pd.DataFrame, out_dir: Path, name: str = "samples") -> tuple[Path, Path]:
+    """Write the per-sample table as ``<name>.csv`` and ``<name>.parquet``; returns both paths."""
+    return _write_csv_and_parquet(order_columns(frame), out_dir, name)
 
 
 def class_to_category_ids(dataset: Any, split: str, class_names: Sequence[str]) -> dict[int, int]:
@@ -191,7 +195,7 @@ def instances_frame(store: Any, keys: Iterable[tuple[str, str]] | None = None) -
     ``box_overlaps``), in split and sample order; columns: ``split, sample_id`` then
     ``analysis.columns.INSTANCE_COLUMNS``. ``keys``: only these (split, sample_id) samples
     (the current selection, as in samples.csv); default every finished one."""
-    from armbench_segmentation.analysis.columns import INSTANCE_COLUMNS
+    from armbench_segmentation.analysis.columns import INSTANCE_COLUMN_DEFS, INSTANCE_COLUMNS
 
     wanted = None if keys is None else set(keys)
     rows = []
@@ -204,24 +208,14 @@ def instances_frame(store: Any, keys: Iterable[tuple[str, str]] | None = None) -
     frame = pd.DataFrame(rows, columns=columns)
     for col in ("index", "matched_index", "annotation_id", "area", "box_overlaps"):
         frame[col] = frame[col].astype("Int64")
-    for col in INSTANCE_FLAG_COLUMNS:
+    for col in (c for c, d in INSTANCE_COLUMN_DEFS.items() if d.range == "bool"):  # the error flags
         frame[col] = frame[col].astype("boolean")
     return frame
 
 
-INSTANCE_FLAG_COLUMNS = ("over_segmented", "missed", "in_under_segmenting", "under_segmenting", "duplicate",
-                         "false_positive", "in_over_segmented")
-
-
 def write_instances(store: Any, out_dir: Path, keys: Iterable[tuple[str, str]] | None = None) -> tuple[Path, Path]:
     """``instances.csv`` and ``instances.parquet`` (see :func:`instances_frame`)."""
-    frame = instances_frame(store, keys)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path, parquet_path = out_dir / "instances.csv", out_dir / "instances.parquet"
-    write_csv(frame, csv_path)
-    with atomic_path(parquet_path) as tmp:
-        frame.to_parquet(tmp, index=False)
-    return csv_path, parquet_path
+    return _write_csv_and_parquet(instances_frame(store, keys), out_dir, "instances")
 
 
 def write_errors(store: Any, out_dir: Path) -> Path:

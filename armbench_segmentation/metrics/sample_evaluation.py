@@ -76,6 +76,7 @@ class SampleEvaluation:
         annotation_ids: (G,) int64 the GT rows' own ids (COCO annotation ids in the engine).
         segmentation: ``SegmentationErrors`` (labeled only).
         matching: ``MatchResult`` at ``metrics.match_iou`` (labeled only).
+        overlaps: the (G, P) GT x prediction ``Overlaps`` every metric above read (labeled only).
         best_iou_gt / best_iou_pred: (G,) / (P,) float64 best IoU with any counterpart of the
             same class (0.0 when there is none); labeled only.
         ap: sample AP@[.5:.95] (None without GT).
@@ -94,6 +95,7 @@ class SampleEvaluation:
     annotation_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     segmentation: Any = None
     matching: Any = None
+    overlaps: Any = None
     best_iou_gt: np.ndarray | None = None
     best_iou_pred: np.ndarray | None = None
     ap: float | None = None
@@ -294,6 +296,6 @@ def evaluate_sample(detections: np.ndarray, protos: np.ndarray, gt: Instances | 
     best_pred = iou.max(axis=0) if iou.shape[0] else np.zeros(len(pred))
     return SampleEvaluation(
         **base, gt=gt, annotation_ids=np.asarray(annotation_ids, np.int64), segmentation=seg, matching=m,
-        best_iou_gt=best_gt, best_iou_pred=best_pred, ap=sample_ap(gt, pred, overlaps=overlaps),
+        overlaps=overlaps, best_iou_gt=best_gt, best_iou_pred=best_pred, ap=sample_ap(gt, pred, overlaps=overlaps),
         losses=yolov5_seg_loss(detections, protos, gt, input_hw),
     )
