@@ -239,16 +239,32 @@ def labeled_column_names() -> tuple[str, ...]:
 
 
 def _hard_region(pred: Instances, settings: Settings) -> tuple[int, int, int, int] | None:
-    """The window of highest entropy of the segmentation classes' predictions (their
-    prototype probabilities, the source of ``unc_mask_entropy``)."""
-    from armbench_segmentation.metrics.segmentation import class_indices
-    from armbench_segmentation.metrics.uncertainty import entropy_map, hardest_region
+    """The model-frame window of highest mean entropy of the segmentation classes'
+    predictions (``HARD_REGION_WINDOW`` pixels a side).
 
-    wanted = class_indices(settings.metrics.segmentation_classes, settings.data.class_names)
-    pred = pred[np.isin(pred.class_ids, wanted)]
-    if len(pred) == 0:
+    Computed on the prototype grid the probabilities live on (``extras["proto_probs"]``, the
+    source of ``unc_mask_entropy``): per cell the entropy of the most uncertain instance
+    (binary entropy grows with ``min(p, 1 - p)``, so that is the largest entropy of any
+    instance there), the best window of ``HARD_REGION_WINDOW / stride`` cells, scaled back to
+    model pixels. Without prototype probabilities (or with a grid that does not divide the
+    frame), the model-frame ``entropy_map``.
+    """
+    from armbench_segmentation.metrics.segmentation import class_indices
+    from armbench_segmentation.metrics.uncertainty import binary_entropy, entropy_map, hardest_region
+
+    keep = np.isin(pred.class_ids, class_indices(settings.metrics.segmentation_classes, settings.data.class_names))
+    if not keep.any():
         return None
-    return tuple(int(v) for v in hardest_region(entropy_map(pred), HARD_REGION_WINDOW))
+    probs = pred.extras.get("proto_probs")
+    h, w = pred.image_size
+    if probs is not None and probs.ndim == 3 and probs.shape[1] and h % probs.shape[1] == 0 \
+            and w % probs.shape[2] == 0 and h // probs.shape[1] == w // probs.shape[2]:
+        stride = h // probs.shape[1]
+        probs = np.asarray(probs[keep], np.float32)  # only these maps: no copy of the instances' masks
+        cells = binary_entropy(np.minimum(probs, 1.0 - probs).max(axis=0))  # (h', w')
+        window = hardest_region(cells, max(1, HARD_REGION_WINDOW // stride))
+        return tuple(int(v) * stride for v in window)
+    return tuple(int(v) for v in hardest_region(entropy_map(pred[keep]), HARD_REGION_WINDOW))
 
 
 def evaluate_sample(detections: np.ndarray, protos: np.ndarray, gt: Instances | None, settings: Settings,
