@@ -8,7 +8,7 @@ OUT ?= runs/demo
 ## install: Poetry (if missing) and the project with its dev tools into .venv
 install: poetry
 	$(POETRY) config virtualenvs.in-project true --local
-	$(POETRY) install --no-interaction
+	$(POETRY) install --no-interaction --all-extras
 
 poetry:
 	@command -v poetry >/dev/null 2>&1 || [ -x "$(HOME)/.local/bin/poetry" ] || \
