@@ -307,6 +307,30 @@ class _Writer(threading.Thread):
                 self.bar.set_postfix(errors=self.summary.errors, refresh=False)
 
 
+def pending_samples(dataset: Any, store: ResultsStore, summary: RunSummary, splits: Sequence[str] = SPLITS,
+                    max_samples: int | None = None) -> list[tuple[int, Any]]:
+    """The selected samples not finished in ``store`` (its run selected), as ``(seq, sample)``
+    in split order, at most ``max_samples``; counted into ``summary`` (selected,
+    already_finished, stopped_early). Every engine (local, ``analysis.ray_engine``) starts here."""
+    finished = store.finished()
+    todo: list[tuple[int, Any]] = []
+    for split in splits:
+        for seq, sample in enumerate(dataset.samples(split)):
+            summary.selected += 1
+            if (split, sample.sample_id) in finished:
+                summary.already_finished += 1
+            else:
+                todo.append((seq, sample))
+    del finished
+    if max_samples is not None and len(todo) > max_samples:
+        todo = todo[:max_samples]
+        summary.stopped_early = True
+    if summary.already_finished:
+        logger.info("resuming run %s: %d of %d samples already finished, %d to compute",
+                    summary.run_key, summary.already_finished, summary.selected, len(todo))
+    return todo
+
+
 def run_samples(
     dataset: Any,
     model: Any,
@@ -346,22 +370,7 @@ def run_samples(
         raise ValueError(f"max_samples must be >= 0 or None, got {max_samples}")
     t0 = time.monotonic()
     summary = RunSummary(run_key=store._require_run())
-    finished = store.finished()
-    todo: list[tuple[int, Any]] = []
-    for split in splits:
-        for seq, sample in enumerate(dataset.samples(split)):
-            summary.selected += 1
-            if (split, sample.sample_id) in finished:
-                summary.already_finished += 1
-            else:
-                todo.append((seq, sample))
-    del finished
-    if max_samples is not None and len(todo) > max_samples:
-        todo = todo[:max_samples]
-        summary.stopped_early = True
-    if summary.already_finished:
-        logger.info("resuming run %s: %d of %d samples already finished, %d to compute",
-                    summary.run_key, summary.already_finished, summary.selected, len(todo))
+    todo = pending_samples(dataset, store, summary, splits, max_samples)
     if not todo:
         summary.elapsed_s = time.monotonic() - t0
         return summary
