@@ -14,6 +14,7 @@ import logging
 import sys
 import traceback
 
+from armbench_segmentation import package_version
 from armbench_segmentation.errors import ArmbenchError
 
 # where bugs go (the project has no public tracker address in pyproject.toml)
@@ -26,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("armbench_segmentation.commands.predict", "run the ONNX model, write COCO results JSON"),
     "evaluate": ("armbench_segmentation.commands.evaluate", "COCO AP plus over/under segmentation report"),
     "analyze": ("armbench_segmentation.commands.analyze", "full analysis: map, clusters, picks, galleries, dashboard"),
+    "serve": ("armbench_segmentation.commands.serve", "explore a run in the browser: map, sample view, selections"),
 }
 
 
@@ -34,23 +36,50 @@ def build_parser() -> argparse.ArgumentParser:
         prog="armbench",
         description="Instance-segmentation failure analysis for ARMBench tote images.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"armbench {package_version()}",
+                        help="print the installed version and exit")
+    _add_verbosity_arguments(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         module = importlib.import_module(module_name)
         module.add_arguments(p)
+        # also after the command (`armbench analyze -q`); SUPPRESS keeps a flag given before it
+        _add_verbosity_arguments(p, top=False)
         p.set_defaults(_module=module)
     return parser
+
+
+def _add_verbosity_arguments(parser: argparse.ArgumentParser, top: bool) -> None:
+    """``-v`` / ``-q``, before the command (``top``) and after it; after it they default to
+    SUPPRESS so they do not reset what was given before it."""
+    group = parser.add_argument_group("output").add_mutually_exclusive_group()
+    group.add_argument("-v", "--verbose", action="count", default=0 if top else argparse.SUPPRESS,
+                       help="more log messages: -v notes on the work (INFO), -vv debugging (DEBUG); "
+                            "default: warnings and errors only")
+    group.add_argument("-q", "--quiet", action="store_true", default=False if top else argparse.SUPPRESS,
+                       help="errors only: no warnings, no progress bars (results are still printed)")
+
+
+def log_level(verbose: int = 0, quiet: bool = False) -> int:
+    """The root logging level for ``-q`` / (none) / ``-v`` / ``-vv``: ERROR, WARNING, INFO, DEBUG.
+
+    What a command found (its outputs, the summary) is printed, never logged, so no level
+    hides it; the log carries warnings about the input and notes on the work.
+    """
+    if quiet:
+        return logging.ERROR
+    return {0: logging.WARNING, 1: logging.INFO}.get(int(verbose or 0), logging.DEBUG)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    quiet = bool(getattr(args, "quiet", False))
+    logging.basicConfig(level=log_level(getattr(args, "verbose", 0), quiet),
+                        format="%(levelname)s %(name)s: %(message)s")  # to stderr
+    if quiet and hasattr(args, "no_progress"):  # progress bars (tqdm, on stderr) follow --quiet
+        args.no_progress = True
     if args.command is None:
         parser.print_help()
         return 2

@@ -15,10 +15,16 @@ settings or the dataset changed.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import os
+import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 from armbench_segmentation.commands._common import add_settings_arguments, check_output_path, settings_from_args
+from armbench_segmentation.codecs import json_default
 from armbench_segmentation.errors import ArmbenchError
 
 
@@ -48,6 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-crops", action="store_true",
                         help="do not write crops of each labeling pick's hardest region (crops/)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--json", action="store_true",
+                        help="print the run summary as one JSON object on stdout (nothing else goes to stdout)")
 
 
 # settings key -> the flag of this command that sets it
@@ -88,25 +96,108 @@ def run(args: argparse.Namespace) -> int:
     if out is None:
         out = default_out_dir(Path(settings.data.path).name)
     out = check_output_path(out, "dir", "--out")
-    print(f"dataset: {where}")
-    print(f"output:  {out}")
-    result = run_analysis(settings, out, synthetic=False, resume=not args.no_resume, progress=progress,
-                          max_samples=args.max_samples, process_workers=args.workers,
-                          crops=not args.no_crops)
+    say = print
+    if args.json:  # stdout carries the JSON alone: notes (and any stray print) go to stderr
+        def say(*parts, **kwargs):
+            print(*parts, **{**kwargs, "file": sys.stderr})
+    if not args.json:
+        say(f"dataset: {where}")
+        say(f"output:  {out}")
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        result = run_analysis(settings, out, synthetic=False, resume=not args.no_resume, progress=progress,
+                              max_samples=args.max_samples, process_workers=args.workers,
+                              crops=not args.no_crops)
+    if args.json:
+        print(json.dumps(summary_dict(result), indent=2, default=json_default))
+        return 0
     s = result.summary
-    print(f"samples: {result.n_samples} analysed ({s.computed} computed now at {s.rate:.2f} img/s, "
-          f"{s.already_finished} from earlier runs, {s.errors} failed)")
+    say(f"samples: {result.n_samples} analysed ({s.computed} computed now at {s.rate:.2f} img/s, "
+        f"{s.already_finished} from earlier runs, {s.errors} failed)")
     if s.errors:
         print(f"failed samples are listed in {result.files['errors']}", file=sys.stderr)
     if s.stopped_early:
-        print(f"stopped after --max-samples {args.max_samples}; run the same command again to continue")
+        say(f"stopped after --max-samples {args.max_samples}; run the same command again to continue")
     for key in ("samples_csv", "samples_parquet"):
-        print(f"table:   {result.files[key]}")
+        say(f"table:   {result.files[key]}")
     for key, path in result.files.items():
         if key.startswith("predictions_"):
-            print(f"COCO:    {path}")
+            say(f"COCO:    {path}")
     if result.dashboard is not None:
-        print(f"dashboard: {result.dashboard}")
+        say(f"dashboard: {result.dashboard}")
     else:
-        print("dashboard: not written (analysis.report unavailable)")
+        say("dashboard: not written (analysis.report unavailable)")
+    say(f"explore:  {serve_command(result.out_dir)}")
     return 0
+
+
+# per-split totals and means of the samples table in the JSON summary (columns absent in a
+# run, e.g. the labeled-only ones of an unlabeled split, are left out)
+SUMMED_COLUMNS = ("num_gt", "num_pred", "tp", "fp", "fn", "over_segmented_count", "under_segmented_count")
+MEAN_COLUMNS = ("ap", "precision", "recall", "f1", "mean_iou", "error_rate", "loss")
+
+
+def serve_command(run_dir: Path) -> str:
+    """The command that opens the explorer on a run folder (shell-quoted)."""
+    return f"armbench serve {shlex.quote(str(run_dir))}"
+
+
+def summary_dict(result: Any) -> dict[str, Any]:
+    """What ``analyze --json`` prints: counts and rate of this call, per-split totals and means
+    read back from the written samples table (``means.ap`` is the mean per-image AP), the
+    insights' sizes and every output path (absolute)."""
+    from armbench_segmentation import package_version
+
+    s = result.summary
+    return {
+        "version": package_version(),
+        "dataset": result.dataset,
+        "out_dir": _abs(result.out_dir),
+        "store": _abs(result.store_path),
+        "run_key": s.run_key,
+        "samples": {"selected": s.selected, "analysed": result.n_samples, "computed": s.computed,
+                    "already_finished": s.already_finished, "errors": s.errors,
+                    "stopped_early": s.stopped_early, "elapsed_s": round(s.elapsed_s, 3),
+                    "rate_img_per_s": round(s.rate, 3)},
+        "error_samples": [{"split": split, "sample_id": sid, "message": msg} for split, sid, msg in s.error_samples],
+        "splits": _split_stats(result.files.get("samples_parquet")),
+        "insights": _insight_sizes(result.insights),
+        "files": {key: _abs(path) for key, path in sorted(result.files.items())},
+        "dashboard": None if result.dashboard is None else _abs(result.dashboard),
+        "serve": serve_command(result.out_dir),
+    }
+
+
+def _abs(path: Path) -> str:
+    return os.path.abspath(path)
+
+
+def _split_stats(table: Path | None) -> dict[str, Any]:
+    """{split: {"samples": n, "totals": {column: sum}, "means": {column: mean}}} over the
+    stored samples of each split (columns without any value in a split are left out)."""
+    if table is None or not Path(table).is_file():
+        return {}
+    import pandas as pd
+
+    frame = pd.read_parquet(table)
+    stats: dict[str, Any] = {}
+    for split, part in frame.groupby("split", sort=False):
+        totals = {c: int(part[c].sum()) for c in SUMMED_COLUMNS if c in part and part[c].notna().any()}
+        means = {c: float(part[c].mean()) for c in MEAN_COLUMNS if c in part and part[c].notna().any()}
+        stats[str(split)] = {"samples": int(len(part)), "totals": totals, "means": means}
+    return stats
+
+
+def _insight_sizes(insights: Any) -> dict[str, Any]:
+    if insights is None:
+        return {}
+    out: dict[str, Any] = {}
+    if insights.projection is not None:
+        out["map_method"] = getattr(insights.projection, "method", None)
+    if insights.clusters is not None:
+        out["clusters"] = len(insights.clusters.summaries)
+    if insights.picks is not None:
+        out["label_picks"] = len(insights.picks.picks)
+    if insights.pruning is not None:
+        out["prune_keep"] = len(insights.pruning.keep_ids)
+        out["prune_drop"] = len(insights.pruning.drop_ids)
+    return out
