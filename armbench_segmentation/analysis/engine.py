@@ -311,7 +311,8 @@ class AnalysisResult:
 def run_analysis(settings: Settings, out_dir: str | Path, synthetic: bool = False, *, resume: bool = True,
                  progress: bool = True, max_samples: int | None = None,
                  synthetic_spec: SyntheticSpec = DEFAULT_SYNTHETIC, report: bool = True,
-                 process_workers: int | None = None, crops: bool = True) -> AnalysisResult:
+                 process_workers: int | None = None, crops: bool = True, engine: str = "local",
+                 ray_options: Any = None) -> AnalysisResult:
     """Run the whole local analysis and write its outputs into ``out_dir``.
 
     Args:
@@ -326,6 +327,9 @@ def run_analysis(settings: Settings, out_dir: str | Path, synthetic: bool = Fals
         report: write the HTML dashboard.
         process_workers: processes computing per-sample metrics (None: automatic, 0 on
             machines with <= 4 cores; see ``runner.default_process_workers``).
+        engine: ``local`` (this machine, ``runner.run_samples``) or ``ray`` (a Ray cluster,
+            ``ray_engine.run_samples_ray`` with ``ray_options``, a ``ray_engine.RayOptions``);
+            same results, same store, either resumes the other.
     Raises:
         DatasetError / ModelError / ConfigError with a message saying how to fix it.
     """
@@ -343,8 +347,16 @@ def run_analysis(settings: Settings, out_dir: str | Path, synthetic: bool = Fals
     store = ResultsStore(out_dir / STORE_NAME)
     try:
         open_run(store, dataset, model, settings, resume=resume)
-        summary = run_samples(dataset, model, store, settings, max_samples=max_samples, progress=progress,
-                              process_workers=process_workers)
+        if engine == "ray":
+            from armbench_segmentation.analysis.ray_engine import RayOptions, run_samples_ray
+
+            summary = run_samples_ray(dataset, model, store, settings, options=ray_options or RayOptions(),
+                                      max_samples=max_samples, progress=progress)
+        elif engine == "local":
+            summary = run_samples(dataset, model, store, settings, max_samples=max_samples, progress=progress,
+                                  process_workers=process_workers)
+        else:
+            raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
         samples = selected_samples(dataset)
         frame = store.frame(keys=[(s.split, s.sample_id) for s in samples])
         embeddings = store.embeddings(frame) if len(frame) else np.zeros((0, 0), np.float32)

@@ -56,6 +56,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true",
                         help="print the run summary as one JSON object on stdout (nothing else goes to stdout)")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="where the per-sample work runs: this machine (default) or a Ray cluster "
+                             "(needs the 'ray' extra; same results, resumes either way)")
+    parser.add_argument("--ray-address", metavar="ADDR", default=None,
+                        help="with --engine ray: an existing cluster (host:6379, ray://host:10001 or auto; default "
+                             "$RAY_ADDRESS, else a local cluster for this run)")
+    parser.add_argument("--ray-workers", metavar="N", type=int, default=None,
+                        help="with --engine ray: workers, one model and one thread each (default: the cluster's CPUs)")
 
 
 # settings key -> the flag of this command that sets it
@@ -74,6 +82,18 @@ def _validate(args: argparse.Namespace) -> None:
         raise ArmbenchError(f"--workers must be >= 0, got {args.workers}")
     if args.max_samples is not None and args.max_samples < 0:
         raise ArmbenchError(f"--max-samples must be >= 0, got {args.max_samples}")
+    if args.engine != "ray" and (args.ray_address is not None or args.ray_workers is not None):
+        raise ArmbenchError("--ray-address and --ray-workers need --engine ray")
+    if args.ray_workers is not None and args.ray_workers < 1:
+        raise ArmbenchError(f"--ray-workers must be >= 1, got {args.ray_workers}")
+
+
+def _ray_options(args: argparse.Namespace) -> Any:
+    if args.engine != "ray":
+        return None
+    from armbench_segmentation.analysis.ray_engine import RayOptions
+
+    return RayOptions(address=args.ray_address, workers=args.ray_workers)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
         result = run_analysis(settings, out, synthetic=False, resume=not args.no_resume, progress=progress,
                               max_samples=args.max_samples, process_workers=args.workers,
-                              crops=not args.no_crops)
+                              crops=not args.no_crops, engine=args.engine, ray_options=_ray_options(args))
     if args.json:
         print(json.dumps(summary_dict(result), indent=2, default=json_default))
         return 0

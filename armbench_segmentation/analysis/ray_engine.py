@@ -1,0 +1,384 @@
+"""``armbench analyze --engine ray``: the per-sample work fanned out on a Ray cluster.
+
+The same steps as the local runner (``analysis.runner``), only placed elsewhere:
+
+* the driver (this process) selects the unfinished samples (``runner.pending_samples``),
+  owns the results store and commits results as they arrive, through the local runner's
+  own writer (``runner._Writer``: error rows, the internal-error limit, commits every few
+  samples or half second, the progress bar);
+* each Ray worker is an actor holding one ``SegmentationModel`` (loaded once, one intra-op
+  thread by default, numpy's BLAS on one thread) and the dataset; per sample it runs the
+  runner's load step (``runner._load``), the model, and the runner's compute step
+  (``runner._compute`` -> ``pipeline.process_sample``) and sends back the outcome (row,
+  embedding, compact predictions, facts) - never the image.
+
+What a run survives:
+
+* a worker process that dies (killed, out of memory, a crash in native code): Ray restarts
+  the actor (model loaded again) and runs its unfinished tasks again
+  (``max_restarts``/``max_task_retries``, system failures only: an exception raised by our
+  code is not retried). A sample that keeps killing its worker past the retries is stored
+  as an error row naming the failure (retried by the next run, like every error row);
+* the driver killed: what was committed stays; the rerun sends only the samples not yet
+  stored (the run key does not depend on the engine, so local and Ray runs resume each
+  other);
+* a bad sample (missing/corrupt image): an error row, exactly as the local engine stores it.
+
+Bounded memory: at most ``workers x in_flight_per_worker`` samples are in flight; results
+are taken with ``ray.wait`` in completion order and stored under their sample key, so the
+store's content does not depend on the order they finish in.
+
+How the model reaches the workers: the driver puts the model file's bytes into Ray's object
+store once; a worker uses the file at the driver's path when it sees the same file there
+(same SHA-256), else writes the bytes to a private temporary file. The dataset is read by
+the workers from ``data.path``, which must be on storage every node sees (NFS, a mounted
+bucket, the same path on every node); each worker checks that its COCO files hash like the
+driver's and refuses to start otherwise.
+
+No telemetry: Ray's usage statistics are switched off (``RAY_USAGE_STATS_ENABLED=0``, set
+before Ray is imported), a cluster started for the run has no dashboard, listens on the
+loopback address only, and keeps its authentication token in the environment of the
+processes instead of writing ``~/.ray/auth_token``.
+
+``ARMBENCH_RAY_FAULT_FILE`` (tests only): a JSON file ``{"crash_on": sample_id}``; the
+worker that meets that sample removes the file and ends its process (``os._exit``), so a
+real worker death happens exactly once, mid-run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from armbench_segmentation.analysis.runner import (
+    RunSummary,
+    _load,
+    _Writer,
+    _compute,
+    _worker_init,
+    pending_samples,
+)
+from armbench_segmentation.analysis.store import ResultsStore, sha256_file
+from armbench_segmentation.config import Settings
+from armbench_segmentation.errors import ArmbenchError
+from armbench_segmentation.splits import SPLITS
+
+logger = logging.getLogger(__name__)
+
+ENGINES = ("local", "ray")
+INSTALL_HINT = "pip install 'armbench-segmentation[ray]' (or, in a checkout: poetry install --extras ray)"
+FAULT_ENV = "ARMBENCH_RAY_FAULT_FILE"
+# Ray's switches set before it is imported: no usage statistics sent anywhere.
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """How to run on Ray.
+
+    Attributes:
+        address: an existing cluster (``ray://host:10001``, ``host:6379`` or ``auto``); None
+            starts a local cluster for this run (``$RAY_ADDRESS`` is used when set).
+        workers: actors (one model each); None = the cluster's CPUs / ``threads_per_worker``.
+        threads_per_worker: onnxruntime intra-op threads per worker (and CPUs it reserves).
+        in_flight_per_worker: samples queued per worker (2 hides the round trip).
+        max_task_retries: times a task is run again after its worker died.
+        temp_dir: Ray's session folder for a local cluster (Ray's default /tmp/ray when None;
+            keep it short: Ray's socket paths must fit in 107 bytes).
+    """
+
+    address: str | None = None
+    workers: int | None = None
+    threads_per_worker: int = 1
+    in_flight_per_worker: int = 2
+    max_task_retries: int = 3
+    temp_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        for name, low in (("workers", 1), ("threads_per_worker", 1), ("in_flight_per_worker", 1),
+                          ("max_task_retries", 0)):
+            value = getattr(self, name)
+            if value is None and name == "workers":
+                continue
+            if not isinstance(value, int) or value < low:
+                raise ArmbenchError(f"Ray option {name} must be an integer >= {low}, got {value!r}")
+
+
+def import_ray() -> Any:
+    """``ray``, with its usage statistics off; an ``ArmbenchError`` saying how to install it."""
+    os.environ.update(RAY_ENV)
+    try:
+        import ray
+    except ImportError as exc:
+        raise ArmbenchError(f"--engine ray needs the optional Ray extra ({exc}); install it with: {INSTALL_HINT}") from None
+    return ray
+
+
+# ---------------------------------------------------------------------------- the worker
+def _crash_if_asked(sample_id: str) -> None:
+    """Test-only fault injection (see the module docstring): a real process death, once."""
+    path = os.environ.get(FAULT_ENV)
+    if not path:
+        return
+    try:
+        target = json.loads(Path(path).read_text()).get("crash_on")
+    except (OSError, ValueError):
+        return
+    if target != sample_id:
+        return
+    try:
+        os.replace(path, f"{path}.done")  # only the first attempt dies
+    except OSError:
+        return  # another worker won the race
+    os._exit(17)
+
+
+class SampleWorker:
+    """One Ray actor: the model (loaded once) and the dataset, processing one sample per call.
+
+    Never raises from ``__init__`` (``ready`` reports a setup problem in one line) or from
+    ``process`` for a sample's own problems (those come back as error outcomes, exactly as
+    the local runner's steps return them).
+    """
+
+    def __init__(self, settings: Settings, dataset_root: str, dataset_files: dict[str, str], model_path: str,
+                 model_sha256: str, model_bytes: list, threads: int):
+        self._tmp: str | None = None
+        self.error: str | None = None
+        try:
+            _worker_init()  # numpy's BLAS on one thread, as in the local runner's metrics
+            self._setup(settings, dataset_root, dataset_files, model_path, model_sha256, model_bytes, threads)
+        except ArmbenchError as exc:
+            self.error = str(exc)
+        except Exception as exc:  # reported by ready() with the node it happened on
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def _setup(self, settings: Settings, dataset_root: str, dataset_files: dict[str, str], model_path: str,
+               model_sha256: str, model_bytes: list, threads: int) -> None:
+        from armbench_segmentation.data.coco import ArmbenchDataset
+        from armbench_segmentation.model.onnx_model import SegmentationModel
+
+        self.settings = settings.replace({"model.num_threads": threads})  # not part of the run key
+        root = Path(dataset_root)
+        for name, digest in dataset_files.items():
+            path = root / name
+            if not path.is_file():
+                raise ArmbenchError(f"{path} does not exist on this worker: the dataset must be on storage every "
+                                    "Ray node sees, at the same path (data.path)")
+            if sha256_file(path) != digest:
+                raise ArmbenchError(f"{path} on this worker differs from the driver's copy (SHA-256): every Ray node "
+                                    "must see the same dataset files")
+        self.dataset = ArmbenchDataset(root, self.settings.data)
+        path = Path(model_path)
+        if not (path.is_file() and sha256_file(path) == model_sha256):
+            import ray
+
+            self._tmp = tempfile.mkdtemp(prefix="armbench-model-")
+            path = Path(self._tmp) / Path(model_path).name
+            path.write_bytes(ray.get(model_bytes[0]))
+        self.model = SegmentationModel(path, self.settings.model, self.settings.data.class_names)
+        if self.model.sha256 != model_sha256:  # pragma: no cover - the object store returned other bytes
+            raise ArmbenchError(f"the model received by the worker does not match {model_path}")
+
+    def ready(self) -> tuple[str | None, str]:
+        """(setup error or None, where this worker runs: host and pid)."""
+        import socket
+
+        return self.error, f"{socket.gethostname()} pid {os.getpid()}"
+
+    def process(self, seq: int, sample: Any) -> tuple:
+        """One sample through the local runner's steps -> its outcome tuple (see ``runner._compute``)."""
+        from armbench_segmentation.analysis.pipeline import split_raw
+
+        _crash_if_asked(sample.sample_id)
+        item = _load(self.dataset, seq, sample)
+        if item.internal is not None:
+            return "internal", item.error or "internal error", item.internal
+        if item.error is not None:
+            return "sample", item.error
+        raw = self.model.run(self.model.to_input(item.loaded.image[None]))  # (1, 3, S, S)
+        return _compute(item.loaded, split_raw(raw)[0], self.model, self.settings, item.annotations)
+
+    def __del__(self) -> None:
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- the cluster
+def _connect(ray: Any, options: RayOptions) -> bool:
+    """Join ``options.address`` (or $RAY_ADDRESS), or start a local cluster. Returns whether
+    this call connected (and so must disconnect); False when Ray was already initialised."""
+    if ray.is_initialized():
+        return False
+    common = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+                  configure_logging=True)
+    address = options.address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        try:
+            ray.init(address=address, **common)
+        except Exception as exc:  # ConnectionError, a bad address, a version mismatch...
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ArmbenchError(f"cannot join the Ray cluster at {address}: {first}. Start one with "
+                                "`ray start --head` (see README, Scale) or leave --ray-address out to run a "
+                                "local one") from None
+        return True
+    if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+        # Ray's token authentication stays on; the token lives in the environment of this
+        # run's processes instead of a file written into ~/.ray.
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    cpus = (options.workers or _cpu_count()) * options.threads_per_worker
+    ray.init(num_cpus=cpus, _node_ip_address="127.0.0.1", _temp_dir=options.temp_dir, **common)
+    return True
+
+
+def _cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _start_workers(ray: Any, options: RayOptions, settings: Settings, dataset: Any, model: Any,
+                   identity: dict[str, str]) -> list[Any]:
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    n = options.workers or max(1, cpus // options.threads_per_worker)
+    if n * options.threads_per_worker > cpus:
+        logger.warning("%d Ray workers x %d threads ask for more than the cluster's %d CPUs; the rest wait for "
+                       "free CPUs", n, options.threads_per_worker, cpus)
+    model_ref = ray.put(Path(model.path).read_bytes())
+    actor = ray.remote(num_cpus=options.threads_per_worker, max_restarts=-1,
+                       max_task_retries=options.max_task_retries)(SampleWorker)
+    workers = [actor.remote(settings, str(dataset.root), identity, str(model.path), model.sha256, [model_ref],
+                            options.threads_per_worker) for _ in range(n)]
+    try:
+        reports = ray.get([w.ready.remote() for w in workers])
+    except ray.exceptions.RayError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ArmbenchError(f"the Ray workers did not start: {first}") from None
+    for error, where in reports:
+        if error is not None:
+            raise ArmbenchError(f"a Ray worker ({where}) cannot start: {error}")
+    logger.info("%d Ray workers ready (%d thread(s) each)", n, options.threads_per_worker)
+    return workers
+
+
+# ---------------------------------------------------------------------------- the driver
+def run_samples_ray(
+    dataset: Any,
+    model: Any,
+    store: ResultsStore,
+    settings: Settings,
+    *,
+    options: RayOptions = RayOptions(),
+    splits: Sequence[str] = SPLITS,
+    max_samples: int | None = None,
+    progress: bool = True,
+    commit_every: int = 16,
+    commit_seconds: float = 0.5,
+    on_commit: Callable[[int], None] | None = None,
+) -> RunSummary:
+    """``runner.run_samples`` with the per-sample work on Ray workers (same arguments, same
+    store content, same summary). ``store`` must have its run selected (``open_run``).
+
+    Raises:
+        ArmbenchError: Ray missing, the cluster unreachable, a worker unable to start (the
+            dataset or model not visible there). ``KeyboardInterrupt`` is re-raised after
+            the finished samples were committed.
+    """
+    from armbench_segmentation.analysis.runner import dataset_identity
+
+    if max_samples is not None and max_samples < 0:
+        raise ValueError(f"max_samples must be >= 0 or None, got {max_samples}")
+    t0 = time.monotonic()
+    summary = RunSummary(run_key=store._require_run())
+    todo = pending_samples(dataset, store, summary, splits, max_samples)
+    if not todo:
+        summary.elapsed_s = time.monotonic() - t0
+        return summary
+    if int(settings.model.batch_size) > 1:
+        logger.info("the Ray engine runs one image per task (model.batch_size=%d is used by the local engine only)",
+                    settings.model.batch_size)
+    ray = import_ray()
+    identity = dataset_identity(dataset, store)
+    connected = _connect(ray, options)
+    bar = None
+    workers: list[Any] = []
+    try:
+        workers = _start_workers(ray, options, settings, dataset, model, identity)
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(todo), desc=f"analyzing on {len(workers)} Ray workers", unit="img",
+                       dynamic_ncols=True, smoothing=0.1)
+        writer = _Writer(store, model, settings, summary, bar, commit_every, commit_seconds, on_commit)
+        _drive(ray, workers, todo, writer, options)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        logger.warning("interrupted: saving the finished samples; run again to resume")
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+        for w in workers:
+            try:
+                ray.kill(w)
+            except Exception:  # pragma: no cover - the cluster is already gone
+                pass
+        if connected:
+            ray.shutdown()
+        summary.elapsed_s = time.monotonic() - t0
+    if summary.errors:
+        logger.warning("%d samples could not be processed (stored with status 'error'; see errors.csv)", summary.errors)
+    return summary
+
+
+def _drive(ray: Any, workers: list[Any], todo: list[tuple[int, Any]], writer: _Writer, options: RayOptions) -> None:
+    """Keep every worker ``in_flight_per_worker`` samples busy; store outcomes as they come."""
+    from armbench_segmentation.analysis.runner import _Loaded
+
+    pending = iter(todo)
+    in_flight: dict[Any, tuple[int, _Loaded]] = {}  # ObjectRef -> (worker index, sample)
+
+    def submit(index: int) -> bool:
+        nxt = next(pending, None)
+        if nxt is None:
+            return False
+        seq, sample = nxt
+        in_flight[workers[index].process.remote(seq, sample)] = (index, _Loaded(seq, sample))
+        return True
+
+    try:
+        for index in range(len(workers)):
+            for _ in range(options.in_flight_per_worker):
+                submit(index)
+        while in_flight:
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=writer.commit_seconds)
+            for ref in ready:
+                index, item = in_flight.pop(ref)
+                writer._finish(item, _outcome(ray, ref, item, options))
+                submit(index)
+            if writer._buffer and (len(writer._buffer) >= writer.commit_every
+                                   or time.monotonic() - writer._last_commit >= writer.commit_seconds):
+                writer._flush()
+    finally:
+        writer._flush()  # whatever finished is committed, whatever happens next (the caller kills the workers)
+
+
+def _outcome(ray: Any, ref: Any, item: Any, options: RayOptions) -> tuple:
+    """The worker's outcome; a worker that died more often than ``max_task_retries`` on this
+    sample gives an error row (the next run tries it again). Any other failure stops the run."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayActorError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return ("sample", f"the Ray worker processing this sample died {options.max_task_retries + 1} times "
+                          f"({first}); the next run tries it again")
+    except ray.exceptions.RayTaskError as exc:
+        s = item.sample
+        raise RuntimeError(f"a Ray worker failed on sample {s.sample_id} (split {s.split}): "
+                           f"{exc.cause if getattr(exc, 'cause', None) is not None else exc}") from None
