@@ -1,0 +1,66 @@
+"""A real run folder for the explorer tests: ``armbench analyze`` (the real pipeline, the tiny
+ONNX model of tests/analysis/test_runner.py) over the tiny dataset of tests/conftest.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_tiny_run(base: Path, rename: dict[str, str] | None = None) -> Path:
+    """Analyse the tiny dataset into ``base/out`` and return that folder. ``rename``: image
+    file name -> new file name (hostile names; a '/' makes a sub-folder)."""
+    from armbench_segmentation import cli
+    from armbench_segmentation import config as config_module
+
+    conftest = _load("_explore_conftest", TESTS / "conftest.py")
+    runner_helpers = _load("_explore_test_runner", TESTS / "analysis" / "test_runner.py")
+    ds = conftest.build_tiny_dataset(base / "armbench")
+    if rename:
+        for split_file in ("train.json", "val.json", "test.json"):
+            data = ds.json(split_file)
+            for img in data["images"]:
+                new = rename.get(img["file_name"], img["file_name"])
+                target = ds.root / "images" / new
+                target.parent.mkdir(parents=True, exist_ok=True)
+                (ds.root / "images" / img["file_name"]).rename(target)
+                img["file_name"] = new
+            ds.write_json(split_file, data)
+    model = runner_helpers.build_model(base / "m.onnx")
+    cfg = base / "config.yaml"
+    cfg.write_text("data:\n  image_size: 64\n  train_size: all\n  val_size: all\n  unlabeled_size: all\n"
+                   "model:\n  device: cpu\n  num_threads: 1\nanalysis:\n  n_clusters: 2\n  label_budget: 3\n")
+    out = base / "out"
+    with pytest.MonkeyPatch.context() as mp:
+        for k in list(os.environ):
+            if k.startswith("ARMBENCH_"):
+                mp.delenv(k)
+        mp.setenv("HOME", str(base / "home"))
+        mp.setenv("XDG_CACHE_HOME", str(base / "cache"))
+        mp.setattr(config_module, "USER_CONFIG_PATH", base / "home" / "no-config.yaml")
+        rc = cli.main(["analyze", "--no-progress", "--dataset", str(ds.root), "--model", str(model),
+                       "--config", str(cfg), "--out", str(out)])
+    assert rc == 0
+    run = json.loads((out / "run.json").read_text())
+    assert sum(c.get("error", 0) for c in run["counts"].values()) == 0, run["counts"]
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    return make_tiny_run(tmp_path_factory.mktemp("explore-run"))
