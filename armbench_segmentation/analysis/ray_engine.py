@@ -118,7 +118,8 @@ def import_ray() -> Any:
     try:
         import ray
     except ImportError as exc:
-        raise ArmbenchError(f"--engine ray needs the optional Ray extra ({exc}); install it with: {INSTALL_HINT}") from None
+        raise ArmbenchError(f"--engine ray needs the optional Ray extra, which cannot be imported ({exc}); install "
+                            f"it with: {INSTALL_HINT}") from None
     return ray
 
 
@@ -151,7 +152,6 @@ class SampleWorker:
 
     def __init__(self, settings: Settings, dataset_root: str, dataset_files: dict[str, str], model_path: str,
                  model_sha256: str, model_bytes: list, threads: int):
-        self._tmp: str | None = None
         self.error: str | None = None
         try:
             _worker_init()  # numpy's BLAS on one thread, as in the local runner's metrics
@@ -178,13 +178,19 @@ class SampleWorker:
                                     "must see the same dataset files")
         self.dataset = ArmbenchDataset(root, self.settings.data)
         path = Path(model_path)
-        if not (path.is_file() and sha256_file(path) == model_sha256):
+        if path.is_file() and sha256_file(path) == model_sha256:
+            self.model = SegmentationModel(path, self.settings.model, self.settings.data.class_names)
+        else:  # this node does not see the driver's file: the bytes from the object store
             import ray
 
-            self._tmp = tempfile.mkdtemp(prefix="armbench-model-")
-            path = Path(self._tmp) / Path(model_path).name
-            path.write_bytes(ray.get(model_bytes[0]))
-        self.model = SegmentationModel(path, self.settings.model, self.settings.data.class_names)
+            tmp = tempfile.mkdtemp(prefix="armbench-model-")
+            try:
+                path = Path(tmp) / Path(model_path).name
+                path.write_bytes(ray.get(model_bytes[0]))
+                self.model = SegmentationModel(path, self.settings.model, self.settings.data.class_names)
+                _ = self.model.sha256  # read while the file exists (cached); the session holds the graph
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
         if self.model.sha256 != model_sha256:  # pragma: no cover - the object store returned other bytes
             raise ArmbenchError(f"the model received by the worker does not match {model_path}")
 
@@ -206,10 +212,6 @@ class SampleWorker:
             return "sample", item.error
         raw = self.model.run(self.model.to_input(item.loaded.image[None]))  # (1, 3, S, S)
         return _compute(item.loaded, split_raw(raw)[0], self.model, self.settings, item.annotations)
-
-    def __del__(self) -> None:
-        if self._tmp:
-            shutil.rmtree(self._tmp, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------- the cluster
@@ -294,6 +296,7 @@ def run_samples_ray(
 
     if max_samples is not None and max_samples < 0:
         raise ValueError(f"max_samples must be >= 0 or None, got {max_samples}")
+    ray = import_ray()
     t0 = time.monotonic()
     summary = RunSummary(run_key=store._require_run())
     todo = pending_samples(dataset, store, summary, splits, max_samples)
@@ -303,7 +306,6 @@ def run_samples_ray(
     if int(settings.model.batch_size) > 1:
         logger.info("the Ray engine runs one image per task (model.batch_size=%d is used by the local engine only)",
                     settings.model.batch_size)
-    ray = import_ray()
     identity = dataset_identity(dataset, store)
     connected = _connect(ray, options)
     bar = None

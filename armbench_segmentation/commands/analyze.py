@@ -91,8 +91,9 @@ def _validate(args: argparse.Namespace) -> None:
 def _ray_options(args: argparse.Namespace) -> Any:
     if args.engine != "ray":
         return None
-    from armbench_segmentation.analysis.ray_engine import RayOptions
+    from armbench_segmentation.analysis.ray_engine import RayOptions, import_ray
 
+    import_ray()  # before any work: a missing extra is one line saying how to install it
     return RayOptions(address=args.ray_address, workers=args.ray_workers)
 
 
@@ -100,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
     from armbench_segmentation.analysis.engine import default_out_dir, resolve_dataset, run_analysis
 
     _validate(args)
+    ray_options = _ray_options(args)  # fails fast when the Ray extra is missing
     settings = settings_from_args(args, extra={
         "analysis.projection": args.projection,
         "analysis.label_budget": args.budget,
@@ -126,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
         result = run_analysis(settings, out, synthetic=False, resume=not args.no_resume, progress=progress,
                               max_samples=args.max_samples, process_workers=args.workers,
-                              crops=not args.no_crops, engine=args.engine, ray_options=_ray_options(args))
+                              crops=not args.no_crops, engine=args.engine, ray_options=ray_options)
     if args.json:
         print(json.dumps(summary_dict(result), indent=2, default=json_default))
         return 0

@@ -1,0 +1,175 @@
+"""Scaling: the local engine vs the Ray engine with 1, 2, ... workers, side by side in one run.
+
+    .venv/bin/python benchmarks/bench_scaling.py                        # shipped model, synthetic totes
+    .venv/bin/python benchmarks/bench_scaling.py --workers 1 2 4 8 --samples 60 --rounds 2
+    .venv/bin/python benchmarks/bench_scaling.py --ray-address HOST:6379   # an existing cluster
+
+Every configuration analyses the same samples into a fresh results store:
+
+* ``local``: ``runner.run_samples`` (prefetch threads, onnxruntime's default thread count);
+* ``ray xN``: ``ray_engine.run_samples_ray`` with N workers, one intra-op thread each, on a
+  local Ray cluster of max(N) CPUs started once for the whole benchmark (or the cluster at
+  ``--ray-address``).
+
+Throughput is measured in steady state: samples committed between the first and the last
+commit of the store, divided by the time between them (the cluster start, the workers'
+model load and the first sample's warm-up are left out; the total with them is printed
+too). Scaling efficiency of N workers = throughput(N) / (N x throughput(1)); the goal is
+>= 0.8 per added worker where the machine has a free core for it. The rows every
+configuration stored are compared with the local engine's (they must be identical).
+
+The load average is printed with every row: on a shared machine the numbers only mean
+something next to it. ``--rounds R`` repeats the whole sequence (interleaved) and reports
+the best round of each configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class CommitClock:
+    """on_commit callback: (time, samples done) of every commit -> steady-state img/s."""
+
+    def __init__(self) -> None:
+        self.points: list[tuple[float, int]] = []
+
+    def __call__(self, done: int) -> None:
+        self.points.append((time.perf_counter(), done))
+
+    def rate(self) -> float | None:
+        if len(self.points) < 2 or self.points[-1][0] <= self.points[0][0]:
+            return None
+        (t0, n0), (t1, n1) = self.points[0], self.points[-1]
+        return (n1 - n0) / (t1 - t0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", type=Path, default=None, help="ARMBench-layout folder (default: synthetic)")
+    parser.add_argument("--model", type=Path, default=None, help="ONNX model (default: the shipped one)")
+    parser.add_argument("--n", type=int, default=24, help="images per split of the synthetic dataset (default 24)")
+    parser.add_argument("--samples", type=int, default=30, help="images analysed per configuration (default 30)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Ray worker counts (default 1 2)")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat the sequence, keep each one's best (default 1)")
+    parser.add_argument("--no-local", action="store_true", help="skip the local engine")
+    parser.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: a local one)")
+    parser.add_argument("--config", type=Path, default=None, help="a settings YAML (e.g. data.image_size for a small model)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if 1 not in args.workers:
+        parser.error("--workers must include 1 (the reference of the efficiency)")
+
+    from armbench_segmentation.analysis.engine import SyntheticSpec, ensure_synthetic_dataset
+    from armbench_segmentation.analysis.ray_engine import RayOptions, import_ray, run_samples_ray
+    from armbench_segmentation.analysis.runner import open_run, run_samples, selected_samples
+    from armbench_segmentation.analysis.store import ResultsStore
+    from armbench_segmentation.config import load_settings
+    from armbench_segmentation.data.coco import ArmbenchDataset
+    from armbench_segmentation.model.onnx_model import SegmentationModel
+
+    overrides = {"model.path": str(args.model) if args.model else None, "data.train_size": "all",
+                 "data.val_size": "all", "data.unlabeled_size": "all", "model.device": "cpu"}
+    settings = load_settings(args.config, overrides=overrides, env={})
+    if not Path(settings.model.path).is_file():
+        raise SystemExit(f"model {settings.model.path} not found; pass --model PATH")
+    if args.dataset is None:
+        spec = SyntheticSpec(n_train=args.n, n_val=args.n, n_unlabeled=args.n)
+        root = ensure_synthetic_dataset(spec, progress=False)
+        what = f"synthetic {spec.describe()} ({root})"
+    else:
+        root, what = args.dataset, str(args.dataset)
+    settings = settings.replace({"data.path": str(root)})
+    dataset = ArmbenchDataset(root, settings.data)
+    model = SegmentationModel(settings.model.path, settings.model, settings.data.class_names)
+    samples = selected_samples(dataset)[: args.samples]
+    keep = {(s.split, s.sample_id) for s in samples}
+
+    class Subset:  # the same dataset restricted to the timed samples
+        def __getattr__(self, name):
+            return getattr(dataset, name)
+
+        def samples(self, split):
+            return [s for s in dataset.samples(split) if (s.split, s.sample_id) in keep]
+
+    print(f"dataset: {what}; {len(samples)} images per configuration; model {Path(settings.model.path).name}; "
+          f"{_cores()} CPU cores; load average at start {os.getloadavg()[0]:.1f}")
+
+    ray = import_ray()
+    t0 = time.perf_counter()
+    if args.ray_address:
+        ray.init(address=args.ray_address, include_dashboard=False, log_to_driver=False)
+    else:
+        if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+            import secrets
+
+            os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+        ray.init(num_cpus=max(args.workers), include_dashboard=False, log_to_driver=False,
+                 _node_ip_address="127.0.0.1")
+    print(f"Ray {ray.__version__} cluster ready in {time.perf_counter() - t0:.1f} s: "
+          f"{int(ray.cluster_resources().get('CPU', 0))} CPUs")
+
+    configs = ([] if args.no_local else ["local"]) + [f"ray x{n}" for n in sorted(set(args.workers))]
+    best: dict[str, tuple[float, float, float]] = {}  # name -> (steady img/s, img/s with start-up, load average)
+    reference = None
+    mismatches: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            for name in configs:
+                store = ResultsStore(Path(tmp) / f"{name.replace(' ', '')}-{r}.sqlite")
+                open_run(store, Subset(), model, settings)
+                clock = CommitClock()
+                load0 = os.getloadavg()[0]
+                t0 = time.perf_counter()
+                if name == "local":
+                    summary = run_samples(Subset(), model, store, settings, progress=False, on_commit=clock)
+                else:
+                    n = int(name.split("x")[1])
+                    summary = run_samples_ray(Subset(), model, store, settings, progress=False, on_commit=clock,
+                                              options=RayOptions(workers=n, threads_per_worker=1))
+                total_s = time.perf_counter() - t0
+                load = (load0 + os.getloadavg()[0]) / 2
+                done = summary.computed + summary.errors
+                frame = store.frame(keys=sorted(keep))
+                store.close()
+                if reference is None:
+                    reference = frame
+                elif not frame.equals(reference):
+                    mismatches.append(f"{name} (round {r + 1})")
+                steady = clock.rate() or done / total_s
+                print(f"  round {r + 1} {name:<8} {steady:6.2f} img/s steady, {done / total_s:6.2f} img/s with "
+                      f"start-up ({total_s:.1f} s, {done} images, {summary.errors} errors); load average {load:.1f}")
+                if name not in best or steady > best[name][0]:
+                    best[name] = (steady, done / total_s, load)
+    if not args.ray_address:
+        ray.shutdown()
+
+    one = best.get("ray x1", (None,))[0]
+    print(f"\n{'configuration':<14} {'img/s':>7} {'with start-up':>14} {'efficiency':>11} {'vs local':>9} {'load':>5}")
+    for name in configs:
+        steady, total, load = best[name]
+        eff = ""
+        if name.startswith("ray") and one:
+            n = int(name.split("x")[1])
+            eff = f"{steady / (n * one):.2f}"
+        vs_local = f"{steady / best['local'][0]:.2f}" if "local" in best else ""
+        print(f"{name:<14} {steady:7.2f} {total:14.2f} {eff:>11} {vs_local:>9} {load:5.1f}")
+    print("efficiency = throughput / (workers x 1-worker throughput); goal >= 0.8 per added worker where a core "
+          f"is free for it ({_cores()} cores here, shared: see the load average)")
+    print("results identical to the first configuration's: " + ("yes" if not mismatches else
+                                                                 f"NO ({', '.join(mismatches)})"))
+    return 1 if mismatches else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""``armbench analyze --engine ray`` against a real local Ray cluster (2 CPUs).
+
+The reference is the local engine's own output on the same dataset: ``samples.csv`` (and
+``errors.csv``, ``instances.csv``, the COCO predictions) must be byte-identical after
+
+* a Ray worker process that really dies mid-run (``os._exit`` on a chosen sample, first
+  attempt only, through ``ARMBENCH_RAY_FAULT_FILE``): Ray restarts the actor and runs its
+  task again;
+* the driver killed with SIGKILL after some samples were committed, then the same command
+  again: it sends only the samples not stored and ends with the same tables.
+
+The dataset is written by ``armbench synth`` at a reduced image size, with one image
+truncated (an error row in both engines); the model is the tiny YOLOv5-seg-shaped export of
+``test_runner.build_model`` (real onnxruntime). Every command runs as a real ``armbench``
+subprocess joining the cluster this module starts (``ray.init`` here; shut down at the end).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import secrets
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from armbench_segmentation.analysis.ray_engine import FAULT_ENV, INSTALL_HINT, RayOptions
+from armbench_segmentation.errors import ArmbenchError
+
+from test_runner import build_model  # noqa: E402  (sibling test module, same folder)
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPARED = ("samples.csv", "errors.csv", "instances.csv", "predictions_train.json", "predictions_val.json",
+            "predictions_unlabeled.json")
+BROKEN = "val"  # split of the truncated image
+CONFIG = ("data:\n  train_size: all\n  val_size: all\n  unlabeled_size: all\n  image_size: 64\n"
+          "model:\n  device: cpu\nanalysis:\n  n_clusters: 2\n  label_budget: 2\n")
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARMBENCH_")}
+    env.update(PYTHONPATH=str(ROOT), **extra)
+    return env
+
+
+def _armbench(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "armbench_segmentation.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A synthetic dataset (one truncated image), the tiny model, a config, and the local
+    engine's outputs on them (the reference)."""
+    base = tmp_path_factory.mktemp("ray")
+    data = base / "synth"
+    proc = _armbench("synth", "--out", str(data), "--n-train", "10", "--n-val", "10", "--n-unlabeled", "10",
+                     "--width", "160", "--height", "128", "--workers", "1", "--no-progress", env=_env())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    val = json.loads((data / "val.json").read_text())
+    broken = data / "images" / val["images"][3]["file_name"]
+    broken.write_bytes(broken.read_bytes()[:200])  # truncated JPEG: an error row, not a stop
+    model = build_model(base / "tiny.onnx", size=64, work_channels=16)
+    config = base / "config.yaml"
+    config.write_text(CONFIG)
+    common = ["--dataset", str(data), "--model", str(model), "--config", str(config), "--no-progress", "--json"]
+    local = base / "local"
+    proc = _armbench("analyze", *common, "--out", str(local), env=_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    assert summary["samples"]["errors"] == 1 and summary["samples"]["computed"] == 29  # the reference is non-trivial
+    return {"base": base, "common": common, "local": local, "broken": broken.stem}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A local Ray cluster of 2 CPUs for this module; its address and the environment its
+    drivers need (the auth token; the fault file the workers read, via the raylet's env)."""
+    ray = pytest.importorskip("ray", reason=f"the Ray extra is not installed ({INSTALL_HINT})")
+    fault = tmp_path_factory.mktemp("fault") / "fault.json"
+    saved = {k: os.environ.get(k) for k in (FAULT_ENV, "RAY_AUTH_TOKEN", "RAY_USAGE_STATS_ENABLED")}
+    os.environ.update({FAULT_ENV: str(fault), "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0"})
+    temp = Path("/tmp") / f"rt-{secrets.token_hex(3)}"  # short: Ray's socket paths must fit in 107 bytes
+    try:
+        ctx = ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", _temp_dir=str(temp),
+                       log_to_driver=False)
+        env = _env(RAY_AUTH_TOKEN=os.environ["RAY_AUTH_TOKEN"], RAY_USAGE_STATS_ENABLED="0")
+        yield {"address": ctx.address_info["gcs_address"], "env": env, "fault": fault}
+    finally:
+        ray.shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        import shutil
+
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _assert_same_outputs(reference: Path, out: Path) -> None:
+    for name in COMPARED:
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), f"{name} differs from the local engine's"
+
+
+def _stored(store: Path, status: str | None = None) -> int:
+    """Rows committed in the results store (of one status), read as another process would."""
+    if not store.exists():
+        return 0
+    try:
+        conn = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=1)
+        try:
+            sql = "SELECT COUNT(*) FROM samples" + (" WHERE status = ?" if status else "")
+            return conn.execute(sql, (status,) if status else ()).fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error:  # not created yet
+        return 0
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_retried_and_results_match_the_local_engine(setup, cluster):
+    out = setup["base"] / "ray-worker-killed"
+    with open(setup["local"] / "samples.csv", newline="") as fh:
+        victim = [r["sample_id"] for r in csv.DictReader(fh) if r["split"] == "val"][5]  # mid-run
+    cluster["fault"].write_text(json.dumps({"crash_on": victim}))
+    proc = _armbench("analyze", *setup["common"], "--out", str(out), "--engine", "ray", "--ray-address",
+                     cluster["address"], "--ray-workers", "2", env=cluster["env"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not cluster["fault"].exists() and Path(f"{cluster['fault']}.done").exists(), (
+        "the worker never reached the crash: nothing was tested")
+    summary = json.loads(proc.stdout)["samples"]
+    assert (summary["computed"], summary["errors"], summary["already_finished"]) == (29, 1, 0)
+    _assert_same_outputs(setup["local"], out)
+
+
+@pytest.mark.slow
+def test_a_killed_driver_resumes_and_ends_like_the_local_engine(setup, cluster):
+    out = setup["base"] / "ray-driver-killed"
+    store = out / "results.sqlite"
+    argv = [sys.executable, "-m", "armbench_segmentation.cli", "analyze", *setup["common"], "--out", str(out),
+            "--engine", "ray", "--ray-address", cluster["address"], "--ray-workers", "2"]
+    driver = subprocess.Popen(argv, env=cluster["env"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while _stored(store) < 4 and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGKILL)
+    _, err = driver.communicate(timeout=60)
+    assert driver.returncode == -signal.SIGKILL, f"the driver ended before it was killed:\n{err[-3000:]}"
+    kept, kept_ok = _stored(store), _stored(store, "ok")
+    assert 4 <= kept < 30, f"{kept} samples stored when the driver was killed: not mid-run"
+
+    proc = subprocess.run(argv, env=cluster["env"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)["samples"]
+    # only the samples not stored ok are sent again (an error row is retried, as locally)
+    assert (summary["already_finished"], summary["computed"], summary["errors"]) == (kept_ok, 29 - kept_ok, 1)
+    _assert_same_outputs(setup["local"], out)
+
+
+# ---------------------------------------------------------------------------- fast checks (no cluster)
+def test_options_are_checked():
+    with pytest.raises(ArmbenchError, match="workers must be an integer >= 1"):
+        RayOptions(workers=0)
+    with pytest.raises(ArmbenchError, match="in_flight_per_worker"):
+        RayOptions(in_flight_per_worker=0)
+    assert RayOptions(workers=None).workers is None
+
+
+def test_missing_ray_extra_is_one_actionable_line(tmp_path):
+    """Ray made unimportable in a fresh interpreter: one line saying how to install it, no traceback."""
+    code = ("import sys; sys.modules['ray'] = None  # what `import ray` meets without the extra\n"
+            "from armbench_segmentation.cli import main\n"
+            f"sys.exit(main(['analyze', '--engine', 'ray', '--out', {str(tmp_path / 'out')!r}, '--no-progress']))\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "pip install 'armbench-segmentation[ray]'" in proc.stderr and "poetry install --extras ray" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()  # failed before any work
+
+
+def test_ray_flags_need_the_ray_engine(tmp_path):
+    proc = _armbench("analyze", "--ray-workers", "2", "--out", str(tmp_path / "out"), env=_env(), timeout=120)
+    assert proc.returncode == 1 and "--ray-address and --ray-workers need --engine ray" in proc.stderr
