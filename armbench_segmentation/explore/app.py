@@ -5,6 +5,7 @@ Endpoints (all GET unless said; JSON unless said)::
     /                                  the page (static/index.html)
     /static/<file>                     the page's JS/CSS (package data, Flask's safe static route)
     /vendor/plotly.min.js              plotly.js from the installed plotly package
+    /vendor/map.js                     the map shared with the static dashboard (analysis/dashboard/map.js)
     /api/meta                          run summary, columns with definitions, clusters, error kinds
     /api/points                        ids, splits, clusters, map coordinates (aligned lists)
     /api/column?name=C                 one column: numeric values or categorical codes
@@ -52,6 +53,11 @@ def plotly_js_path() -> Path:
         raise ArmbenchError(f"plotly.js is missing from the installed plotly package ({path.name}); "
                             f"reinstall plotly (pip install --force-reinstall plotly)")
     return path
+
+
+def map_js_path() -> Path:
+    """The population map shared with the static dashboard (``analysis/dashboard/map.js``)."""
+    return Path(str(resources.files("armbench_segmentation.analysis").joinpath("dashboard", "map.js")))
 
 
 def create_app(run: ExploreRun, allowed_hosts: tuple[str, ...] | None = LOOPBACK_NAMES) -> Any:
@@ -115,6 +121,10 @@ def create_app(run: ExploreRun, allowed_hosts: tuple[str, ...] | None = LOOPBACK
         response = send_file(plotly_js, mimetype="application/javascript", max_age=3600)
         response.headers["Cache-Control"] = "max-age=3600"
         return response
+
+    @app.get("/vendor/map.js")
+    def map_js() -> Any:
+        return send_file(map_js_path(), mimetype="application/javascript")
 
     @app.get("/api/meta")
     def meta() -> Any:
@@ -222,3 +232,40 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8765, quiet:
     finally:
         server.server_close()
         run.close()
+
+
+def spawn(run_dir: str | Path, port: int = 0, timeout: float = 60.0) -> tuple[Any, str]:
+    """Start ``armbench serve RUN_DIR`` in a subprocess (``--port 0``: a free port) and wait
+    for the line with its address. Returns (Popen, base URL). For tests and benchmarks; the
+    caller terminates the process.
+
+    Raises:
+        RuntimeError: the process ended or printed no address within ``timeout`` (its output
+            is in the message).
+    """
+    import re
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "armbench_segmentation.cli", "serve", str(run_dir), "--port",
+                             str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    found: list[str] = []
+
+    def read() -> None:
+        for line in proc.stdout:  # keeps draining so the server never blocks on a full pipe
+            lines.append(line)
+            m = re.search(r"open (http://\S+/)", line)
+            if m and not found:
+                found.append(m.group(1))
+
+    threading.Thread(target=read, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while not found and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not found:
+        proc.kill()
+        raise RuntimeError("armbench serve did not start: " + "".join(lines)[-2000:])
+    return proc, found[0]

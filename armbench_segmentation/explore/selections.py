@@ -6,9 +6,10 @@ A selection is a list of (split, sample_id) samples of ONE run with its provenan
      "model_sha256": ..., "filter": {what the page was showing}, "count": n,
      "samples": [{"split": "val", "sample_id": "..."}, ...]}
 
-Names are user strings: :func:`check_name` allows letters, digits, space, ``_ . - ( ) +``,
-1 to ``MAX_NAME`` characters, no leading dot or space, no trailing dot or space; so a name
-is always one plain file name inside ``selections/`` (no separator, no ``..``). Files are
+Names are user strings: :func:`check_name` allows ASCII letters, digits, ``_`` and ``-``, 1
+to ``MAX_NAME`` characters, starting and ending with a letter or digit; so a name is always
+one plain file name inside ``selections/`` (no separator, no dot), the same one
+``labeling.safe_name`` keeps, and ``<name>.json`` never looks like an export. Files are
 written atomically (``codecs.atomic_write_text``); the ids CSV through
 ``analysis.exports.write_csv`` (spreadsheet formulas neutralised).
 
@@ -30,8 +31,7 @@ from armbench_segmentation.errors import ArmbenchError
 FOLDER = "selections"
 MAX_NAME = 64
 MAX_FILTER_CHARS = 4000
-_NAME_RE = re.compile(r"[^\W_][\w .()+-]*", re.UNICODE)
-EXPORT_KINDS = ("ids", "coco", "label_studio")
+_NAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9])?")
 
 
 class SelectionError(ArmbenchError):
@@ -40,11 +40,9 @@ class SelectionError(ArmbenchError):
 
 def check_name(name: Any) -> str:
     """The name when it is a valid selection name, else SelectionError saying what is allowed."""
-    rule = (f"a selection name is 1-{MAX_NAME} characters: letters, digits, space and _ . - ( ) +, starting with "
-            f"a letter or digit and not ending with a dot or space")
-    if not isinstance(name, str) or not name or len(name) > MAX_NAME:
-        raise SelectionError(rule)
-    if not _NAME_RE.fullmatch(name) or name.endswith((".", " ")) or ".." in name:
+    rule = (f"a selection name is 1-{MAX_NAME} characters: letters a-z A-Z, digits, _ and -, starting and ending "
+            f"with a letter or digit (e.g. dark-totes_2)")
+    if not isinstance(name, str) or len(name) > MAX_NAME or not _NAME_RE.fullmatch(name):
         raise SelectionError(rule)
     return name
 
@@ -133,8 +131,6 @@ def names(run_dir: Path) -> list[str]:
     out = []
     for p in base.glob("*.json"):
         stem = p.name[: -len(".json")]
-        if stem.endswith((".coco", ".label_studio")):
-            continue
         try:
             out.append(check_name(stem))
         except SelectionError:
@@ -169,7 +165,7 @@ def export(run: Any, name: str) -> dict[str, str]:
     if labeling_available() and run.dataset is not None:
         from armbench_segmentation.analysis.labeling import write_selection_exports
 
-        written = write_selection_exports(out_dir, run.store, run.dataset, [sid for _, sid in keys], name)
+        written = write_selection_exports(out_dir, run.store, run.dataset, keys, name)
         paths.update({str(k): Path(v) for k, v in written.items()})
     if "ids" not in paths:
         rows = [run.frame.iloc[run.index[k]] for k in keys]
@@ -184,7 +180,8 @@ def export(run: Any, name: str) -> dict[str, str]:
 
 def exported(run: Any, name: str) -> dict[str, Path]:
     """The export files of a selection that exist: {kind: absolute path} (for downloads)."""
-    suffixes = {"ids": ".ids.csv", "coco": ".coco.json", "label_studio": ".label_studio.json"}
+    suffixes = {"ids": ".ids.csv", "coco": ".coco.json", "label_studio": ".label_studio.json",
+                "label_config": ".label_config.xml"}
     out = {}
     for kind, suffix in suffixes.items():
         p = path_of(run.run_dir, name, suffix)

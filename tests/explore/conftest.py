@@ -1,11 +1,10 @@
-"""A real run folder for the explorer tests: ``armbench analyze`` (the real pipeline, the tiny
+"""A real run folder for the explorer tests: the analysis engine (the real pipeline, the tiny
 ONNX model of tests/analysis/test_runner.py) over the tiny dataset of tests/conftest.py."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -25,8 +24,8 @@ def _load(name: str, path: Path):
 def make_tiny_run(base: Path, rename: dict[str, str] | None = None) -> Path:
     """Analyse the tiny dataset into ``base/out`` and return that folder. ``rename``: image
     file name -> new file name (hostile names; a '/' makes a sub-folder)."""
-    from armbench_segmentation import cli
-    from armbench_segmentation import config as config_module
+    from armbench_segmentation.analysis.engine import run_analysis
+    from armbench_segmentation.config import load_settings
 
     conftest = _load("_explore_conftest", TESTS / "conftest.py")
     runner_helpers = _load("_explore_test_runner", TESTS / "analysis" / "test_runner.py")
@@ -46,16 +45,9 @@ def make_tiny_run(base: Path, rename: dict[str, str] | None = None) -> Path:
     cfg.write_text("data:\n  image_size: 64\n  train_size: all\n  val_size: all\n  unlabeled_size: all\n"
                    "model:\n  device: cpu\n  num_threads: 1\nanalysis:\n  n_clusters: 2\n  label_budget: 3\n")
     out = base / "out"
-    with pytest.MonkeyPatch.context() as mp:
-        for k in list(os.environ):
-            if k.startswith("ARMBENCH_"):
-                mp.delenv(k)
-        mp.setenv("HOME", str(base / "home"))
-        mp.setenv("XDG_CACHE_HOME", str(base / "cache"))
-        mp.setattr(config_module, "USER_CONFIG_PATH", base / "home" / "no-config.yaml")
-        rc = cli.main(["analyze", "--no-progress", "--dataset", str(ds.root), "--model", str(model),
-                       "--config", str(cfg), "--out", str(out)])
-    assert rc == 0
+    # the engine itself (what `armbench analyze` calls), without the static dashboard: serve does not read it
+    settings = load_settings(config_path=cfg, overrides={"data.path": str(ds.root), "model.path": str(model)}, env={})
+    run_analysis(settings, out, progress=False, report=False, crops=False)
     run = json.loads((out / "run.json").read_text())
     assert sum(c.get("error", 0) for c in run["counts"].values()) == 0, run["counts"]
     return out

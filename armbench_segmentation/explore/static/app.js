@@ -8,7 +8,7 @@
     (typeof v === 'number' ? (Number.isInteger(v) ? String(v) : v.toPrecision(4)) : String(v));
   const KIND_LABELS = {over_segmented: 'over-segmented GT', under_segmenting: 'under-segmenting prediction',
     duplicate: 'duplicate', false_positive: 'false positive', missed: 'missed GT'};
-  const state = {meta: null, P: null, map: null, columns: {}, order: [], selected: [], current: null,
+  const state = {meta: null, P: null, payload: null, map: null, columns: {}, order: [], selected: [], current: null,
     sort: {key: null, dir: 1}, selectionKeys: null, filterDesc: {}};
   window.armbenchExplorer = state;
 
@@ -24,7 +24,16 @@
 
   async function column(name) {
     if (!name) return null;
-    if (!state.columns[name]) state.columns[name] = await getJSON('api/column?' + new URLSearchParams({name: name}));
+    if (!state.columns[name]) {
+      const c = await getJSON('api/column?' + new URLSearchParams({name: name}));
+      state.columns[name] = c;
+      // map.js reads numeric columns from payload.metrics, categorical ones from payload.categories
+      // (split and cluster from the payload's own split/cluster codes)
+      if (name !== 'split' && name !== 'cluster') {
+        if (c.kind === 'numeric') state.payload.metrics[name] = c.values;
+        else state.payload.categories[name] = {levels: c.categories, codes: c.codes};
+      }
+    }
     return state.columns[name];
   }
 
@@ -182,6 +191,7 @@
 
   // ------------------------------------------------------------------ selections
   function onSelect(indices) {
+    indices = Array.from(new Set(indices.filter(Number.isInteger))).sort((a, b) => a - b);
     state.selected = indices;
     $('sel-count').textContent = indices.length + ' selected';
     $('sel-save').disabled = !indices.length;
@@ -250,9 +260,9 @@
       c.id = 'split-' + k; c.addEventListener('change', applyFilter); l.appendChild(c); l.appendChild(document.createTextNode(' ' + s)); box.appendChild(l); });
     P.clusters.forEach(c => { const ins = (meta.clusters.find(r => r.cluster === c) || {}).insight;
       option($('cluster-filter'), String(c), 'cluster ' + c + (ins ? ': ' + String(ins).slice(0, 50) : '')); });
+    state.payload = Object.assign({}, P, {metrics: {}, categories: {}, definitions: defs});
     const first = await column(colorSel.value);
-    const payload = {ids: P.ids, x: P.x, y: P.y, split: P.split, splits: P.splits, columns: state.columns};
-    state.map = ArmbenchMap.render($('map'), payload, {colorBy: first ? first.name : null, filter: filterFn(),
+    state.map = ArmbenchMap.render($('map'), state.payload, {colorBy: first ? first.name : '', filter: filterFn(),
       onClick: openSample, onSelect: onSelect});
     await state.map.ready;
     performance.mark('armbench-map-drawn');

@@ -1,0 +1,118 @@
+"""``armbench serve`` in a real headless Chromium: the page loads without console errors,
+clicking a point (a real mouse click) opens its sample view with the image and the stored
+instance list, and a box selection dragged with the mouse is saved and exported as an ids
+CSV holding exactly the samples inside the box (computed here from samples.parquet and the
+plot's own axis transform)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def _wait(browser, script: str, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = browser.execute_script(script)
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for: {script}")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    from armbench_segmentation.explore.app import spawn
+
+    explore_conftest = Path(__file__).resolve().parents[1] / "explore" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("_serve_explore_conftest", explore_conftest)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    run_dir = module.make_tiny_run(tmp_path_factory.mktemp("serve-browser"))
+    proc, url = spawn(run_dir)
+    yield run_dir, url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+# pixel position (relative to the map element's centre) of every drawn point, from plotly's axes
+POSITIONS_JS = """
+const gd = document.getElementById('map'); const r = gd.getBoundingClientRect();
+const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis; const P = window.armbenchExplorer.P; const out = [];
+window.armbenchExplorer.map.visible().forEach(i => out.push([i, P.ids[i], P.splits[P.split[i]],
+  xa._offset + xa.l2p(P.x[i]) - r.width / 2, ya._offset + ya.l2p(P.y[i]) - r.height / 2]));
+return out;
+"""
+
+
+def test_serve_page_sample_view_and_box_selection_export(served, browser, console_errors):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    from armbench_segmentation.analysis.store import ResultsStore
+
+    run_dir, url = served
+    samples = pd.read_parquet(run_dir / "samples.parquet")
+    console_errors(browser)
+    browser.get(url)
+    _wait(browser, "return window.armbenchExplorer && window.armbenchExplorer.tablesReady")
+    drawn = browser.execute_script("return document.getElementById('map').data.reduce((s, t) => s + t.x.length, 0)")
+    assert drawn == len(samples)
+    assert browser.execute_script("return document.getElementById('map').data.every(t => t.type === 'scattergl')")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#sample-table tbody tr")) == len(samples)
+    html = browser.page_source
+    assert str(run_dir) not in html and "/tmp/" not in html  # no absolute path of this machine
+
+    # a real click on one point -> its sample view, image loaded, the stored instance list
+    positions = browser.execute_script(POSITIONS_JS)
+    target = next(p for p in positions if p[2] == "train")
+    map_el = browser.find_element(By.ID, "map")
+    ActionChains(browser).move_to_element_with_offset(map_el, int(target[3]), int(target[4])).pause(0.3).click().perform()
+    _wait(browser, "return !document.getElementById('sample-view').hidden")
+    _wait(browser, "const i = document.getElementById('sample-img'); return i.complete && i.naturalWidth > 0")
+    title = browser.find_element(By.ID, "sample-title").text
+    clicked = next(p for p in positions if title == f"{p[1]} ({p[2]})")  # a point at the same place may win
+    store = ResultsStore(run_dir / "results.sqlite")
+    store.run_key = store.runs()[-1]
+    facts = store.sample_facts(clicked[2], clicked[1])
+    rows = browser.find_elements(By.CSS_SELECTOR, "#instance-table tbody tr")
+    assert len(rows) == len(facts["instances"]) > 0
+    assert [r.find_elements(By.TAG_NAME, "td")[0].text for r in rows] == [i["kind"] for i in facts["instances"]]
+    # an error-kind toggle reloads the image with that kind
+    browser.find_element(By.ID, "err-missed").click()
+    _wait(browser, "return document.getElementById('sample-img').src.includes('error=missed')")
+
+    # box selection with a real drag in select mode: the box around the left half of the points
+    browser.find_element(By.CSS_SELECTOR, '.modebar-btn[data-val="select"]').click()
+    xs = sorted(p[3] for p in positions)
+    cut = (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
+    ys = [p[4] for p in positions]
+    x0, y0, x1, y1 = xs[0] - 15, min(ys) - 15, cut, max(ys) + 15
+    expected = {(p[2], p[1]) for p in positions if x0 <= p[3] <= x1 and y0 <= p[4] <= y1}
+    assert 0 < len(expected) < len(samples)
+    (ActionChains(browser).move_to_element_with_offset(map_el, int(x0), int(y0)).click_and_hold()
+     .move_by_offset(int((x1 - x0) / 2), int((y1 - y0) / 2)).move_by_offset(int((x1 - x0) / 2), int((y1 - y0) / 2))
+     .release().perform())
+    _wait(browser, f"return document.getElementById('sel-count').textContent === '{len(expected)} selected'")
+    browser.find_element(By.ID, "sel-name").send_keys("left-half")
+    browser.find_element(By.ID, "sel-save").click()
+    _wait(browser, "return document.querySelector('#sel-list button[data-name=\"left-half\"]')")
+    browser.find_element(By.CSS_SELECTOR, '#sel-list button[data-name="left-half"]').click()
+    _wait(browser, "return document.querySelector('#export-status a[data-kind=\"ids\"]')")
+    ids = pd.read_csv(run_dir / "selections" / "left-half.ids.csv", keep_default_na=False)
+    assert set(zip(ids["split"], ids["sample_id"])) == expected and len(ids) == len(expected)
+
+    # the saved selection as a filter: exactly its samples stay on the map
+    from selenium.webdriver.support.ui import Select
+
+    Select(browser.find_element(By.ID, "selection-filter")).select_by_value("left-half")
+    _wait(browser, f"return window.armbenchExplorer.map.visible().length === {len(expected)}")
+    assert not console_errors(browser)
