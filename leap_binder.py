@@ -61,6 +61,7 @@ from typing import Any, Callable, Dict, List, Optional  # noqa: E402
 import numpy as np  # noqa: E402
 from code_loader.contract.datasetclasses import (  # noqa: E402
     ConfusionMatrixElement,
+    ElementInstance,
     PredictionTypeHandler,
     PreprocessResponse,
 )
@@ -79,19 +80,23 @@ from code_loader.contract.visualizer_classes import (  # noqa: E402
     LeapImageWithHeatmap,
 )
 from code_loader.inner_leap_binder.leapbinder_decorators import (  # noqa: E402
+    tensorleap_custom_instances_metric,
     tensorleap_custom_latent_space,
     tensorleap_custom_loss,
     tensorleap_custom_metric,
     tensorleap_custom_visualizer,
+    tensorleap_element_instance_preprocess,
     tensorleap_gt_encoder,
     tensorleap_input_encoder,
+    tensorleap_instances_length_encoder,
+    tensorleap_instances_masks_encoder,
     tensorleap_integration_test,
     tensorleap_load_model,
     tensorleap_metadata,
-    tensorleap_preprocess,
     tensorleap_unlabeled_preprocess,
 )
 
+from armbench_segmentation.analysis.columns import INSTANCE_COLUMN_DEFS, SAMPLE_COLUMNS, describe  # noqa: E402
 from armbench_segmentation.config import Settings, load_settings  # noqa: E402
 from armbench_segmentation.data.coco import ArmbenchDataset, LoadedSample, Sample  # noqa: E402
 from armbench_segmentation.data.probe import readable_samples  # noqa: E402
@@ -108,6 +113,7 @@ from armbench_segmentation.metrics.sample_evaluation import (  # noqa: E402
     LOSS_PARTS,
     SampleEvaluation,
     evaluate_sample,
+    gt_instance_attributes,
     segmentation_column_names,
 )
 from armbench_segmentation.metrics.uncertainty import entropy_map  # noqa: E402
@@ -139,13 +145,7 @@ METADATA_TYPES: Dict[str, DatasetMetadataType] = {
     key: _PLATFORM_TYPES[kind] for key, kind in METADATA_FIELDS.items() if key not in METADATA_SKIP
 }
 
-# segmentation_errors(...).as_dict() keys that are not error measures
-SEGMENTATION_SKIP = ("num_gt", "num_pred")
-MATCHING_DIRECTIONS = {
-    "tp": MetricDirection.Upward, "fp": MetricDirection.Downward, "fn": MetricDirection.Downward,
-    "precision": MetricDirection.Upward, "recall": MetricDirection.Upward, "f1": MetricDirection.Upward,
-    "mean_iou": MetricDirection.Upward, "error_rate": MetricDirection.Downward, "ap": MetricDirection.Upward,
-}
+MATCHING_KEYS = ("tp", "fp", "fn", "precision", "recall", "f1", "mean_iou", "error_rate", "ap")
 LOSS_COMPONENTS = tuple(p for p in LOSS_PARTS if p != "total")
 
 #: platform name (loss, metric or metadata function) -> how its values are named in the
@@ -159,6 +159,54 @@ ENGINE_COLUMNS: Dict[str, str] = {
     "uncertainty": "unc_",
     "sample": "meta_",
 }
+
+#: per-object analysis (element instances, one row per GT object of a labeled sample): the
+#: ``instance_metadata`` keys of ``gt_instance`` with their platform types (declared, so a None
+#: visible fraction keeps its column). Each key is the instances.csv column of the same name
+#: (``metrics.sample_evaluation.gt_instance_attributes``), ``tote_color`` the sample's
+#: ``meta_tote_color``.
+INSTANCE_METADATA_TYPES: Dict[str, DatasetMetadataType] = {
+    "annotation_id": DatasetMetadataType.int, "class": DatasetMetadataType.string,
+    "area": DatasetMetadataType.int, "area_fraction": DatasetMetadataType.float,
+    "visible_fraction": DatasetMetadataType.float, "box_overlaps": DatasetMetadataType.int,
+    "tote_color": DatasetMetadataType.string,
+}
+#: instance metric name -> the instances.csv column of the GT row it reports
+#: (``SampleEvaluation.instance_rows``); ``matched_score`` is the ``score`` of the prediction row
+#: the GT row's ``matched_index`` names. ``leap_test.py --compare`` reads this.
+INSTANCE_ENGINE_COLUMNS: Dict[str, str] = {
+    "instance_iou": "iou", "instance_best_iou": "best_iou", "instance_matched_score": "matched_score",
+    "instance_over_segmented": "over_segmented", "instance_missed": "missed",
+    "instance_in_under_segmenting": "in_under_segmenting",
+}
+_COLUMN_DIRECTIONS = {"worse": MetricDirection.Downward, "better": MetricDirection.Upward}
+
+
+def metric_registration(function: str, keys) -> tuple:
+    """``(direction, compute_insights)`` of the dict metric ``function`` with ``keys``, from the
+    column table (``analysis.columns``): a quality measure (higher is worse / better) keeps its
+    direction and insights; a descriptive value (a count such as ``num_pred``, a mean score)
+    gets ``compute_insights=False`` and no direction."""
+    direction, insights = {}, {}
+    for key in keys:
+        column = describe(ENGINE_COLUMNS[function] + key)
+        if column is None:
+            raise KeyError(f"metric {function}.{key}: no column {ENGINE_COLUMNS[function] + key!r} in analysis.columns")
+        if column.direction:
+            direction[key] = _COLUMN_DIRECTIONS[column.direction]
+        else:
+            insights[key] = False
+    return direction, insights
+
+
+def instance_metric_registration(name: str) -> dict:
+    """Keyword arguments of the instance metric ``name`` (``tensorleap_custom_instances_metric``)
+    from its instances.csv column: quality measures keep their direction; a descriptive one gets
+    ``compute_insights=False`` and, as that decorator has no "no direction", ``Upward``."""
+    column = INSTANCE_COLUMN_DEFS["score" if name == "instance_matched_score" else INSTANCE_ENGINE_COLUMNS[name]]
+    if column.direction:
+        return {"direction": _COLUMN_DIRECTIONS[column.direction]}
+    return {"direction": MetricDirection.Upward, "compute_insights": False}
 
 
 # ============================================================================ settings, data
@@ -403,11 +451,56 @@ def _gt_display(gt_boxes_: np.ndarray, gt_masks_: np.ndarray) -> Optional[Instan
     return decode_gt(_unbatch(boxes, 2), _unbatch(masks, 3), hw)
 
 
+# ============================================================================ element instances
+@functools.lru_cache(maxsize=8)
+def _gt_instance_rows(split: str, sample_id: str) -> tuple:
+    """The sample's GT instance rows: ``gt_instance_attributes`` (the instances.csv columns that
+    need no prediction) plus the sample's tote colour, at most K (as the GT encoders)."""
+    loaded = _load(split, sample_id)
+    if loaded.gt is None:
+        return ()
+    rows = gt_instance_attributes(loaded.gt, _dataset().annotations(loaded.sample), _class_names())
+    tote = _sample_metadata(split, sample_id).get("tote_color")
+    return tuple({**r, "tote_color": tote} for r in rows[:max_instances()])
+
+
+@tensorleap_instances_length_encoder("gt_instances")
+def gt_instance_count(sample_id: str, preprocess: PreprocessResponse) -> int:
+    """Element instances of a sample: its annotations of a configured class, from the COCO
+    index (no image decoded), at most K. An annotation the loader drops (no usable geometry)
+    leaves the last ids without an object: ``gt_instance`` returns None for them."""
+    sample = _sample(sample_id, preprocess)
+    categories = _dataset().category_map(sample.split)
+    n = sum(1 for ann in _dataset().annotations(sample) if ann.get("category_id") in categories)
+    return int(min(n, max_instances()))
+
+
+@tensorleap_instances_masks_encoder("gt_instances")
+def gt_instance(sample_id: str, preprocess: PreprocessResponse, instance_id: int) -> Optional[ElementInstance]:
+    """GT object ``instance_id`` (row ``instance_id`` of ``gt_boxes``/``gt_masks``): its (S, S)
+    float32 model-frame mask and ``INSTANCE_METADATA_TYPES`` metadata; None past the last object."""
+    sample = _sample(sample_id, preprocess)
+    rows = _gt_instance_rows(sample.split, sample.sample_id)
+    if not 0 <= instance_id < len(rows):
+        return None
+    row = rows[instance_id]
+    mask = _load(sample.split, sample.sample_id).gt.masks[instance_id].astype(np.float32)
+    return ElementInstance(name=f"gt {row['class']} #{instance_id}", mask=mask,
+                           instance_metadata={k: python_scalar(row[k]) for k in INSTANCE_METADATA_TYPES})
+
+
 # ============================================================================ preprocess
-@tensorleap_preprocess()
+@tensorleap_element_instance_preprocess(gt_instance_count, gt_instance, INSTANCE_METADATA_TYPES)
 def preprocess() -> List[PreprocessResponse]:
-    """Train and validation splits; sample ids are the image file stems."""
+    """Train and validation splits; sample ids are the image file stems. Each GT object is also
+    an element instance (``<sample id>_<k>``, appended by code-loader after the sample ids)."""
     return [_response(split, state) for split, state in LABELED_SPLITS.items()]
+
+
+def image_ids(preprocess: PreprocessResponse) -> List[str]:
+    """The response's image sample ids, without the element-instance ids code-loader appends."""
+    instances = preprocess.instance_to_sample_ids_mappings or {}
+    return [sid for sid in preprocess.sample_ids if sid not in instances]
 
 
 @tensorleap_unlabeled_preprocess()
@@ -442,14 +535,21 @@ def gt_masks(sample_id: str, preprocess: PreprocessResponse) -> np.ndarray:
 
 
 # ============================================================================ metadata
-@tensorleap_metadata("sample", metadata_type=METADATA_TYPES)
-def metadata(sample_id: str, preprocess: PreprocessResponse) -> Dict[str, Any]:
-    """``metadata.sample_metadata``: image statistics, counts, sizes, occlusion, tote colour."""
+@functools.lru_cache(maxsize=8)
+def _sample_metadata(split: str, sample_id: str) -> Dict[str, Any]:
     s = _settings()
-    loaded = _loaded(sample_id, preprocess)
+    loaded = _load(split, sample_id)
     meta = sample_metadata(loaded, _dataset().annotations(loaded.sample), s.metrics.small_area_fraction,
                            s.data.class_names)
     return {k: python_scalar(v) for k, v in meta.items() if k not in METADATA_SKIP}
+
+
+@tensorleap_metadata("sample", metadata_type=METADATA_TYPES)
+def metadata(sample_id: str, preprocess: PreprocessResponse) -> Dict[str, Any]:
+    """``metadata.sample_metadata``: image statistics, counts, sizes, occlusion, tote colour.
+    On the platform every int arrives as a float (the type is inferred from the values)."""
+    sample = _sample(sample_id, preprocess)
+    return dict(_sample_metadata(sample.split, sample.sample_id))
 
 
 # ============================================================================ model
@@ -501,7 +601,7 @@ def yolov5_seg_loss_total(detections: np.ndarray, prototypes: np.ndarray, gt_box
     return np.array([np.nan if ev is None else ev.losses["total"] for ev in evs], np.float32)
 
 
-@tensorleap_custom_metric("yolov5_seg_loss_parts", direction=MetricDirection.Downward)
+@tensorleap_custom_metric("yolov5_seg_loss_parts", *metric_registration("yolov5_seg_loss_parts", LOSS_COMPONENTS))
 def loss_components(detections: np.ndarray, prototypes: np.ndarray, gt_boxes: np.ndarray,
                     gt_masks: np.ndarray) -> Dict[str, List[Optional[float]]]:
     """The loss's box / obj / cls / mask components."""
@@ -511,11 +611,11 @@ def loss_components(detections: np.ndarray, prototypes: np.ndarray, gt_boxes: np
 
 @functools.lru_cache(maxsize=None)
 def _segmentation_keys() -> List[str]:
-    """The evaluation's segmentation columns that are error measures."""
-    return [k for k in segmentation_column_names() if k not in SEGMENTATION_SKIP]
+    """The evaluation's segmentation columns (error measures, and the descriptive counts)."""
+    return list(segmentation_column_names())
 
 
-@tensorleap_custom_metric("segmentation_errors", direction=MetricDirection.Downward)
+@tensorleap_custom_metric("segmentation_errors", *metric_registration("segmentation_errors", segmentation_column_names()))
 def segmentation_metrics(detections: np.ndarray, prototypes: np.ndarray, gt_boxes: np.ndarray,
                          gt_masks: np.ndarray) -> Dict[str, List[Any]]:
     """Over/under segmentation (flags, counts, mean parts, mean confidence, duplicates)."""
@@ -523,13 +623,13 @@ def segmentation_metrics(detections: np.ndarray, prototypes: np.ndarray, gt_boxe
     return _columns([None if ev is None else ev.columns() for ev in evs], _segmentation_keys())
 
 
-@tensorleap_custom_metric("matching", direction=MATCHING_DIRECTIONS)
+@tensorleap_custom_metric("matching", *metric_registration("matching", MATCHING_KEYS))
 def matching_metrics(detections: np.ndarray, prototypes: np.ndarray, gt_boxes: np.ndarray,
                      gt_masks: np.ndarray) -> Dict[str, List[Any]]:
     """TP/FP/FN, precision, recall, F1, mean IoU of matches (mask IoU >= metrics.match_iou),
     error rate (1 - F1) and the sample's COCO AP@[.5:.95]."""
     evs = _per_sample(_labeled, detections, prototypes, gt_boxes, gt_masks)
-    return _columns([None if ev is None else ev.columns() for ev in evs], list(MATCHING_DIRECTIONS))
+    return _columns([None if ev is None else ev.columns() for ev in evs], list(MATCHING_KEYS))
 
 
 def _confusion_row(detections, prototypes, boxes, masks) -> List[ConfusionMatrixElement]:
@@ -549,11 +649,83 @@ def confusion_matrix(detections: np.ndarray, prototypes: np.ndarray, gt_boxes: n
     return _per_sample(_confusion_row, detections, prototypes, gt_boxes, gt_masks)
 
 
-@tensorleap_custom_metric("uncertainty", direction=MetricDirection.Downward)
+UNCERTAINTY_KEYS = tuple(c[len("unc_"):] for c in SAMPLE_COLUMNS if c.startswith("unc_"))
+
+
+@tensorleap_custom_metric("uncertainty", *metric_registration("uncertainty", UNCERTAINTY_KEYS))
 def uncertainty_metrics(detections: np.ndarray, prototypes: np.ndarray) -> Dict[str, List[Any]]:
     """Prediction-only uncertainty (higher = more uncertain); defined for unlabeled samples too."""
     evs = _per_sample(_evaluation, detections, prototypes)
-    return _columns([ev.uncertainty for ev in evs], list(evs[0].uncertainty) if evs else [])
+    return _columns([ev.uncertainty for ev in evs], list(UNCERTAINTY_KEYS))
+
+
+# ============================================================================ instance metrics
+@functools.lru_cache(maxsize=16)
+def _gt_rows(ev: SampleEvaluation) -> tuple:
+    """The GT rows of ``ev.instance_rows()`` (what instances.csv stores for them), each with
+    ``matched_score``: the ``score`` of the prediction row its ``matched_index`` names."""
+    rows = ev.instance_rows()
+    pred_score = {r["index"]: r["score"] for r in rows if r["kind"] == "pred"}
+    return tuple({**r, "matched_score": None if r["matched_index"] is None else pred_score[r["matched_index"]]}
+                 for r in rows if r["kind"] == "gt")
+
+
+def _instance_column(name: str, detections, prototypes, boxes, masks) -> Dict[int, np.ndarray]:
+    """Instance metric ``name``: ``{k: (B,) float32}``, GT object k of each sample of the batch
+    (NaN where a sample has fewer objects, the value is undefined (no match) or the sample is
+    unlabeled); flags as 0/1."""
+    evs = _per_sample(_labeled, detections, prototypes, boxes, masks)
+    rows = [() if ev is None else _gt_rows(ev) for ev in evs]
+    column = INSTANCE_ENGINE_COLUMNS[name]
+    out = {k: np.full(len(evs), np.nan, np.float32) for k in range(max((len(r) for r in rows), default=0))}
+    for b, sample_rows in enumerate(rows):
+        for k, row in enumerate(sample_rows):
+            if row[column] is not None:
+                out[k][b] = float(row[column])
+    return out
+
+
+@tensorleap_custom_instances_metric("instance_iou", **instance_metric_registration("instance_iou"))
+def instance_iou(detections: np.ndarray, prototypes: np.ndarray, gt_boxes: np.ndarray,
+                 gt_masks: np.ndarray) -> Dict[int, np.ndarray]:
+    """Per GT object: mask IoU with its one-to-one matched prediction (NaN when missed)."""
+    return _instance_column("instance_iou", detections, prototypes, gt_boxes, gt_masks)
+
+
+@tensorleap_custom_instances_metric("instance_best_iou", **instance_metric_registration("instance_best_iou"))
+def instance_best_iou(detections: np.ndarray, prototypes: np.ndarray, gt_boxes: np.ndarray,
+                      gt_masks: np.ndarray) -> Dict[int, np.ndarray]:
+    """Per GT object: best mask IoU with any prediction of its class, matched or not."""
+    return _instance_column("instance_best_iou", detections, prototypes, gt_boxes, gt_masks)
+
+
+@tensorleap_custom_instances_metric("instance_matched_score", **instance_metric_registration("instance_matched_score"))
+def instance_matched_score(detections: np.ndarray, prototypes: np.ndarray, gt_boxes: np.ndarray,
+                           gt_masks: np.ndarray) -> Dict[int, np.ndarray]:
+    """Per GT object: score of its matched prediction (NaN when missed); descriptive."""
+    return _instance_column("instance_matched_score", detections, prototypes, gt_boxes, gt_masks)
+
+
+@tensorleap_custom_instances_metric("instance_over_segmented", **instance_metric_registration("instance_over_segmented"))
+def instance_over_segmented(detections: np.ndarray, prototypes: np.ndarray, gt_boxes: np.ndarray,
+                            gt_masks: np.ndarray) -> Dict[int, np.ndarray]:
+    """Per GT object: 1 when it is split into > 1 predictions (its error kind over_segmented)."""
+    return _instance_column("instance_over_segmented", detections, prototypes, gt_boxes, gt_masks)
+
+
+@tensorleap_custom_instances_metric("instance_missed", **instance_metric_registration("instance_missed"))
+def instance_missed(detections: np.ndarray, prototypes: np.ndarray, gt_boxes: np.ndarray,
+                    gt_masks: np.ndarray) -> Dict[int, np.ndarray]:
+    """Per GT object: 1 when no prediction matches it (error kind missed)."""
+    return _instance_column("instance_missed", detections, prototypes, gt_boxes, gt_masks)
+
+
+@tensorleap_custom_instances_metric("instance_in_under_segmenting",
+                                    **instance_metric_registration("instance_in_under_segmenting"))
+def instance_in_under_segmenting(detections: np.ndarray, prototypes: np.ndarray, gt_boxes: np.ndarray,
+                                 gt_masks: np.ndarray) -> Dict[int, np.ndarray]:
+    """Per GT object: 1 when a prediction swallows it together with other objects."""
+    return _instance_column("instance_in_under_segmenting", detections, prototypes, gt_boxes, gt_masks)
 
 
 # ============================================================================ latent space
@@ -663,6 +835,12 @@ def integration_test(sample_id: str, preprocess: PreprocessResponse) -> None:
     matching_metrics(detections, prototypes, boxes, masks)
     confusion_matrix(detections, prototypes, boxes, masks)
     uncertainty_metrics(detections, prototypes)
+    instance_iou(detections, prototypes, boxes, masks)
+    instance_best_iou(detections, prototypes, boxes, masks)
+    instance_matched_score(detections, prototypes, boxes, masks)
+    instance_over_segmented(detections, prototypes, boxes, masks)
+    instance_missed(detections, prototypes, boxes, masks)
+    instance_in_under_segmenting(detections, prototypes, boxes, masks)
     embedding_latent_space(embedding)
 
     image_visualizer(image)

@@ -15,14 +15,25 @@ What it does, in order (exit status 0 only when every step passes):
    batches of 2 and 1 samples with float16 inputs (the platform's storage type; set
    ``TL_DISABLE_ENGINE_FLOAT16_SIMULATION=true`` to turn that off), and every visualizer
    per sample. Asserts one finite value (or a documented None) per sample for every loss
-   and metric, the encoder shapes, valid Leap objects and scalar metadata.
+   and metric, the encoder shapes, valid Leap objects and scalar metadata; for the instance
+   metrics one 1-D value array per GT object of the batch, NaN only where undefined.
+3b. Element instances: per labeled sample, the instance count and each ``ElementInstance``
+   (the object's model-frame mask equals its ``gt_masks`` row, typed scalar metadata).
 4. ``LeapLoader(<absolute path>, <entry>).check_dataset()`` in a fresh interpreter (what the
-   platform runs first); asserts ``is_valid``.
-5. leap.yaml: entry file, requirements.txt and every project module the entry imports (found
-   statically through the import graph and at run time in step 4) are matched by
-   ``include`` and not by ``exclude`` (leap-cli's doublestar glob semantics; ``leap_bundle.py``).
+   platform runs first); asserts ``is_valid`` and that the element-instance metadata is
+   registered (``has_element_instances``).
+5. leap.yaml: entry file, the requirements file and every project module the entry imports
+   (found statically through the import graph and at run time in step 4) are matched by
+   ``include`` and not by ``exclude`` (leap-cli's doublestar glob semantics; ``leap_bundle.py``);
+   ``pythonVersion`` is a platform image id (``py311``); the bundle ships exactly one
+   requirements file, ``tensorleap_requirements.txt``, and it pins exactly the distributions
+   the closure imports (and their locked dependencies), as poetry.lock gives them.
 6. Telemetry: no ``~/.tensorleap`` appeared (``TL_DISABLE_ANALYTICS`` is set before
    code_loader is imported).
+
+What it cannot check: the platform's own build (its image installing the requirements file;
+``tests/test_leap_platform_requirements.py`` installs it into a fresh venv here) and its model
+import of the ONNX file; both run only after ``leap push``.
 """
 
 import os
@@ -47,7 +58,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple  # noqa:
 
 import numpy as np  # noqa: E402
 
-from leap_bundle import check_leap_yaml, read_leap_yaml  # noqa: E402
+from leap_bundle import PLATFORM_REQUIREMENTS, check_leap_yaml, check_requirements, read_leap_yaml  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 SYNTH_SPLITS = (4, 4, 4)  # train, val, unlabeled
@@ -157,12 +168,14 @@ class Registered:
 
     inputs: list
     ground_truths: list
-    metadata: list
+    metadata: list  # the entry's own (code-loader's builtin instance metadata left out)
     losses: list
     metrics: list
     visualizers: list
     latent_spaces: list
     prediction_types: list
+    instance_metrics: list = field(default_factory=list)
+    instance_masks: list = field(default_factory=list)
 
     def names(self) -> List[Tuple[str, str]]:
         out = [("preprocess", "tensorleap_preprocess"), ("preprocess_unlabeled", "tensorleap_unlabeled_preprocess")]
@@ -173,6 +186,8 @@ class Registered:
                 for p in self.prediction_types]
         out += [(h.custom_loss_handler_data.name, "custom_loss") for h in self.losses]
         out += [(h.metric_handler_data.name, "custom_metric") for h in self.metrics]
+        out += [(h.metric_handler_data.name, "custom_instances_metric") for h in self.instance_metrics]
+        out += [(h.name, "instances_masks_encoder") for h in self.instance_masks]
         out += [(f"{h.visualizer_handler_data.name} ({h.visualizer_handler_data.type.name})", "custom_visualizer")
                 for h in self.visualizers]
         out += [(h.name, f"custom_latent_space ({h.computed_at.value})") for h in self.latent_spaces]
@@ -188,13 +203,22 @@ def registered_handlers(module) -> Registered:
         return getattr(fn, "__module__", None) == module.__name__
 
     return Registered(
-        inputs=list(sc.inputs), ground_truths=list(sc.ground_truths), metadata=list(sc.metadata),
+        inputs=list(sc.inputs), ground_truths=list(sc.ground_truths),
+        metadata=[h for h in sc.metadata if ours(h.function)],
         losses=[h for h in sc.custom_loss_handlers if ours(h.function)],
         metrics=[h for h in sc.metrics if ours(h.function)],
         visualizers=[h for h in sc.visualizers if ours(h.function)],
         latent_spaces=list(sc.custom_latent_spaces.values()),
         prediction_types=list(sc.prediction_types),
+        instance_metrics=[h for h in sc.instance_metrics if ours(h.function)],
+        instance_masks=list(sc.instance_masks),
     )
+
+
+def image_ids(module, resp) -> List[str]:
+    """A response's image sample ids (the element-instance ids code-loader appends left out)."""
+    instances = getattr(resp, "instance_to_sample_ids_mappings", None) or {}
+    return [sid for sid in resp.sample_ids if sid not in instances]
 
 
 CONNECTION_TYPES = {"custom_loss": "CustomLoss", "custom_metric": "Metric", "custom_visualizer": "Visualizer",
@@ -206,11 +230,15 @@ def connections_by_name() -> Dict[Tuple[str, str], Any]:
     from code_loader import leap_binder as binder
 
     kinds = {v: k for k, v in CONNECTION_TYPES.items()}
+    instance_metrics = {h.metric_handler_data.name for h in binder.setup_container.instance_metrics}
     out: Dict[Tuple[str, str], Any] = {}
     for c in binder.mapping_connections:
         if c.node is None or c.node_inputs is None or c.node.type.value not in kinds:
             continue
-        out.setdefault((kinds[c.node.type.value], c.node.name), c)
+        kind = kinds[c.node.type.value]
+        if kind == "custom_metric" and c.node.name in instance_metrics:  # same node type as a metric
+            kind = "custom_instances_metric"
+        out.setdefault((kind, c.node.name), c)
     return out
 
 
@@ -242,6 +270,28 @@ def check_values(name: str, values: Any, batch: int, labeled: bool) -> Tuple[Lis
             else:
                 nones += 1
     return problems, nones
+
+
+def check_instance_values(name: str, value: Any, batch: int, n_objects: Sequence[int]) -> List[str]:
+    """Problems of an instance metric's output: ``{k: (batch,) array}`` for k = 0 .. the most
+    GT objects of a sample of the batch, a finite value for each object (NaN allowed only
+    where the value is undefined: no match) and NaN past a sample's last object."""
+    if not isinstance(value, dict):
+        return [f"{name}: expected a dict {{instance index: array}}, got {type(value).__name__}"]
+    problems = []
+    if sorted(value) != list(range(max(n_objects, default=0))):
+        problems.append(f"{name}: keys {sorted(value)[:8]} for samples with {list(n_objects)} GT objects")
+    for k, v in value.items():
+        v = np.asarray(v)
+        if v.ndim != 1 or len(v) != batch or not np.issubdtype(v.dtype, np.floating):
+            problems.append(f"{name}[{k}]: expected ({batch},) floats, got {v.dtype} {v.shape}")
+            continue
+        for b, n in enumerate(n_objects):
+            if k >= n and not np.isnan(v[b]):
+                problems.append(f"{name}[{k}]: sample {b} has {n} objects but a value {v[b]}")
+            elif k < n and np.isinf(v[b]):
+                problems.append(f"{name}[{k}]: infinite value on sample {b}")
+    return problems[:5]
 
 
 def check_confusion(name: str, value: Any, batch: int, class_names: Sequence[str]) -> List[str]:
@@ -340,7 +390,7 @@ def run_integration_test(module, report: Report, step, n_samples: int) -> Dict[s
     for resp in responses:
         split = resp.data["split"]
         by_split[split] = resp
-        ids = list(resp.sample_ids)[:n_samples]
+        ids = image_ids(module, resp)[:n_samples]
         if len(ids) < n_samples:
             report.fail(step, f"split {split!r} has {len(ids)} samples, {n_samples} needed")
         for sid in ids:
@@ -393,6 +443,7 @@ def replay(module, registered: Registered, responses: Dict[str, Any], report: Re
     connections = connections_by_name()
     kinds = ([("custom_loss", h.custom_loss_handler_data.name, h) for h in registered.losses]
              + [("custom_metric", h.metric_handler_data.name, h) for h in registered.metrics]
+             + [("custom_instances_metric", h.metric_handler_data.name, h) for h in registered.instance_metrics]
              + [("custom_latent_space", h.name, h) for h in registered.latent_spaces]
              + [("custom_visualizer", h.visualizer_handler_data.name, h) for h in registered.visualizers])
     for kind, name, _ in kinds:
@@ -409,7 +460,7 @@ def replay(module, registered: Registered, responses: Dict[str, Any], report: Re
 
     for split, resp in responses.items():
         labeled = split != "unlabeled"
-        ids = list(resp.sample_ids)[:n_samples]
+        ids = image_ids(module, resp)[:n_samples]
         encoded = []
         for sid in ids:
             enc: Dict[str, np.ndarray] = {}
@@ -485,7 +536,11 @@ def replay(module, registered: Registered, responses: Dict[str, Any], report: Re
                     continue
                 stats["calls"] += 1
                 problems: List[str] = []
-                if kind == "custom_latent_space":
+                if kind == "custom_instances_metric":
+                    n_objects = [int((e["gt_boxes"][:, 5] > 0.5).sum()) for e in batch]
+                    problems += check_instance_values(name, result, b, n_objects)
+                    stats["values"].setdefault("objects", []).extend(n_objects)
+                elif kind == "custom_latent_space":
                     r = np.asarray(result)
                     if r.ndim != 2 or len(r) != b or not np.isfinite(r).all() or r.shape[1] > 4096:
                         problems.append(f"{name}: expected finite (batch={b}, d<=4096), got {r.dtype} {r.shape}")
@@ -528,6 +583,69 @@ def replay(module, registered: Registered, responses: Dict[str, Any], report: Re
         step.lines.append(f"{split:9s} {len(encoded)} samples replayed")
 
 
+# ============================================================================ step 3b: element instances
+def check_element_instances(module, responses: Dict[str, Any], report: Report, step, n_samples: int) -> None:
+    """Per labeled sample: the preprocess lists ``<sample id>_<k>`` for each of the length
+    encoder's objects; each ``ElementInstance`` carries the (S, S) model-frame mask of GT row k
+    (equal to the decoded ``gt_masks`` row) and the declared scalar metadata; None only past
+    the sample's last decoded object."""
+    from code_loader import leap_binder as binder
+    from code_loader.contract.datasetclasses import ElementInstance
+
+    from armbench_segmentation.codecs import unpack_mask_bits
+
+    sc = binder.setup_container
+    if not sc.instance_masks:
+        step.lines.append("no element instances registered")
+        return
+    length = getattr(module, "gt_instance_count")
+    declared = dict(getattr(module, "INSTANCE_METADATA_TYPES", {}))
+    size = int(module._settings().data.image_size)
+    n_instances = 0
+    for split, resp in responses.items():
+        mapping = resp.sample_ids_to_instance_mappings or {}
+        if split == "unlabeled":
+            if mapping:
+                report.fail(step, f"the unlabeled split has element instances: {list(mapping)[:3]}")
+            continue
+        for sid in image_ids(module, resp)[:n_samples]:
+            n = length(sid, resp)
+            if mapping.get(sid) != [f"{sid}_{k}" for k in range(n)]:
+                report.fail(step, f"{split}/{sid}: preprocess instance ids {mapping.get(sid)} for {n} objects")
+            boxes, masks = np.asarray(module.gt_boxes(sid, resp)), np.asarray(module.gt_masks(sid, resp))
+            valid = np.flatnonzero(boxes[:, 5] > 0.5)
+            gt_masks = unpack_mask_bits(masks[valid], size)  # (G, S, S)
+            if n < len(valid):
+                report.fail(step, f"{split}/{sid}: {n} element instances for {len(valid)} GT objects")
+            for k in range(n):
+                inst = None
+                for handler in sc.instance_masks:
+                    inst = handler.function(sid, resp, k)
+                if k >= len(valid):
+                    if inst is not None:
+                        report.fail(step, f"{split}/{sid}: instance {k} past the last of {len(valid)} GT objects")
+                    continue
+                if not isinstance(inst, ElementInstance):
+                    report.fail(step, f"{split}/{sid}: instance {k} is {type(inst).__name__}, expected ElementInstance")
+                    continue
+                n_instances += 1
+                mask = np.asarray(inst.mask)
+                if mask.dtype != np.float32 or mask.shape != (size, size) or not np.array_equal(mask > 0.5, gt_masks[k]):
+                    report.fail(step, f"{split}/{sid}: instance {k} mask {mask.dtype} {mask.shape} is not GT row {k}")
+                meta = inst.instance_metadata or {}
+                if declared and sorted(meta) != sorted(declared):
+                    report.fail(step, f"{split}/{sid}: instance {k} metadata keys {sorted(meta)}, declared "
+                                      f"{sorted(declared)}")
+                for key, value in meta.items():
+                    if value is None and key not in declared:
+                        report.fail(step, f"{split}/{sid}: instance {k} metadata {key} is None without a type")
+                    elif value is not None and (not isinstance(value, (int, float, str, bool))
+                                                or (isinstance(value, float) and not math.isfinite(value))):
+                        report.fail(step, f"{split}/{sid}: instance {k} metadata {key}={value!r} is not a scalar")
+    step.lines.append(f"{n_instances} element instances checked (masks = gt_masks rows; metadata "
+                      f"{', '.join(declared) or '-'})")
+
+
 def float16_effect(module, registered: Registered, responses: Dict[str, Any], n_samples: int) -> List[str]:
     """How float16 storage changes decoding, F1 and the loss on the labeled samples
     (informational). Detections are paired by box IoU: near-tied scores may reorder them."""
@@ -541,7 +659,7 @@ def float16_effect(module, registered: Registered, responses: Dict[str, Any], n_
     d_score = d_loss = d_f1 = 0.0
     for split in ("train", "val"):
         resp = responses.get(split)
-        for sid in list(resp.sample_ids)[:n_samples] if resp is not None else []:
+        for sid in image_ids(module, resp)[:n_samples] if resp is not None else []:
             enc = {h.name: np.asarray(h.function(sid, resp)) for h in registered.inputs + registered.ground_truths}
             image = enc[registered.inputs[0].name]
             det, protos = (np.asarray(o)[0] for o in model.run(None, {model.get_inputs()[0].name: image[None]})[:2])
@@ -587,10 +705,11 @@ def dump_values(module, registered: Registered, responses: Dict[str, Any], n_sam
     model = module.load_model()
     wired = [("custom_loss", h.custom_loss_handler_data.name, h) for h in registered.losses] + \
             [("custom_metric", h.metric_handler_data.name, h) for h in registered.metrics]
+    instance_wired = [(h.metric_handler_data.name, h) for h in registered.instance_metrics]
     samples: Dict[str, Any] = {}
     for split, resp in responses.items():
         labeled = split != "unlabeled"
-        ids = list(resp.sample_ids) if n_samples is None else list(resp.sample_ids)[:n_samples]
+        ids = image_ids(module, resp) if n_samples is None else image_ids(module, resp)[:n_samples]
         for sid in ids:
             try:
                 enc = {h.name: np.asarray(h.function(sid, resp))
@@ -611,12 +730,39 @@ def dump_values(module, registered: Registered, responses: Dict[str, Any], n_sam
                     meta = h.function(sid, resp)
                     values.update({f"{h.name}.{k}": _plain(v) for k, v in meta.items()} if isinstance(meta, dict)
                                   else {h.name: _plain(meta)})
+                instances = _dump_instances(module, registered, instance_wired, connections, enc, sid, resp) \
+                    if labeled else []
             except Exception as exc:  # noqa: BLE001
                 report.fail(step, f"dump of {split}/{sid}: {_describe(exc)}")
                 continue
-            samples[sid] = {"split": split, "values": values}
+            samples[sid] = {"split": split, "values": values, "instances": instances}
     return {"format": DUMP_FORMAT, "float16_simulation": False,
-            "engine_columns": dict(getattr(module, "ENGINE_COLUMNS", {})), "samples": samples}
+            "engine_columns": dict(getattr(module, "ENGINE_COLUMNS", {})),
+            "instance_columns": dict(getattr(module, "INSTANCE_ENGINE_COLUMNS", {})), "samples": samples}
+
+
+def _dump_instances(module, registered: Registered, wired, connections, enc, sid: str, resp) -> List[Dict[str, Any]]:
+    """Per element instance of a labeled sample: its metadata (``meta.<key>``) and every wired
+    instance metric (``<name>``) as the platform computes them, one object at a time."""
+    from code_loader import leap_binder as binder
+
+    metrics = {}
+    for name, handler in wired:
+        conn = connections.get(("custom_instances_metric", name))
+        if conn is not None:
+            metrics[name] = handler.function(**{arg: _source(node, [enc]) for arg, node in conn.node_inputs.items()})
+    out = []
+    for k in range(module.gt_instance_count(sid, resp)):
+        inst = None
+        for handler in binder.setup_container.instance_masks:
+            inst = handler.function(sid, resp, k)
+        if inst is None:
+            continue
+        row: Dict[str, Any] = {"index": k}
+        row.update({f"meta.{key}": _plain(v) for key, v in (inst.instance_metadata or {}).items()})
+        row.update({name: _plain(float(v[k][0])) if k in v else None for name, v in metrics.items()})
+        out.append(row)
+    return out
 
 
 def _csv_value(text: str) -> Any:
@@ -682,7 +828,68 @@ def compare_dump(dump: Dict[str, Any], samples_csv: Path, tolerance: float = 1e-
             if not _same(value, engine, tolerance):
                 problems.append(f"{entry['split']}/{sid}: {name} = {value!r} on the Tensorleap face, "
                                 f"{column} = {engine!r} in {samples_csv.name}")
+    instances_csv = samples_csv.with_name("instances.csv")
+    if any(e.get("instances") for e in dump["samples"].values()):
+        n, p = compare_instances(dump, instances_csv, rows, tolerance)
+        n_values += n
+        problems += p
     return len(dump["samples"]), n_values, problems
+
+
+def compare_instances(dump: Dict[str, Any], instances_csv: Path, sample_rows: Dict[Any, Dict[str, str]],
+                      tolerance: float = 1e-6) -> Tuple[int, List[str]]:
+    """The dump's element instances against the GT rows of ``armbench analyze``'s
+    instances.csv: the same objects per sample; each instance's metadata ``meta.<key>`` equals
+    the column ``key`` (``tote_color``: the sample's ``meta_tote_color``), each instance metric
+    its ``instance_columns`` column (``matched_score``: the ``score`` of the prediction row the
+    GT row's ``matched_index`` names). Returns (values compared, problems)."""
+    import csv
+
+    if not instances_csv.is_file():
+        return 0, [f"{instances_csv} is missing: the dump has element instances to compare"]
+    with open(instances_csv, newline="", encoding="utf-8") as f:
+        engine: Dict[Tuple[Any, Any, str], Dict[int, Dict[str, str]]] = {}
+        for r in csv.DictReader(f):
+            engine.setdefault((r["split"], _csv_value(r["sample_id"]), r["kind"]), {})[int(r["index"])] = r
+    columns = dump.get("instance_columns", {})
+    problems: List[str] = []
+    n_values = 0
+    for sid, entry in dump["samples"].items():
+        split, dumped = entry["split"], entry.get("instances") or []
+        if split == "unlabeled":
+            continue
+        gt_rows, pred_rows = engine.get((split, sid, "gt"), {}), engine.get((split, sid, "pred"), {})
+        if sorted(i["index"] for i in dumped) != sorted(gt_rows):
+            problems.append(f"{split}/{sid}: element instances {[i['index'] for i in dumped]} on the Tensorleap "
+                            f"face, GT rows {sorted(gt_rows)} in {instances_csv.name}")
+            continue
+        for inst in dumped:
+            row = gt_rows[inst["index"]]
+            for name, value in inst.items():
+                if name == "index":
+                    continue
+                if name.startswith("meta."):
+                    key = name[len("meta."):]
+                    sample_row = sample_rows.get((split, sid), {})
+                    cell = row.get(key) if key in row else sample_row.get(f"meta_{key}")
+                    where = key if key in row else f"meta_{key}"
+                elif columns.get(name) == "matched_score":
+                    matched = _csv_value(row["matched_index"])
+                    cell = "" if matched is None else pred_rows.get(int(matched), {}).get("score")
+                    where = f"score of prediction {matched}"
+                elif name in columns and columns[name] in row:
+                    cell, where = row[columns[name]], columns[name]
+                else:
+                    problems.append(f"{split}/{sid}: instance value {name} has no instances.csv column")
+                    continue
+                if cell is None:
+                    problems.append(f"{split}/{sid}#{inst['index']}: {name} -> {where} not found")
+                    continue
+                n_values += 1
+                if not _same(value, _csv_value(cell), tolerance):
+                    problems.append(f"{split}/{sid}#{inst['index']}: {name} = {value!r} on the Tensorleap face, "
+                                    f"{where} = {_csv_value(cell)!r} in {instances_csv.name}")
+    return n_values, problems
 
 
 def run_compare(dump_path: str, samples_csv: str) -> int:
@@ -711,8 +918,12 @@ modules = sorted({os.path.realpath(m.__file__) for m in list(sys.modules.values(
                   if isinstance(getattr(m, "__file__", None), str)
                   and os.path.realpath(m.__file__).startswith(project + os.sep)})
 failed = [{"name": p.name, "display": p.display} for p in result.payloads if not p.is_passed]
+setup = result.setup
 print(TAG + json.dumps({"is_valid": bool(result.is_valid), "general_error": result.general_error,
                         "failed": failed, "payloads": len(result.payloads), "modules": modules,
+                        "payload_names": [p.name for p in result.payloads],
+                        "has_element_instances": bool(getattr(setup, "has_element_instances", False)),
+                        "metadata": [m.name for m in getattr(setup, "metadata", None) or []],
                         "print_log": (result.print_log or "")[-3000:]}, default=str))
 """
 
@@ -732,6 +943,11 @@ def check_dataset(entry: Path, step) -> Dict[str, Any]:
 # ============================================================================ step 5: leap.yaml
 def check_bundle(config: Dict[str, Any], runtime_modules: Sequence[str], step, report: Report) -> None:
     failures, lines = check_leap_yaml(config, runtime_modules, ROOT)
+    requirements = ROOT / PLATFORM_REQUIREMENTS
+    entry = ROOT / str(config.get("entryFile", "leap_binder.py"))
+    if requirements.is_file() and entry.is_file():
+        more, more_lines = check_requirements(requirements.read_text(encoding="utf-8"), entry, ROOT)
+        failures, lines = failures + more, lines + more_lines
     for message in failures:
         report.fail(step, message)
     step.lines += lines
@@ -843,6 +1059,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             except Exception as exc:  # noqa: BLE001 - informational only
                 step.lines.append(f"float16 effect not measured: {_describe(exc)}")
 
+    if module is not None and responses:
+        with report.step("element instances") as step:
+            check_element_instances(module, responses, report, step, args.samples)
+
     if module is not None and responses and args.dump:
         with report.step("parity dump (float32, one sample at a time)") as step:
             dump = dump_values(module, registered, responses, dump_n, report, step)
@@ -854,7 +1074,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with report.step("LeapLoader.check_dataset()") as step:
             result = check_dataset(_ENTRY_FILE, step)
             runtime_modules = result["modules"]
-            step.lines.append(f"is_valid={result['is_valid']}, {result['payloads']} payloads")
+            step.lines.append(f"is_valid={result['is_valid']}, {result['payloads']} payloads, "
+                              f"has_element_instances={result['has_element_instances']}")
+            if hasattr(module, "gt_instance") and not (
+                    result["has_element_instances"]
+                    and any(n.startswith("builtin_instance_extra_metadata") for n in result["payload_names"])):
+                report.fail(step, "check_dataset: the element instances are not registered (has_element_instances "
+                                  f"{result['has_element_instances']}, payloads {result['payload_names'][:12]})")
             if not result["is_valid"]:
                 for f in result["failed"]:
                     report.fail(step, f"check_dataset: '{f['name']}' failed: {json.dumps(f['display'])[:800]}")

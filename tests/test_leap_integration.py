@@ -33,7 +33,8 @@ H = S // 4  # prototype resolution
 
 # ---------------------------------------------------------------------------- fixtures
 def _clear(lb) -> None:
-    for fn in (lb._settings, lb._dataset, lb._samples_by_id, lb._load, lb._segmentation_keys, lb._readable):
+    for fn in (lb._settings, lb._dataset, lb._samples_by_id, lb._load, lb._segmentation_keys, lb._readable,
+               lb._sample_metadata, lb._gt_instance_rows, lb._gt_rows):
         fn.cache_clear()
     lb._memo = lb._Memo()
 
@@ -87,8 +88,8 @@ def _crafted_outputs(lb, boxes_row: np.ndarray, masks_row: np.ndarray, merge: tu
 # ---------------------------------------------------------------------------- encoders
 def test_preprocess_ids_are_file_stems(binder, tiny_dataset):
     responses = _responses(binder)
-    assert sorted(responses["train"].sample_ids) == ["train_a", "train_b", "train_c"]
-    assert sorted(responses["val"].sample_ids) == ["val_a", "val_portrait"]
+    assert sorted(binder.image_ids(responses["train"])) == ["train_a", "train_b", "train_c"]
+    assert sorted(binder.image_ids(responses["val"])) == ["val_a", "val_portrait"]
     assert sorted(responses["unlabeled"].sample_ids) == ["test_a", "test_b", "test_c"]
     assert responses["train"].sample_id_type is str
 
@@ -247,7 +248,7 @@ def test_leap_yaml_bundles_the_entry_imports_and_nothing_heavy():
     include, exclude = config["include"], config["exclude"]
     needed = [p.relative_to(ROOT).as_posix() for p in leap_bundle.import_closure(ROOT / config["entryFile"], ROOT)]
     assert "armbench_segmentation/metrics/loss.py" in needed and "armbench_segmentation/visualize.py" in needed
-    for path in needed + ["requirements.txt", "armbench_segmentation/default_config.yaml"]:
+    for path in needed + ["tensorleap_requirements.txt", "armbench_segmentation/default_config.yaml"]:
         assert leap_bundle.bundled(path, include, exclude), path
     for path in ("models/armbench-yolov5s-seg.onnx", "armbench_segmentation/dataset/images/X.jpg", "tests/conftest.py",
                  "tools/finetune.py", ".venv/lib/python3.11/site-packages/numpy/__init__.py", "leap_test.py",
@@ -295,8 +296,8 @@ def test_leap_test_passes_without_telemetry(tmp_path, synth_cache):
 BREAKS = {
     # one value too many: code_loader's own local check does not catch this
     "matching_metrics": (
-        '    return _columns([None if ev is None else ev.columns() for ev in evs], list(MATCHING_DIRECTIONS))\n',
-        '    columns = _columns([None if ev is None else ev.columns() for ev in evs], list(MATCHING_DIRECTIONS))\n'
+        '    return _columns([None if ev is None else ev.columns() for ev in evs], list(MATCHING_KEYS))\n',
+        '    columns = _columns([None if ev is None else ev.columns() for ev in evs], list(MATCHING_KEYS))\n'
         '    return {k: v + [0.0] for k, v in columns.items()}\n',
         "one value per sample",
     ),

@@ -39,7 +39,8 @@ from armbench_segmentation.structures import Instances, python_scalar
 
 __all__ = [
     "COUNTED_SIDE", "COUNT_COLUMNS", "EVALUATION_FRAME", "ERROR_KINDS", "HARD_REGION_WINDOW", "LOSS_PARTS",
-    "MATCH_COLUMNS", "SampleEvaluation", "evaluate_sample", "labeled_column_names", "prediction_columns",
+    "MATCH_COLUMNS", "SampleEvaluation", "evaluate_sample", "gt_instance_attributes", "labeled_column_names",
+    "prediction_columns",
     "segmentation_column_names",
 ]
 
@@ -157,8 +158,7 @@ class SampleEvaluation:
                 row: dict[str, Any] = {
                     "kind": side, "index": i,
                     "annotation_id": int(self.annotation_ids[i]) if side == "gt" else None,
-                    "class": self.class_names[c] if 0 <= c < len(self.class_names) else str(c),
-                    "area": int(areas[i]), "area_fraction": float(areas[i]) / frame_px,
+                    **_shape_fields(c, int(areas[i]), frame_px, self.class_names),
                     "score": float(inst.scores[i]) if inst.scores is not None else None,
                     "matched_index": pair[0] if pair else None,
                     "iou": float(pair[1]) if pair else None,
@@ -202,6 +202,44 @@ class SampleEvaluation:
         for key, value in self.uncertainty.items():
             out[f"unc_{key}"] = python_scalar(value)
         return out
+
+
+def _shape_fields(class_id: int, area: int, frame_px: float, class_names: Sequence[str]) -> dict[str, Any]:
+    """``class``, ``area``, ``area_fraction`` of one instance row (GT or prediction)."""
+    name = class_names[class_id] if 0 <= class_id < len(class_names) else str(class_id)
+    return {"class": name, "area": area, "area_fraction": float(area) / frame_px}
+
+
+def gt_instance_attributes(gt: Instances, annotations: Sequence[dict] | None,
+                           class_names: Sequence[str]) -> list[dict[str, Any]]:
+    """The dataset-side columns of each GT instance row, without predictions: ``index``,
+    ``annotation_id`` (``gt.ids``), ``class``, ``area``, ``area_fraction`` (the values
+    :meth:`SampleEvaluation.instance_rows` gives the GT rows), ``visible_fraction`` (the
+    annotation's attribute, by annotation id) and ``box_overlaps`` (other GT boxes of the same
+    class overlapping the box), the two the engine adds to ``instances.parquet``.
+
+    Args:
+        gt: model-frame ground truth with masks (G, S, S) and ``ids`` = annotation ids.
+        annotations: the sample's raw COCO annotations (``ArmbenchDataset.annotations``).
+        class_names: the model class order.
+    Returns:
+        G dicts, in GT order.
+    """
+    from armbench_segmentation.metadata import annotation_visible_fraction, box_overlap_counts
+
+    h, w = gt.image_size
+    frame_px = float(h * w) or 1.0
+    areas = gt.mask_areas() if gt.masks is not None else np.zeros(len(gt), np.int64)
+    visible = {int(a.get("id", -1)): annotation_visible_fraction(a) for a in annotations or []}
+    overlaps = np.zeros(len(gt), np.int64)  # (G,)
+    for c in np.unique(gt.class_ids):
+        same = np.flatnonzero(gt.class_ids == c)
+        overlaps[same] = box_overlap_counts(gt.boxes[same])
+    ids = gt.ids  # (G,) annotation ids
+    return [{"index": i, "annotation_id": int(ids[i]),
+             **_shape_fields(int(gt.class_ids[i]), int(areas[i]), frame_px, class_names),
+             "visible_fraction": visible.get(int(ids[i])), "box_overlaps": int(overlaps[i])}
+            for i in range(len(gt))]
 
 
 def _ids(values: Any) -> list[int]:
