@@ -1,13 +1,22 @@
-"""YOLOv5-seg post-processing in numpy, reproducing yolov5's own code path.
+"""YOLO segmentation post-processing in numpy, reproducing each head's own package.
 
-Mirrors ``yolov5.utils.general.non_max_suppression(..., nm=32)`` (best class per anchor,
-class-aware NMS through a class offset, at most ``max_detections``; like yolov5, the mask
-coefficients are multiplied by objectness along with the class scores) followed by
-``yolov5.utils.segment.general.process_mask(..., upsample=True)`` (the default of
-``segment/predict.py``): ``sigmoid(coeffs @ protos)`` cropped to the box at prototype
-resolution, bilinearly upsampled (``align_corners=False``) to the input size and
-thresholded. ``tests/fixtures/decode_golden.npz`` (made by ``tools/make_decode_fixtures.py``
-with yolov5 itself) pins the equivalence.
+Two head layouts (``model.layout``): only the head parsing and the mask assembly differ,
+the candidate selection (best class, class-aware NMS through a class offset, at most
+``max_detections``) is one piece of code.
+
+* ``yolov5``: ``yolov5.utils.general.non_max_suppression(..., nm=32)`` (score = objectness x
+  class score; like yolov5, the mask coefficients are multiplied by objectness too) followed
+  by ``yolov5.utils.segment.general.process_mask(..., upsample=True)`` (the default of
+  ``segment/predict.py``): ``sigmoid(coeffs @ protos)`` cropped to the box at prototype
+  resolution, bilinearly upsampled (``align_corners=False``) to the input size and
+  thresholded. ``tests/fixtures/decode_golden.npz`` (made by ``tools/make_decode_fixtures.py``
+  with yolov5 itself) pins the equivalence.
+* ``yolov8`` (YOLOv8/YOLO11-seg): ``ultralytics.utils.nms.non_max_suppression`` (no
+  objectness; score = best class score) followed by ``ultralytics.utils.ops.process_mask(...,
+  upsample=True)`` as its ``SegmentationPredictor`` calls it: the logits ``coeffs @ protos``
+  upsampled, thresholded at 0, cropped at input resolution; detections left with an empty
+  mask are dropped, as the predictor does. ``tests/fixtures/decode_golden_yolov8.npz`` (made
+  by ``tools/make_decode_fixtures_v8.py`` with ultralytics itself) pins the equivalence.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import numpy as np
 from armbench_segmentation.codecs import center_xywh_to_xyxy, mask_to_original_rle
 from armbench_segmentation.config import ModelConfig
 from armbench_segmentation.data.letterbox import Letterbox
+from armbench_segmentation.model.layout import HeadLayout
 from armbench_segmentation.structures import Instances
 
 log = logging.getLogger(__name__)
@@ -59,20 +69,49 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     return order[np.asarray(keep, dtype=np.int64)]
 
 
-def _select(detections: np.ndarray, nc: int, config: ModelConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Confidence filter, best class, class-aware NMS, cap. Returns boxes, scores, classes, coeffs."""
-    conf_thr = float(config.conf_threshold)
+def _candidates_yolov5(detections: np.ndarray, nc: int, conf_thr: float) -> tuple[np.ndarray, ...]:
+    """yolov5 head parsing: (A, 5 + nc + nm) rows -> candidates above ``conf_thr``.
+
+    Returns xywh (K, 4), conf (K,) = obj * best class score, best class j (K,) int64 and the
+    mask coefficients (K, nm). yolov5 multiplies every column from 5 on by objectness
+    (``x[:, 5:] *= x[:, 4:5]``), mask coefficients included, and builds masks from those
+    scaled coefficients: so do we.
+    """
     x = detections[detections[:, 4] > conf_thr]  # (K, 5+nc+nm) objectness candidates
     cls_scores = x[:, 5 : 5 + nc] * x[:, 4:5]  # (K, nc) conf = obj * cls
     j = np.argmax(cls_scores, axis=1) if len(x) else np.zeros(0, np.int64)
     conf = cls_scores[np.arange(len(x)), j]
     good = conf > conf_thr
     x, j, conf = x[good], j[good], conf[good]
-    if len(x) > MAX_NMS:
-        log.warning("decode: %d candidates above conf_threshold=%.3g, only the best %d enter NMS", len(x), conf_thr, MAX_NMS)
+    return x[:, :4], conf, j.astype(np.int64), x[:, 5 + nc :] * x[:, 4:5]
+
+
+def _candidates_yolov8(detections: np.ndarray, nc: int, conf_thr: float) -> tuple[np.ndarray, ...]:
+    """Ultralytics head parsing (YOLOv8/YOLO11-seg): (4 + nc + nm, A) channels -> candidates.
+
+    As ``ultralytics.utils.nms.non_max_suppression`` (best class only): a candidate's best
+    class score must exceed ``conf_thr``; the mask coefficients are used as exported.
+    """
+    cls = detections[4 : 4 + nc]  # (nc, A)
+    keep = np.flatnonzero(cls.max(axis=0) > conf_thr) if nc else np.zeros(0, np.int64)
+    x = np.ascontiguousarray(detections[:, keep].T)  # (K, 4+nc+nm): only the candidates are transposed
+    j = np.argmax(x[:, 4 : 4 + nc], axis=1) if len(x) else np.zeros(0, np.int64)
+    conf = x[np.arange(len(x)), 4 + j]
+    return x[:, :4], conf, j.astype(np.int64), x[:, 4 + nc :]
+
+
+_HEADS = {HeadLayout.YOLOV5: _candidates_yolov5, HeadLayout.YOLOV8: _candidates_yolov8}
+
+
+def _select(xywh: np.ndarray, conf: np.ndarray, j: np.ndarray, coeffs: np.ndarray, config: ModelConfig
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Candidates -> best MAX_NMS by score, class-aware NMS, cap. Returns boxes, scores, classes, coeffs."""
+    if len(conf) > MAX_NMS:
+        log.warning("decode: %d candidates above conf_threshold=%.3g, only the best %d enter NMS", len(conf),
+                    float(config.conf_threshold), MAX_NMS)
     order = np.argsort(-conf, kind="stable")[:MAX_NMS]
-    x, j, conf = x[order], j[order], conf[order]
-    boxes = center_xywh_to_xyxy(x[:, :4])  # (K, 4) float32
+    xywh, conf, j, coeffs = xywh[order], conf[order], j[order], coeffs[order]
+    boxes = center_xywh_to_xyxy(xywh)  # (K, 4) float32
     offset = (j.astype(np.float32) * np.float32(MAX_WH))[:, None]
     keep = nms(boxes + offset, conf, config.iou_threshold)
     cap = int(config.max_detections)
@@ -80,10 +119,7 @@ def _select(detections: np.ndarray, nc: int, config: ModelConfig) -> tuple[np.nd
         log.warning("decode: %d detections after NMS, keeping the %d best (model.max_detections); "
                     "raise model.max_detections to keep more", len(keep), cap)
         keep = keep[:cap]
-    # yolov5 multiplies every column from 5 on by objectness ("x[:, 5:] *= x[:, 4:5]"), mask
-    # coefficients included, and builds masks from those scaled coefficients: so do we.
-    coeffs = x[keep, 5 + nc :] * x[keep, 4:5]  # (N, nm)
-    return boxes[keep], conf[keep], j[keep].astype(np.int64), coeffs
+    return boxes[keep], conf[keep], j[keep], coeffs[keep]
 
 
 # ---------------------------------------------------------------------------- masks
@@ -110,17 +146,28 @@ def _crop_ranges(boxes: np.ndarray, mh: int, mw: int, ih: int, iw: int) -> np.nd
 
 
 def masks_from_protos(coeffs: np.ndarray, protos: np.ndarray, boxes: np.ndarray, input_hw: tuple[int, int],
-                      mask_threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """yolov5 ``process_mask(..., upsample=True)``.
+                      mask_threshold: float = 0.5, layout: HeadLayout | str = HeadLayout.YOLOV5
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Instance masks the way the layout's own package assembles them.
+
+    * ``yolov5``: yolov5 ``process_mask(..., upsample=True)``: ``sigmoid(coeffs @ protos)``
+      cropped to the box at prototype resolution, bilinearly upsampled, ``> mask_threshold``.
+    * ``yolov8``: ultralytics ``process_mask(..., upsample=True)``: the logits
+      ``coeffs @ protos`` bilinearly upsampled, ``> logit(mask_threshold)`` (0 for 0.5), then
+      cropped to the box at input resolution.
+
+    Bilinear is ``align_corners=False`` (torch's ``F.interpolate`` = ``cv2.INTER_LINEAR``).
 
     Args:
-        coeffs: (N, nm) float32 raw mask coefficients.
+        coeffs: (N, nm) float32 mask coefficients.
         protos: (nm, h, w) float32 prototypes.
         boxes: (N, 4) float32 xyxy in input pixels.
         input_hw: (H, W) model input size.
     Returns:
-        masks (N, H, W) bool and proto_probs (N, h, w) float32 (sigmoid, zero outside the box).
+        masks (N, H, W) bool and proto_probs (N, h, w) float32 (sigmoid, zero outside the box
+        at prototype resolution; the same for both layouts).
     """
+    layout = HeadLayout.from_value(layout)
     nm, mh, mw = protos.shape
     ih, iw = (int(v) for v in input_hw)
     n = len(coeffs)
@@ -129,60 +176,100 @@ def masks_from_protos(coeffs: np.ndarray, protos: np.ndarray, boxes: np.ndarray,
     if n == 0:
         return masks, probs
     ranges = _crop_ranges(boxes, mh, mw, ih, iw)
+    full = _crop_ranges(boxes, ih, iw, ih, iw) if layout is HeadLayout.YOLOV8 else None  # input-pixel crop
     flat = protos.reshape(nm, mh * mw)  # (nm, h*w)
     sy, sx = ih // mh, iw // mw
     integer_scale = sy * mh == ih and sx * mw == iw
     thr = np.float32(mask_threshold)
+    with np.errstate(divide="ignore"):
+        thr_logit = np.float32(np.log(np.float64(mask_threshold)) - np.log1p(-np.float64(mask_threshold)))
     for k in range(n):  # kept detections only (<= max_detections); work is limited to the box
         r0, r1, c0, c1 = ranges[k]
-        if r1 <= r0 or c1 <= c0:
+        if r1 > r0 and c1 > c0:
+            probs[k, r0:r1, c0:c1] = _sigmoid(_logits(coeffs[k], flat, mw, r0, r1)[:, c0:c1])
+        if layout is HeadLayout.YOLOV5:
+            if r1 <= r0 or c1 <= c0:
+                continue
+            if integer_scale:
+                # one zero row/column of margin makes the local bilinear resize equal the global one
+                e0, e1, f0, f1 = max(r0 - 1, 0), min(r1 + 1, mh), max(c0 - 1, 0), min(c1 + 1, mw)
+                up = cv2.resize(probs[k, e0:e1, f0:f1], ((f1 - f0) * sx, (e1 - e0) * sy), interpolation=cv2.INTER_LINEAR)
+                masks[k, e0 * sy : e1 * sy, f0 * sx : f1 * sx] = up > thr
+            else:
+                masks[k] = cv2.resize(probs[k], (iw, ih), interpolation=cv2.INTER_LINEAR) > thr
             continue
-        rows = flat[:, r0 * mw : r1 * mw]  # (nm, hb*w) view: whole rows keep it a strided view, no copy
-        probs[k, r0:r1, c0:c1] = _sigmoid((coeffs[k] @ rows).reshape(r1 - r0, mw)[:, c0:c1])
+        y0, y1, x0, x1 = full[k]  # input pixels kept by ultralytics' crop_mask (x1 <= col < x2)
+        if y1 <= y0 or x1 <= x0:
+            continue
         if integer_scale:
-            # one zero row/column of margin makes the local bilinear resize equal the global one
-            e0, e1, f0, f1 = max(r0 - 1, 0), min(r1 + 1, mh), max(c0 - 1, 0), min(c1 + 1, mw)
-            up = cv2.resize(probs[k, e0:e1, f0:f1], ((f1 - f0) * sx, (e1 - e0) * sy), interpolation=cv2.INTER_LINEAR)
-            masks[k, e0 * sy : e1 * sy, f0 * sx : f1 * sx] = up > thr
+            # the prototype window under the crop plus one cell of margin: bilinear output pixels
+            # of the crop then read the same source cells as in the global resize
+            e0, e1 = max(y0 // sy - 1, 0), min(-(-y1 // sy) + 1, mh)
+            f0, f1 = max(x0 // sx - 1, 0), min(-(-x1 // sx) + 1, mw)
+            window = _logits(coeffs[k], flat, mw, e0, e1)[:, f0:f1]
+            up = cv2.resize(np.ascontiguousarray(window), ((f1 - f0) * sx, (e1 - e0) * sy), interpolation=cv2.INTER_LINEAR)
+            masks[k, y0:y1, x0:x1] = up[y0 - e0 * sy : y1 - e0 * sy, x0 - f0 * sx : x1 - f0 * sx] > thr_logit
         else:
-            masks[k] = cv2.resize(probs[k], (iw, ih), interpolation=cv2.INTER_LINEAR) > thr
+            up = cv2.resize(_logits(coeffs[k], flat, mw, 0, mh), (iw, ih), interpolation=cv2.INTER_LINEAR)
+            masks[k, y0:y1, x0:x1] = up[y0:y1, x0:x1] > thr_logit
     return masks, probs
 
 
+def _logits(coeffs: np.ndarray, flat: np.ndarray, mw: int, r0: int, r1: int) -> np.ndarray:
+    """(r1 - r0, w) float32 mask logits ``coeffs @ protos`` of prototype rows r0..r1."""
+    rows = flat[:, r0 * mw : r1 * mw]  # (nm, hb*w) view: whole rows keep it a strided view, no copy
+    return (coeffs @ rows).reshape(r1 - r0, mw)
+
+
 # ---------------------------------------------------------------------------- public API
-def decode(detections: np.ndarray, protos: np.ndarray, input_hw: tuple[int, int], config: ModelConfig) -> Instances:
+def decode(detections: np.ndarray, protos: np.ndarray, input_hw: tuple[int, int], config: ModelConfig,
+           layout: HeadLayout | str = HeadLayout.YOLOV5) -> Instances:
     """Raw outputs of one image -> model-frame predictions.
 
     Args:
-        detections: (A, 5 + nc + nm) float32 (``output0`` row of one image).
+        detections: the ``output0`` row of one image, float32: (A, 5 + nc + nm) for the
+            ``yolov5`` layout, (4 + nc + nm, A) for ``yolov8`` (see ``model.layout``).
         protos: (nm, h, w) float32 (``output1`` row of one image).
         input_hw: (H, W) of the model input.
         config: thresholds (conf_threshold, iou_threshold, max_detections, mask_threshold).
+        layout: the export's head layout (``SegmentationModel.layout``, ``RawOutputs.layout``).
     Returns:
         Instances in the (H, W) input frame with scores; masks (N, H, W) bool;
-        extras["coeffs"] (N, nm) float32: the coefficients the masks are made from (raw
-        coefficients times objectness, as yolov5 does); extras["proto_probs"] (N, h, w)
-        float32: sigmoid(coeffs @ protos), zero outside the box.
+        extras["coeffs"] (N, nm) float32: the coefficients the masks are made from (yolov5:
+        raw coefficients times objectness, as yolov5 does; yolov8: as exported);
+        extras["proto_probs"] (N, h, w) float32: sigmoid(coeffs @ protos), zero outside the box.
+        With ``yolov8`` detections whose mask is empty are dropped after the cap, as
+        ultralytics' segment predictor does; yolov5's predictor keeps them.
     """
+    layout = HeadLayout.from_value(layout)
     detections = np.asarray(detections, dtype=np.float32)
     protos = np.asarray(protos, dtype=np.float32)
+    shape = "(A, 5+nc+nm)" if layout is HeadLayout.YOLOV5 else "(4+nc+nm, A)"
     if detections.ndim != 2 or protos.ndim != 3:
-        raise ValueError(f"decode takes one image: detections (A, 5+nc+nm) and protos (nm, h, w), "
+        raise ValueError(f"decode takes one image: detections {shape} ({layout.value} layout) and protos (nm, h, w), "
                          f"got {detections.shape} and {protos.shape}")
     nm, mh, mw = protos.shape
-    nc = detections.shape[1] - 5 - nm
+    channels = detections.shape[1] if layout is HeadLayout.YOLOV5 else detections.shape[0]
+    nc = channels - layout.box_channels - nm
     if nc < 1:
-        raise ValueError(f"detections have {detections.shape[1]} columns; with {nm} mask coefficients that leaves no class")
+        raise ValueError(f"detections {detections.shape} read as {shape} ({layout.value} layout) have {channels} "
+                         f"channels; with {nm} mask coefficients that leaves no class")
     ih, iw = (int(v) for v in input_hw)
-    boxes, scores, classes, coeffs = _select(detections, nc, config)
-    masks, probs = masks_from_protos(coeffs, protos, boxes, (ih, iw), config.mask_threshold)
+    candidates = _HEADS[layout](detections, nc, float(config.conf_threshold))
+    boxes, scores, classes, coeffs = _select(*candidates, config)
+    masks, probs = masks_from_protos(coeffs, protos, boxes, (ih, iw), config.mask_threshold, layout)
+    if layout is HeadLayout.YOLOV8:
+        filled = masks.any(axis=(1, 2))
+        if not filled.all():
+            boxes, scores, classes, coeffs, masks, probs = (a[filled] for a in (boxes, scores, classes, coeffs, masks, probs))
     return Instances(boxes=boxes, class_ids=classes, image_size=(ih, iw), masks=masks, scores=scores,
                      extras={"coeffs": np.ascontiguousarray(coeffs, dtype=np.float32), "proto_probs": probs})
 
 
 def decode_batch(raw, input_hw: tuple[int, int], config: ModelConfig) -> list[Instances]:
-    """``decode`` for every image of a ``RawOutputs`` batch."""
-    return [decode(raw.detections[i], raw.protos[i], input_hw, config) for i in range(len(raw.detections))]
+    """``decode`` for every image of a ``RawOutputs`` batch (in its ``layout``)."""
+    layout = getattr(raw, "layout", HeadLayout.YOLOV5)
+    return [decode(raw.detections[i], raw.protos[i], input_hw, config, layout) for i in range(len(raw.detections))]
 
 
 def _check_frame(pred: Instances, letterbox: Letterbox) -> None:

@@ -1,10 +1,13 @@
-"""The ONNX Runtime session around a YOLOv5-seg export: loading, I/O checks, provider choice.
+"""The ONNX Runtime session around a YOLO segmentation export: loading, I/O checks, provider choice.
 
-Any standard YOLOv5-seg export is accepted: static (1x3x640x640) or dynamic in
-batch/height/width, with or without an extra ``embedding`` output. Outputs are told apart
-by rank (3-D detections ``(N, A, 5 + nc + nm)``, 4-D prototypes ``(N, nm, h, w)``, 2-D
-embedding ``(N, D)``), with the usual names (``output0``, ``output1``, ``embedding``) only
-breaking ties.
+Standard YOLOv5-seg and Ultralytics YOLOv8/YOLO11-seg exports are accepted: static
+(1x3x640x640) or dynamic in batch/height/width, with or without an extra ``embedding``
+output. Outputs are told apart by rank (3-D detections, 4-D prototypes ``(N, nm, h, w)``,
+2-D embedding ``(N, D)``), with the usual names (``output0``, ``output1``, ``embedding``)
+only breaking ties. The detections' layout, YOLOv5's ``(N, A, 5 + nc + nm)`` or
+Ultralytics' channel-first, anchor-free ``(N, 4 + nc + nm, A)``, is detected from the
+shapes and the ONNX metadata (``model.layout.detect_layout``); ``RawOutputs.layout`` carries
+it to the decode.
 
 Provider choice (``ModelConfig.device``):
   * ``"cpu"``: CPU only.
@@ -48,13 +51,15 @@ import numpy as np
 
 from armbench_segmentation.config import ModelConfig
 from armbench_segmentation.errors import ModelError
+from armbench_segmentation.model.layout import ACCEPTED, HeadLayout, LayoutError, detect_layout
 
 log = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 _ORT_DEFAULT_SEVERITY = 2  # onnxruntime's own default (warning)
-_FIX = "point --model (or ARMBENCH_MODEL, or model.path in the config) at a YOLOv5-seg ONNX export"
+_FIX = "point --model (or ARMBENCH_MODEL, or model.path in the config) at a YOLOv5-seg or YOLOv8/YOLO11-seg ONNX export"
+PROBE_SIZE = 256  # blank probe input (pixels) when output sizes are symbolic: A = 1344 anchors for YOLOv8
 TELEMETRY_ENV = "ORT_DISABLE_TELEMETRY"
 MAX_NAMES_METADATA = 100_000  # characters of the 'names' metadata parsed at most
 
@@ -88,15 +93,18 @@ class RawOutputs:
     """Raw model outputs of a batch.
 
     Attributes:
-        detections: (N, A, 5 + nc + nm) float32: cx, cy, w, h (input pixels), objectness,
-            class scores (sigmoided), nm raw mask coefficients.
+        detections: float32 in the export's ``layout``: yolov5 (N, A, 5 + nc + nm): cx, cy, w,
+            h (input pixels), objectness, class scores (sigmoided), nm raw mask coefficients;
+            yolov8 (N, 4 + nc + nm, A): cx, cy, w, h, class scores, coefficients, channel first.
         protos: (N, nm, h, w) float32 mask prototypes.
         embedding: (N, D) float32 or None when the export has no embedding output.
+        layout: the head layout (``model.layout.HeadLayout``).
     """
 
     detections: np.ndarray
     protos: np.ndarray
     embedding: np.ndarray | None = None
+    layout: HeadLayout = HeadLayout.YOLOV5
 
     def __len__(self) -> int:
         return len(self.detections)
@@ -159,14 +167,16 @@ def _preload_cuda_libraries() -> None:
 
 # ---------------------------------------------------------------------------- model
 class SegmentationModel:
-    """A YOLOv5-seg ONNX export ready to run.
+    """A YOLOv5-seg or YOLOv8/YOLO11-seg ONNX export ready to run.
 
     Attributes:
         path: the ONNX file.
         input_name: name of the image input.
         input_hw: (H, W) for a static-size export, None when height/width are dynamic.
         static_batch: the fixed batch size of a static export, None when dynamic.
-        num_classes: nc, derived from the detections' last dimension (5 + nc + nm).
+        layout: the detections' head layout (``HeadLayout.YOLOV5`` or ``YOLOV8``).
+        num_classes: nc, derived from the detections' channel count (5 + nc + nm for
+            yolov5, 4 + nc + nm for yolov8).
         num_mask_coeffs: nm, the prototype channel count.
         has_embedding: whether the export has a 2-D embedding output.
         providers: the providers the session really uses.
@@ -288,7 +298,7 @@ class SegmentationModel:
             if not cands:
                 if required:
                     raise ModelError(f"{self.path}: no {rank}-D {what} output; outputs are {described}. "
-                                     f"A YOLOv5-seg export has output0 (N, A, 5+nc+32) and output1 (N, 32, H/4, W/4); {_FIX}")
+                                     f"Accepted: {ACCEPTED}; {_FIX}")
                 return None
             if len(cands) == 1:
                 return cands[0]
@@ -300,14 +310,19 @@ class SegmentationModel:
 
         det, proto = pick(3, "output0", "detections", True), pick(4, "output1", "mask prototypes", True)
         emb = pick(2, "embedding", "embedding", False)
-        nm, last = proto.shape[1], det.shape[2]
-        if not isinstance(nm, int) or not isinstance(last, int):
-            # e.g. yolov5's dynamic export names the detection width 'Concatoutput0_dim_2': run once to see it
-            nm, last = self._probe_widths(det.name, proto.name)
-        nc = last - 5 - nm
-        if nc < 1:
-            raise ModelError(f"{self.path}: detections have {last} columns, protos {nm} channels: that leaves "
-                             f"{nc} classes (5 + nc + nm columns expected); not a YOLOv5-seg export")
+        def concrete(d):
+            return d if isinstance(d, int) and d > 0 else None
+
+        nm, det_shape = concrete(proto.shape[1]), [concrete(d) for d in det.shape]
+        if nm is None or (det_shape[1] is None and det_shape[2] is None):
+            # e.g. yolov5's dynamic export names both detection axes ('anchors', 'Concatoutput0_dim_2'): run once to see them
+            nm, det_shape = self._probe_shapes(det.name, proto.name)
+        names = self._metadata_class_names()
+        metadata = dict(self._session.get_modelmeta().custom_metadata_map)
+        try:
+            self.layout, nc = detect_layout(det_shape, nm, metadata, None if names is None else len(names))
+        except LayoutError as exc:
+            raise ModelError(f"{self.path}: {exc}; {_FIX}") from None
         if self.class_names is None:
             names = self._metadata_class_names()
             self.class_names = names if names is not None and len(names) == nc else tuple(f"class{i}" for i in range(nc))
@@ -381,9 +396,9 @@ class SegmentationModel:
         log.warning("%s: the model's classes are in the order %s (ONNX metadata 'names'), data.class_names is %s: "
                     "class channels are remapped to the configured order", self.path, list(names), list(configured))
 
-    def _probe_widths(self, det_name: str, proto_name: str) -> tuple[int, int]:
-        """(nm, 5 + nc + nm) from one run on a small blank input (symbolic output dims)."""
-        h, w = self.input_hw or (64, 64)
+    def _probe_shapes(self, det_name: str, proto_name: str) -> tuple[int, list[int]]:
+        """(nm, detection shape) from one run on a blank input (symbolic output dims)."""
+        h, w = self.input_hw or (PROBE_SIZE, PROBE_SIZE)
         blank = np.zeros((self.static_batch or 1, 3, h, w), np.float32)
         try:
             det, proto = self._session.run([det_name, proto_name], {self.input_name: blank})
@@ -392,7 +407,7 @@ class SegmentationModel:
                              f"input failed: {str(exc).strip().splitlines()[0]}") from None
         if det.ndim != 3 or proto.ndim != 4:
             raise ModelError(f"{self.path}: probe run gave detections {det.shape} and protos {proto.shape}")
-        return int(proto.shape[1]), int(det.shape[2])
+        return int(proto.shape[1]), [int(d) for d in det.shape]
 
     # ------------------------------------------------------------------ info
     @cached_property
@@ -453,6 +468,11 @@ class SegmentationModel:
         emb = outs[2].astype(np.float32, copy=False) if self.has_embedding else None
         det = outs[0].astype(np.float32, copy=False)
         if self.class_permutation is not None:  # model class order -> configured order (in place: det is ours)
-            scores = det[..., 5 : 5 + self.num_classes]  # (N, A, nc) view
-            scores[...] = scores[..., list(self.class_permutation)]
-        return RawOutputs(det, outs[1].astype(np.float32, copy=False), emb)
+            perm, first = list(self.class_permutation), self.layout.box_channels
+            if self.layout is HeadLayout.YOLOV5:
+                scores = det[..., first : first + self.num_classes]  # (N, A, nc) view
+                scores[...] = scores[..., perm]
+            else:
+                scores = det[:, first : first + self.num_classes]  # (N, nc, A) view
+                scores[...] = scores[:, perm]
+        return RawOutputs(det, outs[1].astype(np.float32, copy=False), emb, self.layout)
