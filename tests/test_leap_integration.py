@@ -224,6 +224,174 @@ def test_relative_boxes(binder):
     assert (bbs[1].x, bbs[1].y, bbs[1].confidence, bbs[1].label) == (0.3, 0.375, 0.5, "Object")
 
 
+# ---------------------------------------------------------------------------- element instances
+def test_element_instances_are_the_gt_rows(binder, tiny_dataset):
+    responses = _responses(binder)
+    train = responses["train"]
+    mapping = train.sample_ids_to_instance_mappings
+    assert mapping["train_a"] == [f"train_a_{k}" for k in range(6)] and mapping["train_b"] == []
+    # train_c: 4 annotations in the JSON, the degenerate 121 dropped by the loader -> the last id has no object
+    assert binder.gt_instance_count("train_c", train) == 4 and binder.gt_instance("train_c", train, 3) is None
+    assert binder.gt_instance("train_c", train, 2) is not None
+    assert not (responses["unlabeled"].sample_ids_to_instance_mappings or {})  # no GT, no instances
+
+    loaded = binder._loaded("train_a", train)
+    scale2 = (S / 200) ** 2  # original 200 x 160 letterboxed to 640: areas scale by 3.2^2
+    original_areas = {101: 180 * 140, **tiny_dataset.expected["train_a_object_areas"]}
+    overlaps = {101: 0, 102: 1, 103: 0, 104: 0, 105: 0, 106: 1}  # 102 and 106 overlap; one tote
+    for k in range(6):
+        inst = binder.gt_instance("train_a", train, k)
+        assert inst.mask.dtype == np.float32 and inst.mask.shape == (S, S)
+        np.testing.assert_array_equal(inst.mask > 0.5, loaded.gt.masks[k])
+        meta = inst.instance_metadata
+        assert set(meta) == set(binder.INSTANCE_METADATA_TYPES)
+        ann = int(loaded.gt.ids[k])
+        assert meta["annotation_id"] == ann == 101 + k
+        assert meta["class"] == ("Tote" if ann == 101 else "Object") and meta["tote_color"] == "yellow"
+        assert meta["area"] == pytest.approx(original_areas[ann] * scale2, rel=0.03)
+        assert meta["area_fraction"] == pytest.approx(meta["area"] / S ** 2)
+        assert meta["box_overlaps"] == overlaps[ann] and meta["visible_fraction"] is None
+
+
+def _instance_values(binder, det, protos, boxes, masks) -> dict:
+    return {name[len("instance_"):]: getattr(binder, name)(det, protos, boxes, masks)
+            for name in binder.INSTANCE_ENGINE_COLUMNS}
+
+
+def test_instance_metrics_known_answers(binder):
+    val = _responses(binder)["val"]
+    boxes, masks = binder.gt_boxes("val_a", val)[None], binder.gt_masks("val_a", val)[None]
+    n = int(boxes[0, :, 5].sum())
+    assert n == 3
+    det, protos = _crafted_outputs(binder, boxes[0], masks[0])
+    v = _instance_values(binder, det, protos, boxes, masks)  # decorated: float16 inputs, validation
+    for name, per_object in v.items():
+        assert sorted(per_object) == [0, 1, 2], name
+    assert all(v["iou"][k][0] > 0.95 and v["best_iou"][k][0] >= v["iou"][k][0] - 1e-6 for k in range(n))
+    assert all(v["matched_score"][k][0] == pytest.approx(0.95 * 0.95, abs=1e-3) for k in range(n))  # obj x cls
+    for flag in ("missed", "over_segmented", "in_under_segmenting"):
+        assert [v[flag][k][0] for k in range(n)] == [0.0] * n, flag
+
+    objects = [int(i) for i in np.flatnonzero((boxes[0, :, 5] > 0.5) & (boxes[0, :, 4] == 0))]
+    det, protos = _crafted_outputs(binder, boxes[0], masks[0], merge=tuple(objects))
+    v = _instance_values(binder, det, protos, boxes, masks)
+    tote = next(k for k in range(n) if k not in objects)
+    assert [v["in_under_segmenting"][k][0] for k in objects] == [1.0, 1.0] and v["in_under_segmenting"][tote][0] == 0
+    assert sum(v["missed"][k][0] for k in objects) >= 1  # one merged prediction matches at most one object
+    for k in objects:
+        missed = v["missed"][k][0] == 1.0
+        assert np.isnan(v["iou"][k][0]) == missed and np.isnan(v["matched_score"][k][0]) == missed
+
+
+def test_instance_metrics_batch_and_unlabeled(binder):
+    val = _responses(binder)["val"]
+    rows = [(binder.gt_boxes(s, val), binder.gt_masks(s, val)) for s in ("val_a", "val_portrait")]
+    outs = [_crafted_outputs(binder, b, m) for b, m in rows]
+    k = max(len(b) for b, _ in rows)  # the two samples share K rows (padding)
+    boxes, masks = np.stack([b for b, _ in rows]), np.stack([m for _, m in rows])
+    det, protos = np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
+    v = binder.instance_iou(det, protos, boxes, masks)
+    assert sorted(v) == [0, 1, 2] and k >= 3  # val_a has 3 objects, val_portrait 2
+    assert all(len(a) == 2 for a in v.values())
+    assert np.isnan(v[2][1]) and np.isfinite(v[2][0]) and np.isfinite(v[1][1])
+    no_gt = np.zeros((1, 0), np.float32)
+    assert binder.instance_missed(outs[0][0], outs[0][1], no_gt, no_gt) == {}
+
+
+FRESH_REGISTRATIONS = r"""
+import json, os
+os.environ["TL_DISABLE_ANALYTICS"] = "1"
+import leap_binder
+from code_loader import leap_binder as binder
+def plain(d):
+    if isinstance(d, dict):
+        return {k: getattr(v, "name", v) for k, v in d.items()}
+    return getattr(d, "name", d)
+sc = binder.setup_container
+print(json.dumps({
+    "metrics": {h.metric_handler_data.name: [plain(h.metric_handler_data.direction),
+                plain(h.metric_handler_data.compute_insights)] for h in sc.metrics
+                if getattr(h.function, "__module__", None) == "leap_binder"},
+    "instance_metrics": {h.metric_handler_data.name: [plain(h.metric_handler_data.direction),
+                         h.metric_handler_data.compute_insights] for h in sc.instance_metrics}}))
+"""
+
+
+def test_metric_registration_follows_the_column_table():
+    """Registered as the platform reads them (a fresh import: code-loader overwrites the last
+    registered metric's direction on every call): every key of a dict metric with a column is a
+    quality measure with the column's direction, or descriptive with compute_insights False and
+    no direction."""
+    import json
+
+    from armbench_segmentation.analysis.columns import INSTANCE_COLUMN_DEFS, describe
+
+    env = {**os.environ, "TL_DISABLE_ANALYTICS": "1"}
+    out = subprocess.run([sys.executable, "-c", FRESH_REGISTRATIONS], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    reg = json.loads(out.stdout.strip().splitlines()[-1])
+    import leap_binder
+
+    arrow = {"worse": "Downward", "better": "Upward"}
+    keys = {"yolov5_seg_loss_parts": leap_binder.LOSS_COMPONENTS, "matching": leap_binder.MATCHING_KEYS,
+            "segmentation_errors": leap_binder.segmentation_column_names(), "uncertainty": leap_binder.UNCERTAINTY_KEYS}
+    assert set(keys) | {"confusion_matrix"} == set(reg["metrics"])
+    descriptive = []
+    for name, metric_keys in keys.items():
+        direction, insights = reg["metrics"][name]
+        for key in metric_keys:
+            column = describe(leap_binder.ENGINE_COLUMNS[name] + key)
+            assert column is not None, (name, key)
+            if column.direction:
+                assert direction[key] == arrow[column.direction] and insights.get(key, True) is True, (name, key)
+            else:
+                descriptive.append(f"{name}.{key}")
+                assert key not in direction and insights[key] is False, (name, key)
+    assert {"segmentation_errors.num_gt", "segmentation_errors.num_pred", "uncertainty.num_detections"} <= set(
+        descriptive)
+    for name, (direction, insights) in reg["instance_metrics"].items():
+        column = INSTANCE_COLUMN_DEFS["score" if name == "instance_matched_score"
+                                      else leap_binder.INSTANCE_ENGINE_COLUMNS[name]]
+        assert insights is (False if not column.direction else None), name
+        if column.direction:
+            assert direction == arrow[column.direction], name
+    assert reg["instance_metrics"]["instance_matched_score"][1] is False
+    assert reg["instance_metrics"]["instance_iou"][0] == "Upward"
+    assert reg["instance_metrics"]["instance_missed"][0] == "Downward"
+
+
+CHECK_DATASET = r"""
+import json, os, sys
+from code_loader import LeapLoader
+r = LeapLoader(sys.argv[1], "leap_binder.py").check_dataset()
+print(json.dumps({"is_valid": bool(r.is_valid), "error": r.general_error, "payloads": [p.name for p in r.payloads],
+                  "failed": [p.name for p in r.payloads if not p.is_passed],
+                  "has_element_instances": bool(r.setup and r.setup.has_element_instances)}))
+"""
+
+
+def test_check_dataset_is_valid_with_the_element_instances(tiny_dataset, tmp_path):
+    """What the platform runs first, in a fresh interpreter (no model needed: mapping mode)."""
+    import json
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARMBENCH_")}
+    env.update(TL_DISABLE_ANALYTICS="1", ARMBENCH_DATASET=str(tiny_dataset.root), HOME=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", CHECK_DATASET, str(ROOT)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["is_valid"] and result["failed"] == [] and result["error"] is None, result
+    assert result["has_element_instances"]
+    import leap_binder
+
+    instance_payloads = {p[len("builtin_instance_extra_metadata_"):] for p in result["payloads"]
+                         if p.startswith("builtin_instance_extra_metadata_")}
+    assert instance_payloads == set(leap_binder.INSTANCE_METADATA_TYPES)
+    assert "builtin_instance_metadata_is_instance" in result["payloads"]
+    assert not (tmp_path / ".tensorleap").exists()
+
+
 # ---------------------------------------------------------------------------- leap.yaml
 @pytest.mark.parametrize("pattern, path, expected", [
     ("armbench_segmentation/**/*.py", "armbench_segmentation/config.py", True),
