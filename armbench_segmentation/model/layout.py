@@ -90,8 +90,9 @@ def detect_layout(det_shape: Sequence[int], nm: int, metadata: Mapping[str, str]
 
     Rule: a layout fits when it leaves at least one class. With ``names`` in the metadata only
     layouts whose class count equals the number of names are kept (unless none is, then the
-    count is not used). Ultralytics' metadata means ``yolov8``. When both still fit, the
-    anchor axis is the longer one (A is thousands at usual input sizes, channels tens).
+    count is not used). Ultralytics' metadata means ``yolov8``. Unless the names' count
+    confirmed it, a layout must read the longer axis as the anchors (A is thousands at usual
+    input sizes, channels tens; a symbolic axis counts as the longer).
     """
     metadata = dict(metadata or {})
     found = f"found output0 {tuple(det_shape)} with output1 of {nm} prototype channels"
@@ -114,10 +115,17 @@ def detect_layout(det_shape: Sequence[int], nm: int, metadata: Mapping[str, str]
             fits[layout] = (nc, anchors, channels)
     if n_names is not None and any(v[0] == n_names for v in fits.values()):
         fits = {k: v for k, v in fits.items() if v[0] == n_names}
+        confirmed = True
+    else:
+        confirmed = False
     if _ultralytics(metadata):
         fits = {k: v for k, v in fits.items() if k is HeadLayout.YOLOV8}
-    if len(fits) > 1:  # both axes concrete
-        fits = {k: v for k, v in fits.items() if v[1] is None or v[1] > v[2]}
+    if not confirmed:  # without the names' count the anchor axis must be the longer one
+        plausible = {k: v for k, v in fits.items() if v[1] is None or v[1] > v[2]}
+        if len(fits) > 1 and not plausible:
+            raise LayoutError(f"{found}: it fits both and cannot be told apart (as many anchors as channels); "
+                              f"add the class names to the ONNX metadata ('names'). Accepted: {ACCEPTED}")
+        fits = plausible
     if len(fits) != 1:
         why = "it fits neither" if not fits else "it fits both and cannot be told apart"
         hint = " (ONNX metadata says Ultralytics, so YOLOv8/YOLO11 was expected)" if _ultralytics(metadata) else ""
