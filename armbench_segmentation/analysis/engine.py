@@ -8,7 +8,8 @@ into ``out_dir`` (and, with ``synthetic=True``, the synthetic dataset cache):
     predictions_<split>.json         COCO results per split (original resolution)
     errors.csv, run.json             failed samples; provenance of the run
     clusters.csv                     one row per cluster with its insight
-    label_picks.csv|.coco.json|.provenance.json   images to label next (analysis.selection)
+    label_picks.csv|.coco.json|.provenance.json   images to label next (analysis.selection), with
+    label_picks.label_studio.json|.label_config.xml  the model's predictions as pre-annotations
     prune_keep.csv, prune_drop.csv, prune_summary.csv, prune.provenance.json, train_pruned.json
     galleries/over|under/*.jpg       worst over/under-segmented samples
     dashboard.html                   the offline dashboard (analysis.report)
@@ -395,7 +396,8 @@ def write_outputs(out_dir: Path, frame: Any, insights: Insights, store: ResultsS
     if insights.picks is not None:
         categories = dataset.coco(UNLABELED).dataset.get("categories") or None
         for name, path in selection.write_label_picks(out_dir, insights.picks, frame, categories=categories,
-                                                     crop_provider=crop_provider).items():
+                                                     crop_provider=crop_provider, store=store,
+                                                     dataset=dataset).items():
             files[f"label_picks_{name}"] = path
     if insights.pruning is not None:
         for name, path in selection.write_prune_lists(out_dir, insights.pruning).items():
@@ -408,12 +410,27 @@ def write_outputs(out_dir: Path, frame: Any, insights: Insights, store: ResultsS
 
 def write_dashboard(out_dir: Path, frame: Any, insights: Insights, views: SampleViews, store: ResultsStore,
                     settings: Settings) -> Path:
-    """Galleries of the worst over/under segmentation and the offline HTML dashboard."""
-    from armbench_segmentation.analysis.report import GALLERY_KINDS, build_gallery, write_report
+    """Galleries of the worst over/under segmentation and the offline HTML dashboard, whose
+    larger views show the sample's GT and its STORED predictions as two toggled layers drawn
+    by ``visualize.draw_comparison`` (model frame, the frame of the galleries)."""
+    from armbench_segmentation.analysis.report import (
+        GALLERY_KINDS, SampleLayers, build_gallery, layer_from_drawing, write_report,
+    )
+    from armbench_segmentation.visualize import draw_comparison
+
+    names = settings.data.class_names
+
+    def layers(sample_id: str) -> SampleLayers:
+        sample = views.samples[sample_id]
+        loaded = views.dataset.load(sample)
+        pred = views._model_frame_predictions(sample, loaded.letterbox)
+        hw = loaded.image.shape[:2]
+        return SampleLayers(loaded.image, layer_from_drawing(lambda im: draw_comparison(im, loaded.gt, None), hw),
+                            layer_from_drawing(lambda im: draw_comparison(im, None, pred, class_names=names), hw))
 
     n = int(settings.analysis.gallery_size)
     galleries = [build_gallery(frame, kind, views.error_view, n=n, out_dir=out_dir) for kind in GALLERY_KINDS]
     provenance = {"run_key": store.run_key, **store.run_info()}
     return write_report(out_dir, frame, insights.projection, clusters=insights.clusters, label_picks=insights.picks,
                         prune_result=insights.pruning, galleries=galleries, thumbnails=views.thumbnail,
-                        provenance=provenance, seed=int(settings.data.seed))
+                        layers=layers, provenance=provenance, seed=int(settings.data.seed))

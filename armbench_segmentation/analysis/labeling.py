@@ -389,11 +389,14 @@ def _dump(obj: Any) -> str:
 
 
 def write_selection_exports(out_dir: str | Path, store: Any, dataset: Any, sample_ids: Sequence[Any], name: str,
-                            picks: Any = None, image_url: str = DEFAULT_IMAGE_URL) -> dict[str, Path]:
+                            picks: Any = None, image_url: str = DEFAULT_IMAGE_URL,
+                            write_ids: bool = True) -> dict[str, Path]:
     """Write ``<name>.ids.csv`` (sample_id, split, file_name, and rank, score, reason for
     picks), ``<name>.coco.json`` (:func:`coco_prelabels`), ``<name>.label_studio.json``
     (:func:`label_studio_tasks`) and ``<name>.label_config.xml`` into ``out_dir``, each
     atomically. ``name`` is made file-safe (:func:`safe_name`).
+
+    ``write_ids=False`` leaves the ids CSV out (the labeling picks have their own CSV).
 
     Returns:
         the paths by kind: "ids", "coco", "label_studio", "label_config".
@@ -414,7 +417,10 @@ def write_selection_exports(out_dir: str | Path, store: Any, dataset: Any, sampl
         table.insert(0, "rank", [it.rank for it in items])
         table["score"] = [it.score for it in items]
         table["reason"] = [it.reason for it in items]
-    write_csv(table, paths["ids"])
+    if write_ids:
+        write_csv(table, paths["ids"])
+    else:
+        del paths["ids"]
     coco = coco_prelabels(store, dataset, sample_ids, picks, _items_cache=items)
     atomic_write_text(paths["coco"], _dump(coco))
     atomic_write_text(paths["label_studio"], _dump(label_studio_tasks(store, dataset, sample_ids, picks, image_url,

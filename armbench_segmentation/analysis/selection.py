@@ -29,9 +29,11 @@ something before dense ones keep more. Near-duplicates are dropped first. Within
 ``prefer`` picks which samples stay: ``"balanced"`` (random), ``"hard"`` (far from the
 centroid first; Sorscher et al. 2022 for plentiful data) or ``"easy"`` (near first; scarce data).
 
-Exports write into an output folder: ranked CSVs, a COCO file of the picked images (images +
-categories, no annotations) for CVAT / Label Studio, optional crops, keep/drop CSVs and a
-pruned copy of the original ``train.json``.
+Exports write into an output folder: ranked CSVs, the picked images with the model's
+predictions as polygon pre-annotations for CVAT (COCO) and Label Studio (tasks + labeling
+config; ``analysis.labeling``), optional crops, keep/drop CSVs and a pruned copy of the
+original ``train.json``. Every score follows its rank (never higher at a later rank) and
+distance bands are numbered 1 (nearest the centroid) to ``n_bands`` in every file.
 """
 
 from __future__ import annotations
@@ -50,10 +52,11 @@ import pandas as pd
 from armbench_segmentation import package_version
 from armbench_segmentation.analysis.clustering import _numeric
 from armbench_segmentation.analysis.exports import write_csv
+from armbench_segmentation.analysis.labeling import DEFAULT_CATEGORIES
 from armbench_segmentation.analysis.projection import (
     check_embeddings, embeddings_digest, fit_rows, labeled_mask, reduce_embeddings,
 )
-from armbench_segmentation.codecs import json_default
+from armbench_segmentation.codecs import atomic_write_text, json_default
 from armbench_segmentation.splits import UNLABELED
 from armbench_segmentation.structures import python_scalar
 
@@ -70,8 +73,6 @@ READABLE = {
     "unc_mask_entropy": "mask entropy", "unc_score_entropy": "score entropy", "unc_margin": "margin uncertainty",
     "unc_least_confidence": "least confidence", "unc_low_conf_count": "low-confidence detections",
 }
-DEFAULT_CATEGORIES = ({"id": 1, "name": "Tote", "supercategory": ""},
-                      {"id": 2, "name": "Object", "supercategory": ""})  # ARMBench ids
 
 
 # --------------------------------------------------------------------------------------
@@ -209,7 +210,7 @@ def _uncertainty_strategy(strategy: str) -> Callable[[_Context, int, dict], _Pic
                     break
         order = np.lexsort((np.arange(len(values)), -tie, -key))[:budget]  # stable: key desc, tie desc, index
         reasons = _unc_phrase(ctx, column, order)
-        return _Picks(order, np.where(np.isfinite(values[order]), values[order], 0.0), reasons,
+        return _Picks(order, values[order], reasons,  # a missing value ranks last with no score
                       {"uncertainty": values[order]}, (f"score = {column}",))
 
     run.__name__ = f"_{strategy}"
@@ -298,9 +299,20 @@ def _diversity(ctx: _Context, budget: int, params: dict) -> _Picks:
         if np.isfinite(r) and np.isfinite(r0) and r < 0.8 * r0:
             text += f"; {r:.1f}x median from the nearest earlier pick"
         reasons.append(text)
-    score = np.where(np.isfinite(ratio), ratio, 0.0)
-    return _Picks(order, score, reasons, {"distance_ratio": d0}, ("score = distance to labeled data and earlier "
-                                                                   "picks / median distance to labeled data",))
+    return _Picks(order, _greedy_score(dist / med), reasons, {"distance_ratio": d0},
+                  ("score = distance to labeled data and earlier picks / median distance to labeled data "
+                   "(the k-center greedy order)",))
+
+
+def _greedy_score(ratio: np.ndarray) -> np.ndarray:
+    """k-center greedy's own criterion as the score: the distance of each pick, when it was
+    picked, to the labeled data and the earlier picks (non-increasing along the order). A pick
+    made with nothing to measure from (no labeled data: infinite distance) ties with the
+    largest finite one (1.0 when there is none), so the score never contradicts the rank."""
+    r = np.asarray(ratio, np.float64)
+    finite = r[np.isfinite(r)]
+    top = float(finite.max()) if finite.size else 1.0
+    return np.where(np.isinf(r), top, r)
 
 
 def _combined(ctx: _Context, budget: int, params: dict) -> _Picks:
@@ -325,9 +337,10 @@ def _combined(ctx: _Context, budget: int, params: dict) -> _Picks:
     for p, r0 in zip(order, d0):
         best = min(cols, key=lambda c: shares[c][p])
         reasons.append(f"{_unc_phrase(ctx, best, np.array([p]))[0]}, {_distance_phrase(r0)}")
-    score = u[order] * np.where(np.isfinite(d0), np.minimum(d0, 10.0), 1.0)
     notes = (f"pool = {pool_size} most uncertain of {len(u)} (mean percentile over {cols}), then k-center greedy",
-             "score = uncertainty percentile x distance to labeled data / median")
+             "score = distance to labeled data and earlier picks / median distance to labeled data (the k-center "
+             "greedy order inside the pool); uncertainty_percentile and distance_ratio are the pool and spread inputs")
+    score = _greedy_score(np.where(np.isfinite(dist), dist / med, dist))
     return _Picks(order, score, reasons, {"uncertainty_percentile": u[order], "distance_ratio": d0}, notes)
 
 
@@ -360,7 +373,8 @@ PICK_COLUMNS = ["rank", "sample_id", "file_name", "score", "reason", "strategy"]
 @dataclass(frozen=True)
 class LabelingResult:
     """Ranked labeling picks. ``picks`` columns: rank (1 = first to label), sample_id,
-    file_name, score (strategy-specific, higher = more wanted), reason, strategy, and
+    file_name, score (the value the strategy ranked by: higher = more wanted, so it never
+    increases with the rank; NaN, ranked last, where a sample has no value), reason, strategy, and
     strategy-specific extras (uncertainty, distance_ratio, neighbour_loss, ...).
     ``row_index``: positions of the picks in the input frame."""
 
@@ -434,28 +448,34 @@ def select_for_labeling(frame: pd.DataFrame, embeddings: Any, budget: int = 50, 
 # --------------------------------------------------------------------------------------
 
 def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, default=json_default) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=2, default=json_default) + "\n")
 
 
 def write_label_picks(out_dir: str | Path, result: LabelingResult, frame: pd.DataFrame | None = None,
                       categories: Sequence[dict] | None = None,
-                      crop_provider: Callable[[str], Any] | None = None, prefix: str = "label_picks") -> dict[str, Path]:
+                      crop_provider: Callable[[str], Any] | None = None, prefix: str = "label_picks",
+                      store: Any = None, dataset: Any = None) -> dict[str, Path]:
     """Write the labeling picks into ``out_dir``.
 
-    Files: ``{prefix}.csv`` (ranked list), ``{prefix}.coco.json`` (COCO with ``images`` +
-    ``categories``, empty ``annotations``: import into CVAT / Label Studio, then upload the
-    listed images), ``{prefix}.provenance.json`` and, with ``crop_provider``, ``crops/``.
+    Files: ``{prefix}.csv`` (ranked list), ``{prefix}.provenance.json``, ``{prefix}.coco.json``
+    and, with ``crop_provider``, ``crops/``. With ``store`` (the run's results store) the COCO
+    file carries the model's predictions as polygon pre-annotations and
+    ``{prefix}.label_studio.json`` + ``{prefix}.label_config.xml`` are written too
+    (``analysis.labeling``: image id = rank, rank/score/reason per image, tasks in rank order);
+    without it the COCO file lists the images only (same image entries, no annotations).
 
     Args:
         frame: the frame given to :func:`select_for_labeling`; its ``image_id``, ``width``,
-            ``height`` and ``file_name`` columns fill the COCO images (missing width/height
-            are left out with a warning).
-        categories: COCO categories (default ARMBench's: 1 Tote, 2 Object). Pass the ones of
-            the dataset's own JSON when they differ.
+            ``height`` and ``file_name`` columns fill the COCO images when there is no store
+            (missing width/height are left out with a warning).
+        categories: COCO categories without a store (default ARMBench's: 1 Tote, 2 Object);
+            with a store they come from ``dataset``.
         crop_provider: ``crop_provider(sample_id) -> RGB uint8 image | list of them | None``,
-            e.g. the regions of highest mask entropy; written as PNG.
+            e.g. the regions of highest mask entropy; written as JPEG.
+        store, dataset: the results store (run started) and the ``ArmbenchDataset``.
     Returns:
-        name -> path of each file written.
+        name -> path of each file written ("csv", "provenance", "coco", and with a store
+        "label_studio", "label_config"; "crops").
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -463,33 +483,50 @@ def write_label_picks(out_dir: str | Path, result: LabelingResult, frame: pd.Dat
              "provenance": out / f"{prefix}.provenance.json"}
     write_csv(result.picks, paths["csv"])
     _write_json(paths["provenance"], result.provenance)
+    if store is not None:
+        from armbench_segmentation.analysis import labeling
 
+        keys = [(str(frame.iloc[int(r)]["split"]), sid) if frame is not None and "split" in frame.columns else sid
+                for r, sid in zip(result.row_index, result.sample_ids)]
+        written = labeling.write_selection_exports(out, store, dataset, keys, prefix, picks=result.picks,
+                                                   write_ids=False)
+        paths.update({k: v for k, v in written.items() if k != "ids"})
+    else:
+        _write_picks_images_only(paths["coco"], result, frame, categories)
+    if crop_provider is not None:
+        paths["crops"] = _write_crops(out / "crops", result, crop_provider)
+    return paths
+
+
+def _write_picks_images_only(path: Path, result: LabelingResult, frame: pd.DataFrame | None,
+                             categories: Sequence[dict] | None) -> None:
+    """The picks' COCO file without predictions: the image entries ``analysis.labeling``
+    writes (id = rank, rank, score, reason, sample_id, dataset_image_id), no annotations."""
     images, missing_size = [], 0
-    for i, (row_idx, pick) in enumerate(zip(result.row_index, result.picks.itertuples(index=False))):
+    for row_idx, pick in zip(result.row_index, result.picks.itertuples(index=False)):
         src = frame.iloc[int(row_idx)] if frame is not None else None
         image_id = python_scalar(src.get("image_id")) if src is not None else None
         file_name = pick.file_name if isinstance(pick.file_name, str) and pick.file_name else f"{pick.sample_id}.jpg"
-        img = {"id": int(image_id) if image_id is not None else i + 1, "file_name": file_name}
+        img = {"id": int(pick.rank), "file_name": file_name}
         w = python_scalar(src.get("width")) if src is not None else None
         h = python_scalar(src.get("height")) if src is not None else None
         if w is not None and h is not None:
             img["width"], img["height"] = int(w), int(h)
         else:
             missing_size += 1
-        img["armbench_rank"], img["armbench_reason"] = int(pick.rank), str(pick.reason)
+        score = float(pick.score)
+        img.update(sample_id=str(pick.sample_id), dataset_image_id=None if image_id is None else int(image_id),
+                   rank=int(pick.rank), score=score if math.isfinite(score) else None, reason=str(pick.reason))
         images.append(img)
     if missing_size:
         logger.warning("%d of %d picked images have no width/height in the frame; COCO 'images' entries "
                        "are written without them (CVAT reads them from the uploaded files)", missing_size, len(images))
     coco = {"info": {"description": "armbench-segmentation labeling picks", "date_created": result.provenance.get("created"),
-                     "strategy": result.provenance.get("strategy"), "model_hash": result.provenance.get("model_hash")},
+                     "strategy": result.provenance.get("strategy"), "model_hash": result.provenance.get("model_hash"),
+                     "image_id": "rank"},
             "licenses": [], "images": images, "annotations": [],
             "categories": [dict(c) for c in (categories or DEFAULT_CATEGORIES)]}
-    _write_json(paths["coco"], coco)
-
-    if crop_provider is not None:
-        paths["crops"] = _write_crops(out / "crops", result, crop_provider)
-    return paths
+    _write_json(path, coco)
 
 
 def _write_crops(folder: Path, result: LabelingResult, provider: Callable[[str], Any]) -> Path:
@@ -532,8 +569,10 @@ PREFERENCES = ("balanced", "hard", "easy")
 @dataclass(frozen=True)
 class PruneResult:
     """``decisions``: one row per train sample (sample_id, file_name, cluster, subgroup,
-    distance, band (0 = nearest the centroid), keep, reason, duplicate_of, similarity).
-    ``summary``: one row per cluster (size, kept, dropped, duplicates_dropped, kept_band_<b>)."""
+    distance, band (1 = nearest the centroid ... n_bands = farthest, as the reasons' "distance
+    band 1/4"), keep, reason, duplicate_of, similarity).
+    ``summary``: one row per cluster (size, kept, dropped, duplicates_dropped, kept_band_<b> and
+    size_band_<b> for b = 1 .. n_bands)."""
 
     decisions: pd.DataFrame
     summary: pd.DataFrame
@@ -696,7 +735,7 @@ def select_for_pruning(frame: pd.DataFrame, embeddings: Any, cluster_labels: Any
         lo, hi = float(dist.min()), float(dist.max())
         b = (np.zeros(m, np.int64) if hi - lo <= 1e-12
              else np.minimum(((dist - lo) / (hi - lo) * n_bands).astype(np.int64), n_bands - 1))
-        band[members] = b
+        band[members] = b + 1  # 1 = nearest the centroid, as in the reasons ("distance band 1/4")
         # sub-groups
         g = np.zeros(m, np.int64)
         if subgroup_size and m > subgroup_size:
@@ -749,9 +788,9 @@ def select_for_pruning(frame: pd.DataFrame, embeddings: Any, cluster_labels: Any
         keep[members] = kept_local
         row = {"cluster": int(cid), "size": m, "kept": int(kept_local.sum()), "dropped": int(m - kept_local.sum()),
                "duplicates_found": n_dup_total, "duplicates_dropped": n_dup_dropped}
-        for bb in range(n_bands):
-            row[f"kept_band_{bb}"] = int((kept_local & (b == bb)).sum())
-            row[f"size_band_{bb}"] = int((b == bb).sum())
+        for bb in range(n_bands):  # 1-based names, like the band column and the reasons
+            row[f"kept_band_{bb + 1}"] = int((kept_local & (b == bb)).sum())
+            row[f"size_band_{bb + 1}"] = int((b == bb).sum())
         summary.append(row)
     decisions = pd.DataFrame({
         "sample_id": ids,

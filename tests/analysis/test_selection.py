@@ -121,9 +121,34 @@ def test_label_exports_csv_coco_and_crops(tmp_path):
     coco = json.loads(paths["coco"].read_text())
     assert [im["file_name"] for im in coco["images"]] == [f"{s}.jpg" for s in res.sample_ids]
     assert coco["annotations"] == [] and {c["name"] for c in coco["categories"]} == {"Tote", "Object"}
-    assert coco["images"][0]["width"] == 2448 and coco["images"][0]["id"] >= 100
+    first = coco["images"][0]
+    assert first["width"] == 2448 and first["id"] == 1 and first["rank"] == 1  # image id = rank
+    assert first["dataset_image_id"] == frame.set_index("sample_id").loc[res.sample_ids[0], "image_id"]
+    assert [im["score"] for im in coco["images"]] == pytest.approx(res.picks["score"].tolist())
     assert json.loads(paths["provenance"].read_text())["model_hash"] == "m1"
     assert len(list(paths["crops"].glob("*.jpg"))) == 4
+
+
+@pytest.mark.parametrize("strategy", sorted(LABEL_STRATEGIES))
+@pytest.mark.parametrize("case", ["full", "missing_values", "no_labeled_data"])
+def test_score_never_increases_with_the_rank(strategy, case):
+    """The exported score is what the ranking used: rank 1 has the highest (the demo run had
+    rank 1 at 0.43 and rank 3 at 1.01 when the combined strategy re-ordered by k-center)."""
+    frame, emb = _frame(n=240, seed=3)
+    if case == "missing_values":
+        unl = frame.index[frame["split"] == "unlabeled"]
+        frame.loc[unl[::3], [c for c in frame.columns if c.startswith("unc_")]] = np.nan
+    if case == "no_labeled_data":
+        if strategy == "loss_neighbourhood":
+            pytest.skip("needs labeled samples (raises, tested elsewhere)")
+        frame["split"] = "unlabeled"
+    res = select_for_labeling(frame, emb, budget=25, strategy=strategy)
+    score = res.picks["score"].to_numpy(np.float64)
+    finite = np.isfinite(score)
+    assert finite.sum() >= 15
+    assert not (~finite[:-1] & finite[1:]).any(), "a missing score ranks above a present one"
+    s = score[finite]
+    assert (np.diff(s) <= 1e-9).all(), f"scores rise along the rank: {np.round(s, 3).tolist()}"
 
 
 # ------------------------------------------------------------------ pruning
@@ -164,6 +189,22 @@ def test_pruning_keeps_the_fraction_per_cluster_and_covers_every_band(keep_fract
             assert g["keep"].any(), f"cluster {cid} band {band} lost all its samples"
     assert d["reason"].str.startswith(("kept:", "dropped:")).all()
     assert len(res.keep_ids) + len(res.drop_ids) == len(frame)
+
+
+def test_band_numbers_are_one_based_in_the_column_the_reasons_and_the_summary():
+    frame, emb, labels = _clusters()
+    res = select_for_pruning(frame, emb, labels, keep_fraction=0.5, n_bands=4, dedup_threshold=None)
+    d = res.decisions
+    assert set(d["band"]) == {1, 2, 3, 4}
+    named = d["reason"].str.extract(r"distance band (\d)/4")[0].astype(int)
+    assert (named == d["band"]).all()
+    nearest = d.groupby("cluster")["distance"].idxmin()
+    assert (d.loc[nearest, "band"] == 1).all() and (d.loc[d.groupby("cluster")["distance"].idxmax(), "band"] == 4).all()
+    summary = res.summary.set_index("cluster")
+    for b in range(1, 5):
+        kept = d[d["keep"] & (d["band"] == b)].groupby("cluster").size().reindex(summary.index, fill_value=0)
+        assert (summary[f"kept_band_{b}"] == kept).all()
+    assert "kept_band_0" not in summary.columns and "size_band_0" not in summary.columns
 
 
 def test_hard_preference_keeps_farther_samples_than_easy():
