@@ -26,6 +26,7 @@ other than the bound loopback names are refused (DNS rebinding).
 from __future__ import annotations
 
 import logging
+import socket
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -217,11 +218,12 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8765, quiet:
     run = ExploreRun(run_dir)
     loopback = host in ("127.0.0.1", "localhost", "::1")
     app = create_app(run, LOOPBACK_NAMES if loopback else None)
-    try:
-        server = make_server(host, port, app, threaded=True)
+    try:  # bound here: werkzeug's own bind error exits the process with its own message
+        sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
     except OSError as exc:
         run.close()
         raise ArmbenchError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port") from None
+    server = make_server(host, sock.getsockname()[1], app, threaded=True, fd=sock.fileno())
     shown = f"[{host}]" if ":" in host else host
     print(f"armbench serve: {len(run.frame)} samples of run {run.run_key}; open http://{shown}:{server.port}/ "
           f"(Ctrl+C stops)", flush=True)
