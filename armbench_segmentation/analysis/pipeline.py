@@ -48,21 +48,24 @@ class RawSample:
     """Raw model outputs of ONE image.
 
     Attributes:
-        detections: (A, 5 + nc + nm) float32.
+        detections: (A, 5 + nc + nm) float32 (yolov5 layout) or (4 + nc + nm, A) (yolov8).
         protos: (nm, h, w) float32.
         embedding: (D,) float32 or None when the export has no embedding output.
+        layout: the export's head layout (``model.layout.HeadLayout`` value).
     """
 
     detections: np.ndarray
     protos: np.ndarray
     embedding: np.ndarray | None = None
+    layout: str = "yolov5"
 
 
 def split_raw(raw: Any) -> list[RawSample]:
     """A batch's ``RawOutputs`` -> one ``RawSample`` per image (views, no copies)."""
     n = len(raw.detections)
     emb = getattr(raw, "embedding", None)
-    return [RawSample(raw.detections[i], raw.protos[i], None if emb is None else emb[i]) for i in range(n)]
+    layout = getattr(raw, "layout", "yolov5")
+    return [RawSample(raw.detections[i], raw.protos[i], None if emb is None else emb[i], layout) for i in range(n)]
 
 
 @dataclass(frozen=True, eq=False)
@@ -141,7 +144,7 @@ def process_sample(loaded: Any, raw: RawSample, model: Any, settings: Settings,
 
     sample = loaded.sample
     class_names = tuple(settings.data.class_names)
-    evaluation = evaluate_sample(raw.detections, raw.protos, loaded.gt, settings, _input_hw(model, loaded))
+    evaluation = evaluate_sample(raw.detections, raw.protos, loaded.gt, settings, _input_hw(model, loaded), raw.layout)
 
     row: dict[str, Any] = {
         "split": sample.split, "sample_id": sample.sample_id, "image_id": int(sample.image_id),

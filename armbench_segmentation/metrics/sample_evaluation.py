@@ -29,6 +29,7 @@ positions; the engine adds the COCO annotation id of each GT row to its instance
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -305,8 +306,28 @@ def _hard_region(pred: Instances, settings: Settings) -> tuple[int, int, int, in
     return tuple(int(v) for v in hardest_region(entropy_map(pred[keep]), HARD_REGION_WINDOW))
 
 
+_loss_warned = False
+
+
+def _has_yolov5_loss(layout: str) -> bool:
+    """Whether the YOLOv5-seg loss can be recomputed for this head layout; for another head
+    one warning per process says why the loss columns are empty."""
+    global _loss_warned
+    from armbench_segmentation.model.layout import HeadLayout
+
+    if HeadLayout.from_value(layout) is HeadLayout.YOLOV5:
+        return True
+    if not _loss_warned:
+        _loss_warned = True
+        logging.getLogger(__name__).warning(
+            "loss not computed: the model is a %s-layout export and the YOLOv5-seg training loss needs YOLOv5's "
+            "objectness and anchor grid, which it does not have; the loss columns stay empty, error_rate and the "
+            "other metrics are computed as usual", HeadLayout.from_value(layout).value)
+    return False
+
+
 def evaluate_sample(detections: np.ndarray, protos: np.ndarray, gt: Instances | None, settings: Settings,
-                    input_hw: tuple[int, int]) -> SampleEvaluation:
+                    input_hw: tuple[int, int], layout: str = "yolov5") -> SampleEvaluation:
     """The per-sample evaluation (see the module docstring).
 
     Args:
@@ -315,6 +336,10 @@ def evaluate_sample(detections: np.ndarray, protos: np.ndarray, gt: Instances | 
         gt: model-frame ground truth with masks (G, S, S), or None for an unlabeled sample.
         settings: decode thresholds (``model``), metric parameters (``metrics``), class names.
         input_hw: the model frame ``(S, S)``.
+        layout: the export's head layout (``model.layout.HeadLayout``: ``"yolov5"`` or
+            ``"yolov8"``, ``RawOutputs.layout``); ``detections`` is then (4 + nc + nm, A).
+            The YOLOv5-seg loss needs yolov5's objectness and anchors: for ``"yolov8"``
+            ``losses`` is None (the loss columns are None; one warning per process).
     Returns:
         :class:`SampleEvaluation`.
     """
@@ -328,7 +353,7 @@ def evaluate_sample(detections: np.ndarray, protos: np.ndarray, gt: Instances | 
     class_names = tuple(settings.data.class_names)
     input_hw = tuple(int(v) for v in input_hw)
     detections, protos = np.asarray(detections, np.float32), np.asarray(protos, np.float32)
-    pred = decode(detections, protos, input_hw, settings.model)
+    pred = decode(detections, protos, input_hw, settings.model, layout)
     base = dict(predictions=pred, class_names=class_names, uncertainty=uncertainty_scores(pred, settings.metrics),
                 hard_region=_hard_region(pred, settings))
     if gt is None:
@@ -351,5 +376,5 @@ def evaluate_sample(detections: np.ndarray, protos: np.ndarray, gt: Instances | 
     return SampleEvaluation(
         **base, gt=gt, annotation_ids=np.asarray(annotation_ids, np.int64), segmentation=seg, matching=m,
         overlaps=overlaps, best_iou_gt=best_gt, best_iou_pred=best_pred, ap=sample_ap(gt, pred, overlaps=overlaps),
-        losses=yolov5_seg_loss(detections, protos, gt, input_hw),
+        losses=yolov5_seg_loss(detections, protos, gt, input_hw) if _has_yolov5_loss(layout) else None,
     )
