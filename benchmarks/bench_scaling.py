@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     mismatches: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
+            rates: dict[str, float] = {}  # this round's steady img/s
             for name in configs:
                 store = ResultsStore(Path(tmp) / f"{name.replace(' ', '')}-{r}.sqlite")
                 open_run(store, Subset(), model, settings)
@@ -147,15 +148,20 @@ def main(argv: list[str] | None = None) -> int:
                 elif not frame.equals(reference):
                     mismatches.append(f"{name} (round {r + 1})")
                 steady = clock.rate() or done / total_s
+                rates[name] = steady
+                eff = ""
+                if name.startswith("ray") and rates.get("ray x1"):
+                    eff = f", efficiency {steady / (int(name.split('x')[1]) * rates['ray x1']):.2f}"
                 print(f"  round {r + 1} {name:<8} {steady:6.2f} img/s steady, {done / total_s:6.2f} img/s with "
-                      f"start-up ({total_s:.1f} s, {done} images, {summary.errors} errors); load average {load:.1f}")
+                      f"start-up ({total_s:.1f} s, {done} images, {summary.errors} errors){eff}; load average {load:.1f}")
                 if name not in best or steady > best[name][0]:
                     best[name] = (steady, done / total_s, load)
     if not args.ray_address:
         ray.shutdown()
 
     one = best.get("ray x1", (None,))[0]
-    print(f"\n{'configuration':<14} {'img/s':>7} {'with start-up':>14} {'efficiency':>11} {'vs local':>9} {'load':>5}")
+    print(f"\nbest round of each ({args.rounds} round(s)):")
+    print(f"{'configuration':<14} {'img/s':>7} {'with start-up':>14} {'efficiency':>11} {'vs local':>9} {'load':>5}")
     for name in configs:
         steady, total, load = best[name]
         eff = ""

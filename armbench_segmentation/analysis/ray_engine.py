@@ -28,9 +28,10 @@ Bounded memory: at most ``workers x in_flight_per_worker`` samples are in flight
 are taken with ``ray.wait`` in completion order and stored under their sample key, so the
 store's content does not depend on the order they finish in.
 
-How the model reaches the workers: the driver puts the model file's bytes into Ray's object
-store once; a worker uses the file at the driver's path when it sees the same file there
-(same SHA-256), else writes the bytes to a private temporary file. The dataset is read by
+How the model reaches the workers: a worker uses the file at the driver's path when it sees
+the same file there (same SHA-256); workers that do not are started again with a small
+actor holding the file's bytes (through Ray's object store), write them to a private
+temporary file, open the session and remove the file. The dataset is read by
 the workers from ``data.path``, which must be on storage every node sees (NFS, a mounted
 bucket, the same path on every node); each worker checks that its COCO files hash like the
 driver's and refuses to start otherwise.
@@ -142,27 +143,50 @@ def _crash_if_asked(sample_id: str) -> None:
     os._exit(17)
 
 
+class ModelBytes:
+    """A Ray actor holding the model file's bytes, for workers on nodes that do not see the
+    driver's file (created only then; workers restarted after a crash fetch them again)."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def get(self) -> bytes:
+        return self.data
+
+
+class _ModelNotVisible(Exception):
+    pass
+
+
 class SampleWorker:
     """One Ray actor: the model (loaded once) and the dataset, processing one sample per call.
 
     Never raises from ``__init__`` (``ready`` reports a setup problem in one line) or from
     ``process`` for a sample's own problems (those come back as error outcomes, exactly as
     the local runner's steps return them).
+
+    Args:
+        model_source: None, or a ``ModelBytes`` actor to fetch the model from when this node
+            does not see ``model_path`` with the driver's SHA-256.
     """
 
     def __init__(self, settings: Settings, dataset_root: str, dataset_files: dict[str, str], model_path: str,
-                 model_sha256: str, model_bytes: list, threads: int):
+                 model_sha256: str, model_source: Any, threads: int):
         self.error: str | None = None
+        self.needs_model = False
         try:
             _worker_init()  # numpy's BLAS on one thread, as in the local runner's metrics
-            self._setup(settings, dataset_root, dataset_files, model_path, model_sha256, model_bytes, threads)
+            self._setup(settings, dataset_root, dataset_files, model_path, model_sha256, model_source, threads)
+        except _ModelNotVisible:
+            self.needs_model = True
+            self.error = f"the model file {model_path} is not visible on this node"
         except ArmbenchError as exc:
             self.error = str(exc)
         except Exception as exc:  # reported by ready() with the node it happened on
             self.error = f"{type(exc).__name__}: {exc}"
 
     def _setup(self, settings: Settings, dataset_root: str, dataset_files: dict[str, str], model_path: str,
-               model_sha256: str, model_bytes: list, threads: int) -> None:
+               model_sha256: str, model_source: Any, threads: int) -> None:
         from armbench_segmentation.data.coco import ArmbenchDataset
         from armbench_segmentation.model.onnx_model import SegmentationModel
 
@@ -180,13 +204,15 @@ class SampleWorker:
         path = Path(model_path)
         if path.is_file() and sha256_file(path) == model_sha256:
             self.model = SegmentationModel(path, self.settings.model, self.settings.data.class_names)
-        else:  # this node does not see the driver's file: the bytes from the object store
+        elif model_source is None:
+            raise _ModelNotVisible()
+        else:  # this node does not see the driver's file: its bytes, through the object store
             import ray
 
             tmp = tempfile.mkdtemp(prefix="armbench-model-")
             try:
                 path = Path(tmp) / Path(model_path).name
-                path.write_bytes(ray.get(model_bytes[0]))
+                path.write_bytes(ray.get(model_source.get.remote()))
                 self.model = SegmentationModel(path, self.settings.model, self.settings.data.class_names)
                 _ = self.model.sha256  # read while the file exists (cached); the session holds the graph
             finally:
@@ -194,11 +220,12 @@ class SampleWorker:
         if self.model.sha256 != model_sha256:  # pragma: no cover - the object store returned other bytes
             raise ArmbenchError(f"the model received by the worker does not match {model_path}")
 
-    def ready(self) -> tuple[str | None, str]:
-        """(setup error or None, where this worker runs: host and pid)."""
+    def ready(self) -> tuple[str | None, str, bool]:
+        """(setup error or None, where this worker runs (host and pid), whether it only
+        lacks the model file)."""
         import socket
 
-        return self.error, f"{socket.gethostname()} pid {os.getpid()}"
+        return self.error, f"{socket.gethostname()} pid {os.getpid()}", self.needs_model
 
     def process(self, seq: int, sample: Any) -> tuple:
         """One sample through the local runner's steps -> its outcome tuple (see ``runner._compute``)."""
@@ -246,23 +273,42 @@ def _cpu_count() -> int:
 
 
 def _start_workers(ray: Any, options: RayOptions, settings: Settings, dataset: Any, model: Any,
-                   identity: dict[str, str]) -> list[Any]:
+                   identity: dict[str, str], keep_alive: list[Any]) -> list[Any]:
+    """The actors, each ready (model loaded, dataset checked). Workers that do not see the
+    model file are started again with a ``ModelBytes`` actor, which ``keep_alive`` holds for
+    the whole run (an actor restarted after a crash fetches the bytes again)."""
     cpus = int(ray.cluster_resources().get("CPU", 0))
     n = options.workers or max(1, cpus // options.threads_per_worker)
     if n * options.threads_per_worker > cpus:
         logger.warning("%d Ray workers x %d threads ask for more than the cluster's %d CPUs; the rest wait for "
                        "free CPUs", n, options.threads_per_worker, cpus)
-    model_ref = ray.put(Path(model.path).read_bytes())
     actor = ray.remote(num_cpus=options.threads_per_worker, max_restarts=-1,
                        max_task_retries=options.max_task_retries)(SampleWorker)
-    workers = [actor.remote(settings, str(dataset.root), identity, str(model.path), model.sha256, [model_ref],
-                            options.threads_per_worker) for _ in range(n)]
-    try:
-        reports = ray.get([w.ready.remote() for w in workers])
-    except ray.exceptions.RayError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ArmbenchError(f"the Ray workers did not start: {first}") from None
-    for error, where in reports:
+
+    def start(source: Any) -> Any:
+        return actor.remote(settings, str(dataset.root), identity, str(model.path), model.sha256, source,
+                            options.threads_per_worker)
+
+    def check(group: list[Any]) -> list[tuple[str | None, str, bool]]:
+        try:
+            return ray.get([w.ready.remote() for w in group])
+        except ray.exceptions.RayError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ArmbenchError(f"the Ray workers did not start: {first}") from None
+
+    workers = [start(None) for _ in range(n)]
+    reports = check(workers)
+    blind = [i for i, (_, _, needs_model) in enumerate(reports) if needs_model]
+    if blind:
+        logger.info("%d Ray workers do not see %s: sending them its bytes", len(blind), model.path)
+        source = ray.remote(num_cpus=0, max_restarts=0)(ModelBytes).remote(Path(model.path).read_bytes())
+        keep_alive.append(source)
+        for i in blind:
+            ray.kill(workers[i])
+            workers[i] = start(source)
+        for i, report in zip(blind, check([workers[i] for i in blind])):
+            reports[i] = report
+    for error, where, _ in reports:
         if error is not None:
             raise ArmbenchError(f"a Ray worker ({where}) cannot start: {error}")
     logger.info("%d Ray workers ready (%d thread(s) each)", n, options.threads_per_worker)
@@ -310,8 +356,9 @@ def run_samples_ray(
     connected = _connect(ray, options)
     bar = None
     workers: list[Any] = []
+    refs: list[Any] = []  # held until the end of the run (see _start_workers)
     try:
-        workers = _start_workers(ray, options, settings, dataset, model, identity)
+        workers = _start_workers(ray, options, settings, dataset, model, identity, refs)
         if progress:
             from tqdm import tqdm
 
@@ -331,6 +378,7 @@ def run_samples_ray(
                 ray.kill(w)
             except Exception:  # pragma: no cover - the cluster is already gone
                 pass
+        refs.clear()
         if connected:
             ray.shutdown()
         summary.elapsed_s = time.monotonic() - t0

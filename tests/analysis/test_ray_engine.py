@@ -164,6 +164,74 @@ def test_a_killed_driver_resumes_and_ends_like_the_local_engine(setup, cluster):
     _assert_same_outputs(setup["local"], out)
 
 
+def _local_parts(setup):
+    from armbench_segmentation.analysis.runner import dataset_identity
+    from armbench_segmentation.analysis.store import ResultsStore
+    from armbench_segmentation.config import load_settings
+    from armbench_segmentation.data.coco import ArmbenchDataset
+    from armbench_segmentation.model.onnx_model import SegmentationModel
+
+    settings = load_settings(setup["base"] / "config.yaml", env={},
+                             overrides={"data.path": str(setup["base"] / "synth"),
+                                        "model.path": str(setup["base"] / "tiny.onnx")})
+    dataset = ArmbenchDataset(settings.data.path, settings.data)
+    model = SegmentationModel(settings.model.path, settings.model, settings.data.class_names)
+    with ResultsStore(setup["base"] / "identity.sqlite") as store:
+        identity = dataset_identity(dataset, store)
+    return settings, dataset, model, identity
+
+
+@pytest.mark.slow
+def test_a_worker_that_does_not_see_the_model_file_gets_its_bytes(setup, cluster):
+    """A SampleWorker actor given a model path its node lacks: without a source it says so
+    (the driver then sends the bytes); with a ModelBytes actor it computes the same outcome
+    as the local runner's steps, and leaves no temporary model file behind."""
+    import tempfile
+
+    import ray
+
+    from armbench_segmentation.analysis.pipeline import split_raw
+    from armbench_segmentation.analysis.ray_engine import ModelBytes, SampleWorker
+    from armbench_segmentation.analysis.runner import _compute, _load
+
+    settings, dataset, model, identity = _local_parts(setup)
+    absent = str(setup["base"] / "elsewhere" / "tiny.onnx")
+    before = set(Path(tempfile.gettempdir()).glob("armbench-model-*"))
+    worker = ray.remote(SampleWorker)
+    blind = worker.remote(settings, str(dataset.root), identity, absent, model.sha256, None, 1)
+    error, _, needs_model = ray.get(blind.ready.remote())
+    assert needs_model and "not visible" in error
+    source = ray.remote(ModelBytes).remote(Path(model.path).read_bytes())
+    fed = worker.remote(settings, str(dataset.root), identity, absent, model.sha256, source, 1)
+    assert ray.get(fed.ready.remote())[0] is None
+    sample = dataset.samples("val")[0]
+    got = ray.get(fed.process.remote(0, sample))
+    item = _load(dataset, 0, sample)
+    expected = _compute(item.loaded, split_raw(model.run(model.to_input(item.loaded.image[None])))[0], model,
+                        settings, item.annotations)
+    assert got[0] == expected[0] == "ok"
+    assert got[1] == expected[1] and got[3] == expected[3] and got[4] == expected[4]  # row, predictions, facts
+    assert got[2].tobytes() == expected[2].tobytes()  # embedding
+    assert set(Path(tempfile.gettempdir()).glob("armbench-model-*")) == before
+    for actor in (blind, source, fed):
+        ray.kill(actor)
+
+
+@pytest.mark.slow
+def test_a_worker_that_sees_another_dataset_refuses_to_start(setup, cluster):
+    import ray
+
+    from armbench_segmentation.analysis.ray_engine import SampleWorker
+
+    settings, dataset, model, identity = _local_parts(setup)
+    other = {**identity, "val.json": "0" * 64}
+    worker = ray.remote(SampleWorker).remote(settings, str(dataset.root), other, str(model.path), model.sha256, None, 1)
+    error, where, needs_model = ray.get(worker.ready.remote())
+    assert "val.json on this worker differs from the driver's copy" in error and not needs_model
+    assert str(os.getpid()) not in where  # it ran in a worker process
+    ray.kill(worker)
+
+
 # ---------------------------------------------------------------------------- fast checks (no cluster)
 def test_options_are_checked():
     with pytest.raises(ArmbenchError, match="workers must be an integer >= 1"):
