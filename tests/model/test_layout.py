@@ -114,3 +114,44 @@ def test_neither_layout_is_refused_with_the_shapes(tiny_model):
     msg = str(err.value)
     assert "found output0 (None, None, 37) with output1 of 32 prototype channels: it fits neither" in msg
     assert "Accepted: YOLOv5-seg" in msg and "YOLOv8/YOLO11-seg" in msg
+
+
+# ---------------------------------------------------------------------------- the loss for a YOLOv8 head
+def test_evaluate_sample_yolov8_has_no_yolov5_loss_but_every_other_metric(caplog, monkeypatch):
+    """Same anchors in both layouts (yolov5 rows with objectness 1): the metrics agree, the
+    YOLOv5-seg loss exists only for yolov5; yolov8 gets None columns and ONE warning."""
+    from armbench_segmentation.config import Settings
+    from armbench_segmentation.metrics import sample_evaluation
+    from armbench_segmentation.structures import Instances
+
+    monkeypatch.setattr(sample_evaluation, "_loss_warned", False)
+    size, nm = 64, 32
+    rng = np.random.default_rng(0)
+    gt_masks = np.zeros((2, size, size), bool)
+    gt_masks[0, 8:24, 8:24] = True
+    gt_masks[1, 36:60, 30:58] = True
+    gt = Instances(boxes=[[8, 8, 24, 24], [30, 36, 58, 60]], class_ids=[0, 0], image_size=(size, size), masks=gt_masks)
+    anchors = 3 * ((size // 8) ** 2 + (size // 16) ** 2 + (size // 32) ** 2)  # yolov5's anchor grid at 64 px
+    v5 = np.zeros((anchors, 5 + 2 + nm), np.float32)
+    v5[:, :4] = [32, 32, 4, 4]
+    v5[:, 4] = 1.0
+    v5[:2, :4] = [[16, 16, 16, 16], [44, 48, 28, 24]]  # two confident detections on the GT boxes
+    v5[:2, 5] = [0.9, 0.8]
+    v5[:2, 7] = 1.0
+    protos = np.zeros((nm, size // 4, size // 4), np.float32)
+    protos[0] = 5.0
+    protos[1:] = rng.normal(size=(nm - 1, size // 4, size // 4)) * 0.01
+    v8 = np.ascontiguousarray(np.concatenate([v5[:, :4], v5[:, 5:]], axis=1).T)  # (4+nc+nm, A)
+    settings = Settings()
+    with caplog.at_level(logging.WARNING):
+        e5 = sample_evaluation.evaluate_sample(v5, protos, gt, settings, (size, size))
+        e8 = sample_evaluation.evaluate_sample(v8, protos, gt, settings, (size, size), layout="yolov8")
+        sample_evaluation.evaluate_sample(v8, protos, gt, settings, (size, size), layout=HeadLayout.YOLOV8)
+    c5, c8 = e5.columns(), e8.columns()
+    assert np.isfinite(c5["loss"]) and c5["loss"] > 0 and e5.losses is not None
+    assert e8.losses is None and c8["loss"] is None and all(c8[f"yolo_loss_{p}"] is None for p in ("box", "obj", "cls", "mask"))
+    assert (c8["tp"], c8["fp"], c8["fn"]) == (c5["tp"], c5["fp"], c5["fn"]) == (2, 0, 0)
+    assert c8["error_rate"] == c5["error_rate"] == 0.0
+    assert c8["ap"] > 0.8 and c5["ap"] > 0.8  # (not equal: each layout assembles masks its own way)
+    warnings = [r for r in caplog.records if "loss not computed" in r.getMessage()]
+    assert len(warnings) == 1 and "yolov8" in warnings[0].getMessage() and "objectness" in warnings[0].getMessage()
