@@ -573,6 +573,11 @@ def load_model():
     if ranks != [3, 4, 2]:
         problems.append(f"outputs {[(o.name, o.shape) for o in model.session.get_outputs()]}, expected output0 "
                         f"(N, A, 5+nc+32), output1 (N, 32, H/4, W/4), embedding (N, {EMBEDDING_DIM}) in this order")
+    if model.layout != "yolov5":  # the declared prediction types and the registered loss are YOLOv5-seg's
+        problems.append(f"a {model.layout.value}-layout head (YOLOv8/YOLO11-seg: output0 (N, 4+nc+32, A)); this "
+                        f"integration declares YOLOv5-seg's channel-last detections with objectness and registers the "
+                        f"YOLOv5-seg loss, which need output0 (N, A, 5+nc+32). The armbench CLI (predict, evaluate, "
+                        f"analyze) takes YOLOv8/YOLO11-seg exports")
     if model.num_mask_coeffs != NUM_MASK_COEFFS:
         problems.append(f"{model.num_mask_coeffs} mask coefficients, expected {NUM_MASK_COEFFS}")
     if model.has_embedding and model.embedding_dim not in (None, EMBEDDING_DIM):

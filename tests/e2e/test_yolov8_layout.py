@@ -198,3 +198,29 @@ def test_analyze_matches_the_yolov5_model_and_leaves_the_loss_empty(setup):
     assert t8[loss_cols].isna().all().all()
     assert "loss not computed" not in logs["v5"]
     assert logs["v8"].count("loss not computed") == 1 and "objectness and anchor grid" in logs["v8"]
+
+
+def test_tensorleap_binder_refuses_the_yolov8_layout_with_the_reason(setup, monkeypatch):
+    """The binder declares YOLOv5-seg's prediction types and loss: a YOLOv8 export is refused
+    when loaded, saying why and what takes it (the v5 model loads)."""
+    import armbench_segmentation.config as config
+    from armbench_segmentation.errors import ModelError
+
+    data, base, _, v8 = setup
+    monkeypatch.setenv("ARMBENCH_DATASET", str(data))
+    monkeypatch.delenv("ARMBENCH_CONFIG", raising=False)
+    monkeypatch.setattr(config, "USER_CONFIG_PATH", base / "no-user-config.yaml")
+    import leap_binder
+
+    try:
+        monkeypatch.setenv("ARMBENCH_MODEL", str(v8))
+        leap_binder._settings.cache_clear()
+        with pytest.raises(ModelError) as err:
+            leap_binder.load_model()
+        msg = str(err.value)
+        assert "yolov8-layout head" in msg and "(N, A, 5+nc+32)" in msg and "armbench CLI" in msg
+        monkeypatch.setenv("ARMBENCH_MODEL", str(SHIPPED))
+        leap_binder._settings.cache_clear()
+        assert leap_binder.load_model() is not None
+    finally:
+        leap_binder._settings.cache_clear()
