@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("armbench_segmentation.commands.evaluate", "COCO AP plus over/under segmentation report"),
     "analyze": ("armbench_segmentation.commands.analyze", "full analysis: map, clusters, picks, galleries, dashboard"),
     "serve": ("armbench_segmentation.commands.serve", "explore a run in the browser: map, sample view, selections"),
+    "merge-labels": ("armbench_segmentation.commands.merge_labels", "add annotated images (CVAT / Label Studio COCO) to a train COCO file"),
 }
 
 

@@ -25,7 +25,10 @@ Polygons (:func:`mask_to_polygons`): ``cv2.findContours`` outer contours with th
 each hole is joined to its outer ring by a zero-width cut at the closest vertices (a COCO
 polygon list cannot express holes: pycocotools unions the parts), so pycocotools, CVAT and
 Label Studio all draw the hole empty; an instance in several parts gives several polygons.
-Vertices sit on pixel centres (``x + 0.5``) and are simplified with ``cv2.approxPolyDP``.
+The outline is simplified with ``cv2.approxPolyDP`` (``tolerance`` pixels, at most 1% of
+the square root of a small part's area) and moved half a pixel out from the
+boundary pixels' centres to their outer edges, so an axis-aligned rectangle of pixels comes
+back as exactly its corner coordinates.
 
 Back (:func:`merge_annotated`, ``armbench merge-labels``): COCO files exported by CVAT,
 Label Studio (its ``Converter.convert_to_coco``) or datumaro after annotation are added to a
@@ -69,7 +72,7 @@ DEFAULT_CATEGORIES = ({"id": 1, "name": "Tote", "supercategory": ""},
 LS_FROM_NAME, LS_TO_NAME = "label", "image"  # the control and object tag names of the config
 #: Label Studio's local-files URL; with LOCAL_FILES_DOCUMENT_ROOT = the dataset folder
 DEFAULT_IMAGE_URL = "/data/local-files/?d=images/"
-POLYGON_TOLERANCE = 2.0  # px at original resolution (cv2.approxPolyDP): demo picks IoU 0.988 mean, ~160 vertices
+POLYGON_TOLERANCE = 2.0  # px at original resolution (cv2.approxPolyDP): demo picks IoU 0.995 mean, ~160 vertices
 _PICK_ATTRIBUTES = ("rank", "pick_score", "reason")  # what coco_prelabels adds to annotation attributes
 EXISTING_POLICIES = ("skip", "replace")
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
@@ -84,6 +87,25 @@ def _join_hole(ring: np.ndarray, hole: np.ndarray) -> np.ndarray:
     return np.concatenate([ring[: i + 1], hole[j:], hole[: j + 1], ring[i:]])
 
 
+def _ring_area(ring: np.ndarray) -> float:
+    x, y = ring[:, 0], ring[:, 1]
+    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))  # signed
+
+
+def _offset_ring(ring: np.ndarray, distance: float, grow: bool) -> np.ndarray:
+    """Move each edge of the (K, 2) ring ``distance`` along its normal (miter joins, limited
+    at sharp turns), to the side that makes the enclosed area larger (``grow``) or smaller."""
+    nxt = np.roll(ring, -1, axis=0)
+    edge = nxt - ring  # (K, 2) edge i from vertex i to i + 1
+    length = np.linalg.norm(edge, axis=1, keepdims=True)
+    normal = np.divide(np.column_stack([edge[:, 1], -edge[:, 0]]), length, out=np.zeros_like(edge), where=length > 0)
+    side = -1.0 if (_ring_area(ring) > 0) == grow else 1.0  # (ey, -ex) points right of the edge
+    n_in, n_out = np.roll(normal, 1, axis=0), normal  # edges into and out of each vertex
+    cos = (n_in * n_out).sum(axis=1, keepdims=True)
+    miter = np.divide(n_in + n_out, 1.0 + cos, out=n_out.copy(), where=1.0 + cos > 0.25)  # (K, 2)
+    return ring - side * distance * miter
+
+
 def mask_to_polygons(mask: np.ndarray, tolerance: float = POLYGON_TOLERANCE) -> list[list[float]]:
     """(H, W) bool mask -> COCO polygons ``[[x1, y1, x2, y2, ...], ...]`` (pixel coordinates,
     vertices on pixel centres), one per connected part, holes joined in by a cut (module
@@ -91,31 +113,46 @@ def mask_to_polygons(mask: np.ndarray, tolerance: float = POLYGON_TOLERANCE) -> 
     empty mask."""
     import cv2
 
-    m = np.ascontiguousarray(np.asarray(mask, dtype=bool), dtype=np.uint8)
-    if m.ndim != 2:
-        raise ValueError(f"expected an (H, W) mask, got shape {m.shape}")
-    contours, hierarchy = cv2.findContours(m, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
+    full_mask = np.asarray(mask)
+    if full_mask.ndim != 2:
+        raise ValueError(f"expected an (H, W) mask, got shape {full_mask.shape}")
+    rows, cols = np.flatnonzero(full_mask.any(axis=1)), np.flatnonzero(full_mask.any(axis=0))
+    if not len(rows):
+        return []
+    y0, x0 = int(rows[0]), int(cols[0])  # contours of the occupied box only (masks are mostly empty)
+    m = np.ascontiguousarray(full_mask[y0: rows[-1] + 1, x0: cols[-1] + 1], dtype=np.uint8)
+    contours, hierarchy = cv2.findContours(m, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE, offset=(x0, y0))
     if hierarchy is None:
         return []
     links = hierarchy[0]  # (n, 4): next, previous, first child, parent
 
-    def simplified(k: int) -> np.ndarray:
-        return cv2.approxPolyDP(contours[k], tolerance, True).reshape(-1, 2).astype(np.float64)
+    def simplified(k: int, grow: bool) -> np.ndarray:
+        contour = contours[k]
+        full = abs(cv2.contourArea(contour))
+        if len(contour) < 3 or full == 0:  # one pixel or a one-pixel-wide line: its bounding pixels
+            x, y, w, h = cv2.boundingRect(contour)
+            return np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]], np.float64)
+        eps = min(tolerance, max(0.5, 0.01 * math.sqrt(full)))  # small parts: at most 1% of their size
+        ring = cv2.approxPolyDP(contour, eps, True).reshape(-1, 2).astype(np.float64) + 0.5
+        if len(ring) < 3 or abs(_ring_area(ring)) < 0.5 * full:  # a thin part: keep more vertices
+            ring = cv2.approxPolyDP(contour, min(tolerance, 0.5), True).reshape(-1, 2).astype(np.float64) + 0.5
+        # vertices are boundary pixel centres: move the outline half a pixel out to the pixel edges
+        return _offset_ring(ring, 0.5, grow) if len(ring) >= 3 else ring
 
     polygons = []
     for k in range(len(contours)):
         if links[k][3] != -1:  # a hole: handled with its outer contour
             continue
-        ring = simplified(k)
+        ring = simplified(k, grow=True)
         if len(ring) < 3:
             continue
         child = links[k][2]
         while child != -1:
-            hole = simplified(child)
+            hole = simplified(child, grow=False)
             if len(hole) >= 3:
                 ring = _join_hole(ring, hole)
             child = links[child][0]
-        polygons.append((ring + 0.5).ravel().tolist())
+        polygons.append(np.round(ring, 2).ravel().tolist())
     return polygons
 
 
@@ -132,11 +169,12 @@ def _area_bbox(rle: dict) -> tuple[float, list[float]]:
 
 
 def _decode_rle(segmentation: Mapping[str, Any]) -> np.ndarray:
+    """(H, W) uint8 0/1 mask of a compressed COCO RLE."""
     from pycocotools import mask as mask_utils
 
     counts = segmentation["counts"]
     rle = {"size": list(segmentation["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-    return mask_utils.decode(rle).astype(bool)
+    return mask_utils.decode(rle)
 
 
 # ---------------------------------------------------------------------------- which samples
@@ -178,7 +216,7 @@ def _items(store: Any, sample_ids: Iterable[Any], picks: Any = None) -> list[_It
         for p in picks.itertuples(index=False):
             pick_rows.setdefault(str(p.sample_id), p)
     order = [UNLABELED, *[s for s in SPLITS if s != UNLABELED]]
-    items, unknown, seen = [], [], set()
+    items, unknown, no_size, seen = [], [], [], set()
     for entry in sample_ids:
         if isinstance(entry, (tuple, list)) and len(entry) == 2:
             key = (str(entry[0]), str(entry[1]))
@@ -193,13 +231,18 @@ def _items(store: Any, sample_ids: Iterable[Any], picks: Any = None) -> list[_It
             continue
         seen.add(key)
         row = rows[key]
+        width, height = _finite(getattr(row, "width", None)), _finite(getattr(row, "height", None))
+        if width is None or height is None:
+            no_size.append(key[1])
+            continue
         pick = pick_rows.get(key[1])
+        image_id = _finite(getattr(row, "image_id", None))
+        file_name = getattr(row, "file_name", None)
         items.append(_Item(
             position=len(items) + 1, split=key[0], sample_id=key[1],
-            image_id=None if row.image_id is None or (isinstance(row.image_id, float) and math.isnan(row.image_id))
-            else int(row.image_id),
-            file_name=str(row.file_name) if isinstance(row.file_name, str) and row.file_name else f"{key[1]}.jpg",
-            width=int(row.width), height=int(row.height),
+            image_id=None if image_id is None else int(image_id),
+            file_name=str(file_name) if isinstance(file_name, str) and file_name else f"{key[1]}.jpg",
+            width=int(width), height=int(height),
             rank=int(pick.rank) if pick is not None else None,
             score=_finite(pick.score) if pick is not None else None,
             reason=str(pick.reason) if pick is not None and getattr(pick, "reason", None) is not None else None,
@@ -208,6 +251,9 @@ def _items(store: Any, sample_ids: Iterable[Any], picks: Any = None) -> list[_It
         shown = ", ".join(map(repr, unknown[:10])) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
         logger.warning("%d selected sample(s) are not finished in this run's store and are left out of the export: "
                        "%s", len(unknown), shown)
+    if no_size:
+        logger.warning("%d selected sample(s) have no stored width/height and are left out of the export: %s",
+                       len(no_size), ", ".join(map(repr, no_size[:10])))
     if picks is not None:
         items.sort(key=lambda it: (it.rank is None, it.rank if it.rank is not None else 0, it.position))
         items = [_Item(**{**it.__dict__, "position": i + 1}) for i, it in enumerate(items)]
@@ -275,9 +321,29 @@ def _log_counts(counts: Mapping[str, int]) -> None:
         logger.info("pre-annotations: %d predictions with a mask too small for a polygon left out", counts["empty"])
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """The samples in export order, each one's (category id, confidence, polygons) per
+    prediction, and the categories: computed once for every format written."""
+
+    items: list[_Item]
+    instances: list[list[tuple[int, float | None, list[list[float]]]]]
+    categories: list[dict]
+
+
+def _prepare(store: Any, dataset: Any, sample_ids: Iterable[Any], picks: Any, tolerance: float) -> _Prepared:
+    items = _items(store, sample_ids, picks)
+    categories = _categories(dataset)
+    class_to_cat = _class_to_category(categories, _class_names(store, dataset))
+    counts: dict[str, int] = {}
+    instances = [_instances(store, item, class_to_cat, tolerance, counts) for item in items]
+    _log_counts(counts)
+    return _Prepared(items, instances, categories)
+
+
 # ---------------------------------------------------------------------------- COCO with pre-labels
 def coco_prelabels(store: Any, dataset: Any, sample_ids: Iterable[Any], picks: Any = None,
-                   tolerance: float = POLYGON_TOLERANCE, _items_cache: list[_Item] | None = None) -> dict:
+                   tolerance: float = POLYGON_TOLERANCE, _prepared: "_Prepared | None" = None) -> dict:
     """COCO dict of the samples with the model's predictions as polygon pre-annotations.
 
     Args:
@@ -288,11 +354,9 @@ def coco_prelabels(store: Any, dataset: Any, sample_ids: Iterable[Any], picks: A
         picks: the labeling picks table (rank, sample_id, score, reason): images in rank
             order with their rank, score and reason (module docstring).
     """
-    items = _items_cache if _items_cache is not None else _items(store, sample_ids, picks)
-    categories = _categories(dataset)
-    class_to_cat = _class_to_category(categories, _class_names(store, dataset))
-    images, annotations, counts = [], [], {}
-    for item in items:
+    prep = _prepared or _prepare(store, dataset, sample_ids, picks, tolerance)
+    images, annotations = [], []
+    for item, instances in zip(prep.items, prep.instances):
         image_id = item.rank if item.rank is not None else item.position
         img = {"id": image_id, "file_name": item.file_name, "width": item.width, "height": item.height,
                "sample_id": item.sample_id, "split": item.split, "dataset_image_id": item.image_id}
@@ -301,7 +365,7 @@ def coco_prelabels(store: Any, dataset: Any, sample_ids: Iterable[Any], picks: A
             img.update(rank=item.rank, score=item.score, reason=item.reason)
             attrs = {"rank": item.rank, "pick_score": item.score, "reason": item.reason}
         images.append(img)
-        for cat, conf, polygons in _instances(store, item, class_to_cat, tolerance, counts):
+        for cat, conf, polygons in instances:
             area, bbox = _area_bbox(_polygons_rle(polygons, item.height, item.width))
             ann = {"id": len(annotations) + 1, "image_id": image_id, "category_id": cat, "segmentation": polygons,
                    "area": area, "bbox": bbox, "iscrowd": 0}
@@ -310,10 +374,10 @@ def coco_prelabels(store: Any, dataset: Any, sample_ids: Iterable[Any], picks: A
             if attrs:
                 ann["attributes"] = dict(attrs)
             annotations.append(ann)
-    _log_counts(counts)
     info = {"description": "armbench-segmentation pre-annotations (model predictions as polygons)",
             "model_version": _model_version(store), "image_id": "rank" if picks is not None else "selection order"}
-    return {"info": info, "licenses": [], "images": images, "annotations": annotations, "categories": categories}
+    return {"info": info, "licenses": [], "images": images, "annotations": annotations,
+            "categories": [dict(c) for c in prep.categories]}
 
 
 # ---------------------------------------------------------------------------- Label Studio
@@ -336,29 +400,27 @@ def _image_url(prefix: str, file_name: str) -> str:
 
 def label_studio_tasks(store: Any, dataset: Any, sample_ids: Iterable[Any], picks: Any = None,
                        image_url: str = DEFAULT_IMAGE_URL, tolerance: float = POLYGON_TOLERANCE,
-                       _items_cache: list[_Item] | None = None) -> list[dict]:
+                       _prepared: "_Prepared | None" = None) -> list[dict]:
     """Label Studio tasks (one per sample, in rank order) with the predictions as polygon
     pre-annotations (module docstring). ``image_url``: prefix of each image's URL (the file
     name, URL-quoted, is appended)."""
-    items = _items_cache if _items_cache is not None else _items(store, sample_ids, picks)
-    categories = _categories(dataset)
-    names = {int(c["id"]): str(c["name"]) for c in categories}
-    class_to_cat = _class_to_category(categories, _class_names(store, dataset))
+    prep = _prepared or _prepare(store, dataset, sample_ids, picks, tolerance)
+    names = {int(c["id"]): str(c["name"]) for c in prep.categories}
     version = _model_version(store)
-    tasks, counts = [], {}
-    for item in items:
+    tasks = []
+    for item, instances in zip(prep.items, prep.instances):
         data: dict[str, Any] = {"image": _image_url(image_url, item.file_name), "sample_id": item.sample_id,
                                 "file_name": item.file_name, "split": item.split}
         if item.rank is not None:
             data.update(rank=item.rank, score=item.score, reason=item.reason or "")
         result = []
-        for k, (cat, conf, polygons) in enumerate(_instances(store, item, class_to_cat, tolerance, counts)):
+        for k, (cat, conf, polygons) in enumerate(instances):
             for j, poly in enumerate(polygons):
                 pts = np.asarray(poly, np.float64).reshape(-1, 2)
                 pct = np.column_stack([pts[:, 0] / item.width * 100.0, pts[:, 1] / item.height * 100.0])
                 region = {"id": f"i{k}p{j}", "type": "polygonlabels", "from_name": LS_FROM_NAME, "to_name": LS_TO_NAME,
                           "original_width": item.width, "original_height": item.height, "image_rotation": 0,
-                          "value": {"points": np.round(pct, 4).tolist(), "closed": True, "polygonlabels": [names[cat]]}}
+                          "value": {"points": np.round(pct, 6).tolist(), "closed": True, "polygonlabels": [names[cat]]}}
                 if conf is not None:
                     region["score"] = round(conf, 5)
                 result.append(region)
@@ -366,7 +428,6 @@ def label_studio_tasks(store: Any, dataset: Any, sample_ids: Iterable[Any], pick
         if item.score is not None:
             prediction["score"] = item.score
         tasks.append({"data": data, "predictions": [prediction]})
-    _log_counts(counts)
     return tasks
 
 
@@ -408,7 +469,8 @@ def write_selection_exports(out_dir: str | Path, store: Any, dataset: Any, sampl
     prefix = safe_name(name)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    items = _items(store, sample_ids, picks)
+    prep = _prepare(store, dataset, sample_ids, picks, POLYGON_TOLERANCE)
+    items = prep.items
     paths = {"ids": out / f"{prefix}.ids.csv", "coco": out / f"{prefix}.coco.json",
              "label_studio": out / f"{prefix}.label_studio.json", "label_config": out / f"{prefix}.label_config.xml"}
     table = pd.DataFrame({"sample_id": [it.sample_id for it in items], "split": [it.split for it in items],
@@ -421,10 +483,10 @@ def write_selection_exports(out_dir: str | Path, store: Any, dataset: Any, sampl
         write_csv(table, paths["ids"])
     else:
         del paths["ids"]
-    coco = coco_prelabels(store, dataset, sample_ids, picks, _items_cache=items)
+    coco = coco_prelabels(store, dataset, sample_ids, picks, _prepared=prep)
     atomic_write_text(paths["coco"], _dump(coco))
     atomic_write_text(paths["label_studio"], _dump(label_studio_tasks(store, dataset, sample_ids, picks, image_url,
-                                                                      _items_cache=items)))
+                                                                      _prepared=prep)))
     atomic_write_text(paths["label_config"], label_studio_config([c["name"] for c in coco["categories"]],
                                                                  with_reason=picks is not None))
     return paths
@@ -457,7 +519,7 @@ class MergeSummary:
 
     def problem(self, line: str) -> None:
         self.problems.append(line)
-        logger.warning("%s", line)
+        logger.debug("%s", line)  # the caller prints or logs the problems (the CLI: one line each)
 
     def lines(self) -> list[str]:
         cats = ", ".join(f"{n} {c}" for n, c in sorted(self.added_by_category.items())) or "none"
