@@ -162,10 +162,10 @@ class ExploreRun:
 
                 try:
                     self._dataset = ArmbenchDataset(self.settings.data.path, self.settings.data)
-                except ArmbenchError as exc:
-                    self._dataset_error = (f"the run's dataset cannot be opened ({str(exc).split('. ')[0]}); "
-                                           f"images are unavailable, the stored results are shown")
-                    logger.warning("%s", self._dataset_error)
+                except ArmbenchError as exc:  # the page gets no path: the reason is logged here
+                    self._dataset_error = ("the run's dataset cannot be opened (the serve command's log says why); "
+                                           "images are unavailable, the stored results are shown")
+                    logger.warning("images unavailable: %s", exc)
             return self._dataset
 
     @property

@@ -7,6 +7,7 @@ plot's own axis transform)."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 import time
 from pathlib import Path
@@ -115,4 +116,54 @@ def test_serve_page_sample_view_and_box_selection_export(served, browser, consol
 
     Select(browser.find_element(By.ID, "selection-filter")).select_by_value("left-half")
     _wait(browser, f"return window.armbenchExplorer.map.visible().length === {len(expected)}")
+    assert not console_errors(browser)
+
+
+@pytest.fixture(scope="module")
+def hostile_served(tmp_path_factory):
+    """The tiny run with every image renamed to a hostile name (the static dashboard's list)."""
+    from test_dashboard_browser import HOSTILE_FILES
+
+    from armbench_segmentation.explore.app import spawn
+
+    module = sys.modules.get("_serve_explore_conftest")
+    if module is None:
+        spec = importlib.util.spec_from_file_location(
+            "_serve_explore_conftest", Path(__file__).resolve().parents[1] / "explore" / "conftest.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    run_dir = module.make_tiny_run(tmp_path_factory.mktemp("serve-hostile"), rename=HOSTILE_FILES)
+    proc, url = spawn(run_dir)
+    yield run_dir, url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_hostile_names_are_shown_literally_and_their_samples_open(hostile_served, browser, console_errors):
+    from selenium.common.exceptions import NoAlertPresentException
+    from selenium.webdriver.common.by import By
+
+    run_dir, url = hostile_served
+    samples = pd.read_parquet(run_dir / "samples.parquet")
+    assert any("<" in s for s in samples["sample_id"])  # the names really are hostile
+    console_errors(browser)
+    browser.get(url)
+    _wait(browser, "return window.armbenchExplorer && window.armbenchExplorer.tablesReady")
+    with pytest.raises(NoAlertPresentException):
+        browser.switch_to.alert.text  # noqa: B018 - no script of the data ran
+    cells = browser.execute_script("return Array.from(document.querySelectorAll('#sample-table tbody tr'))"
+                                   ".map(tr => tr.children[0].textContent)")
+    assert sorted(cells) == sorted(samples["sample_id"])
+    assert not browser.find_elements(By.CSS_SELECTOR, "#sample-table b, #sample-table script")
+    for k in range(len(samples)):
+        row = browser.find_elements(By.CSS_SELECTOR, "#sample-table tbody tr")[k]
+        sid = row.find_elements(By.TAG_NAME, "td")[0].text
+        split = row.find_elements(By.TAG_NAME, "td")[1].text
+        browser.execute_script("arguments[0].click()", row)
+        expected = browser.execute_script("return arguments[0].children[0].textContent + ' (' + "
+                                          "arguments[0].children[1].textContent + ')'", row)
+        _wait(browser, f"return document.getElementById('sample-title').textContent === {json.dumps(expected)}")
+        _wait(browser, "const i = document.getElementById('sample-img'); return i.complete && i.naturalWidth > 0")
+        assert sid and split
     assert not console_errors(browser)

@@ -262,6 +262,7 @@
       option($('cluster-filter'), String(c), 'cluster ' + c + (ins ? ': ' + String(ins).slice(0, 50) : '')); });
     state.payload = Object.assign({}, P, {metrics: {}, categories: {}, definitions: defs});
     const first = await column(colorSel.value);
+    performance.mark('armbench-data-loaded');
     state.map = ArmbenchMap.render($('map'), state.payload, {colorBy: first ? first.name : '', filter: filterFn(),
       onClick: openSample, onSelect: onSelect});
     await state.map.ready;
