@@ -15,6 +15,16 @@ Provider choice (``ModelConfig.device``):
   * ``"auto"``: CUDA only when it can actually run here (the ``onnxruntime-gpu`` build
     offers it, a CUDA driver and a GPU are present, and the session really gets the CUDA
     provider); otherwise CPU, without ONNX Runtime's loud "missing CUDA libraries" log.
+    Where a GPU is present but the CUDA provider cannot load, one warning and the CPU
+    session (the same ``run`` path, same outputs; tested with the real onnxruntime-gpu on a
+    machine without CUDA libraries).
+
+Batching: a dynamic export runs the whole batch it is given (``model.batch_size`` images
+from the engine) in one session call, on CPU and CUDA alike; a static export runs in chunks
+of its fixed batch. I/O binding is not used: every output is post-processed on the CPU, so
+``session.run`` already makes the copies binding would (input host-to-device, each output
+device-to-host); binding pays with device-side post-processing, which this project does not
+have. (No GPU was available to measure either choice.)
 
 Class order: a standard YOLOv5 export stores its class names in the ONNX metadata
 (``names``, a dict repr such as ``{0: 'Object', 1: 'Tote'}``, read with
@@ -268,9 +278,10 @@ class SegmentationModel:
         if CUDA in session.get_providers():
             return session
         message = ("a GPU is present but onnxruntime's CUDA provider failed to load (CUDA/cuDNN libraries "
-                   "matching this onnxruntime-gpu build are missing)")
+                   "matching this onnxruntime-gpu build are missing; pip install 'onnxruntime-gpu[cuda,cudnn]' "
+                   "brings them)")
         if device == "cuda":
-            raise ModelError(f"model.device is 'cuda' but {message}. Install them, or use --device cpu/auto")
+            raise ModelError(f"model.device is 'cuda': {message}. Install them, or use --device cpu/auto")
         log.warning("%s; running on CPU", message)
         return session
 

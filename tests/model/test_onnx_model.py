@@ -287,3 +287,58 @@ def test_onnxruntime_imported_first_is_reported(tmp_path):
                                   "from armbench_segmentation.model.onnx_model import import_onnxruntime\n"
                                   "import_onnxruntime(); import_onnxruntime()", tmp_path, "late")
     assert proc.stderr.count("ORT_DISABLE_TELEMETRY=1 in the environment") == 1  # once, saying the fix
+
+
+# ---------------------------------------------------------------------- the CUDA path on a machine without CUDA
+def test_cuda_provider_that_fails_to_load_falls_back_to_the_same_cpu_path(tiny_model, monkeypatch, capfd, caplog):
+    """The branch taken where a GPU driver is present: the real onnxruntime is asked for the
+    CUDA provider (only the driver probe is told "a GPU is here"). On a machine where the
+    provider cannot load, 'auto' runs on CPU with ONE warning and the same outputs as 'cpu';
+    'cuda' is refused in one line; onnxruntime's own provider-load errors stay off stderr."""
+    from armbench_segmentation.model import onnx_model
+
+    ort = onnx_model.import_onnxruntime()
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip(f"this onnxruntime build ({ort.get_device()}) has no CUDA provider to fail")
+    if onnx_model._cuda_driver_has_device()[0]:
+        pytest.skip("a GPU is usable here: the fallback applies to machines without one")
+    monkeypatch.setattr(onnx_model, "_cuda_driver_has_device", lambda: (True, ""))
+    path = tiny_model()
+    capfd.readouterr()
+    with caplog.at_level(logging.WARNING):
+        auto = SegmentationModel(path, ModelConfig(device="auto", num_threads=1), NAMES)
+    err = capfd.readouterr()
+    if auto.on_cuda:  # pragma: no cover - libraries present after all
+        pytest.skip("the CUDA provider loaded: nothing to fall back from")
+    assert auto.providers == ["CPUExecutionProvider"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "CUDA provider failed to load" in warnings[0] and "running on CPU" in warnings[0]
+    assert "onnxruntime-gpu[cuda,cudnn]" in warnings[0]
+    assert "libcu" not in err.err and "LoadLibrary" not in err.err and "Failed to load" not in err.err
+    cpu = SegmentationModel(path, CPU_CFG, NAMES)
+    batch = _batch(3)
+    a, b = auto.run(batch), cpu.run(batch)
+    np.testing.assert_array_equal(a.detections, b.detections)
+    np.testing.assert_array_equal(a.protos, b.protos)
+    with pytest.raises(ModelError) as exc:
+        SegmentationModel(path, ModelConfig(device="cuda"), NAMES)
+    msg = str(exc.value)
+    assert "model.device is 'cuda': a GPU is present but onnxruntime's CUDA provider failed to load" in msg
+    assert "--device cpu/auto" in msg and "\n" not in msg
+
+
+def test_dynamic_export_runs_a_batch_in_one_session_call(tiny_model, monkeypatch):
+    """Real batching: a dynamic export gets the whole batch in one run; a static batch-1 export one run per image."""
+    dynamic = SegmentationModel(tiny_model(), CPU_CFG, NAMES)
+    static = SegmentationModel(tiny_model(static=True), CPU_CFG, NAMES)
+    for model, expected in ((dynamic, [4]), (static, [1, 1, 1, 1])):
+        calls = []
+        real = model._session.run
+
+        def counting(names, feeds, _real=real, _calls=calls):
+            _calls.append(len(next(iter(feeds.values()))))
+            return _real(names, feeds)
+
+        monkeypatch.setattr(model._session, "run", counting, raising=False)
+        assert len(model.run(_batch(4))) == 4
+        assert calls == expected
