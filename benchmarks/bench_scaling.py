@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--workers must include 1 (the reference of the efficiency)")
 
     from armbench_segmentation.analysis.engine import SyntheticSpec, ensure_synthetic_dataset
-    from armbench_segmentation.analysis.ray_engine import RayOptions, import_ray, run_samples_ray
+    from armbench_segmentation.analysis.ray_engine import (RayOptions, connect, disconnect, import_ray,
+                                                           run_samples_ray, wants_local_cluster)
     from armbench_segmentation.analysis.runner import open_run, run_samples, selected_samples
     from armbench_segmentation.analysis.store import ResultsStore
     from armbench_segmentation.config import load_settings
@@ -105,17 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"dataset: {what}; {len(samples)} images per configuration; model {Path(settings.model.path).name}; "
           f"{_cores()} CPU cores; load average at start {os.getloadavg()[0]:.1f}")
 
-    ray = import_ray()
+    ray = import_ray(wants_local_cluster(args.ray_address))
     t0 = time.perf_counter()
-    if args.ray_address:
-        ray.init(address=args.ray_address, include_dashboard=False, log_to_driver=False)
-    else:
-        if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
-            import secrets
-
-            os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
-        ray.init(num_cpus=max(args.workers), include_dashboard=False, log_to_driver=False,
-                 _node_ip_address="127.0.0.1")
+    connect(RayOptions(address=args.ray_address, workers=max(args.workers)))  # one cluster for every configuration
     print(f"Ray {ray.__version__} cluster ready in {time.perf_counter() - t0:.1f} s: "
           f"{int(ray.cluster_resources().get('CPU', 0))} CPUs")
 
@@ -156,8 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"start-up ({total_s:.1f} s, {done} images, {summary.errors} errors){eff}; load average {load:.1f}")
                 if name not in best or steady > best[name][0]:
                     best[name] = (steady, done / total_s, load)
-    if not args.ray_address:
-        ray.shutdown()
+    disconnect()
 
     one = best.get("ray x1", (None,))[0]
     print(f"\nbest round of each ({args.rounds} round(s)):")

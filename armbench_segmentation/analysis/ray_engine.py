@@ -79,6 +79,10 @@ INSTALL_HINT = "pip install 'armbench-segmentation[ray]' (or, in a checkout: poe
 FAULT_ENV = "ARMBENCH_RAY_FAULT_FILE"
 # Ray's switches set before it is imported: no usage statistics sent anywhere.
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
+# ... and for a cluster started for the run (one node, this machine): Ray's single-machine
+# mode, whose node address is the loopback one. Without it Ray looks up the machine's
+# outward address (a UDP connect towards 8.8.8.8) and its servers listen on that interface.
+LOCAL_CLUSTER_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 @dataclass(frozen=True)
@@ -113,9 +117,20 @@ class RayOptions:
                 raise ArmbenchError(f"Ray option {name} must be an integer >= {low}, got {value!r}")
 
 
-def import_ray() -> Any:
-    """``ray``, with its usage statistics off; an ``ArmbenchError`` saying how to install it."""
+def wants_local_cluster(address: str | None) -> bool:
+    """Whether a run with ``address`` (None: $RAY_ADDRESS) starts its own one-node cluster."""
+    return not (address or os.environ.get("RAY_ADDRESS"))
+
+
+def import_ray(local_cluster: bool = False) -> Any:
+    """``ray``, with its usage statistics off (and, with ``local_cluster``, in single-machine
+    mode; both are read when Ray is imported); an ``ArmbenchError`` saying how to install it."""
+    import sys
+
     os.environ.update(RAY_ENV)
+    if local_cluster and "ray" not in sys.modules:
+        for key, value in LOCAL_CLUSTER_ENV.items():
+            os.environ.setdefault(key, value)
     try:
         import ray
     except ImportError as exc:
@@ -242,9 +257,12 @@ class SampleWorker:
 
 
 # ---------------------------------------------------------------------------- the cluster
-def _connect(ray: Any, options: RayOptions) -> bool:
-    """Join ``options.address`` (or $RAY_ADDRESS), or start a local cluster. Returns whether
-    this call connected (and so must disconnect); False when Ray was already initialised."""
+def connect(options: RayOptions) -> bool:
+    """Join ``options.address`` (or $RAY_ADDRESS), or start a local cluster of
+    ``workers x threads_per_worker`` CPUs (default: this machine's). Returns whether this
+    call connected (the caller then calls ``ray.shutdown()``); False when Ray was already
+    initialised (that connection is used as it is)."""
+    ray = import_ray(wants_local_cluster(options.address))
     if ray.is_initialized():
         return False
     common = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
@@ -264,8 +282,38 @@ def _connect(ray: Any, options: RayOptions) -> bool:
         # run's processes instead of a file written into ~/.ray.
         os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
     cpus = (options.workers or _cpu_count()) * options.threads_per_worker
-    ray.init(num_cpus=cpus, _node_ip_address="127.0.0.1", _temp_dir=options.temp_dir, **common)
+    # The cluster's processes (started now, inheriting the environment) get a private HOME
+    # holding an empty ~/ray_bootstrap_config.yaml: Ray's usage module, which runs even with
+    # usage statistics off and no dashboard, otherwise asks the cloud metadata services
+    # (169.254.169.254, metadata.google.internal) which cloud it is on. It also keeps
+    # whatever Ray's processes write under ~ out of the user's HOME (removed by disconnect).
+    global _CLUSTER_HOME
+    _CLUSTER_HOME = tempfile.mkdtemp(prefix="armbench-ray-home-")
+    (Path(_CLUSTER_HOME) / "ray_bootstrap_config.yaml").write_text("{}\n")
+    home = os.environ.get("HOME")
+    os.environ["HOME"] = _CLUSTER_HOME
+    try:
+        ray.init(num_cpus=cpus, _node_ip_address="127.0.0.1", _temp_dir=options.temp_dir, **common)
+    finally:
+        if home is None:
+            os.environ.pop("HOME", None)
+        else:
+            os.environ["HOME"] = home
     return True
+
+
+_CLUSTER_HOME: str | None = None  # the private HOME of a cluster started by connect()
+
+
+def disconnect() -> None:
+    """``ray.shutdown()`` after :func:`connect` returned True (a cluster it started stops)."""
+    global _CLUSTER_HOME
+    import ray
+
+    ray.shutdown()
+    if _CLUSTER_HOME is not None:
+        shutil.rmtree(_CLUSTER_HOME, ignore_errors=True)
+        _CLUSTER_HOME = None
 
 
 def _cpu_count() -> int:
@@ -342,7 +390,7 @@ def run_samples_ray(
 
     if max_samples is not None and max_samples < 0:
         raise ValueError(f"max_samples must be >= 0 or None, got {max_samples}")
-    ray = import_ray()
+    ray = import_ray(wants_local_cluster(options.address))
     t0 = time.monotonic()
     summary = RunSummary(run_key=store._require_run())
     todo = pending_samples(dataset, store, summary, splits, max_samples)
@@ -353,7 +401,7 @@ def run_samples_ray(
         logger.info("the Ray engine runs one image per task (model.batch_size=%d is used by the local engine only)",
                     settings.model.batch_size)
     identity = dataset_identity(dataset, store)
-    connected = _connect(ray, options)
+    connected = connect(options)
     bar = None
     workers: list[Any] = []
     refs: list[Any] = []  # held until the end of the run (see _start_workers)
@@ -380,7 +428,7 @@ def run_samples_ray(
                 pass
         refs.clear()
         if connected:
-            ray.shutdown()
+            disconnect()
         summary.elapsed_s = time.monotonic() - t0
     if summary.errors:
         logger.warning("%d samples could not be processed (stored with status 'error'; see errors.csv)", summary.errors)

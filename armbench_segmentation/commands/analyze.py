@@ -91,9 +91,9 @@ def _validate(args: argparse.Namespace) -> None:
 def _ray_options(args: argparse.Namespace) -> Any:
     if args.engine != "ray":
         return None
-    from armbench_segmentation.analysis.ray_engine import RayOptions, import_ray
+    from armbench_segmentation.analysis.ray_engine import RayOptions, import_ray, wants_local_cluster
 
-    import_ray()  # before any work: a missing extra is one line saying how to install it
+    import_ray(wants_local_cluster(args.ray_address))  # before any work: a missing extra is one clear line
     return RayOptions(address=args.ray_address, workers=args.ray_workers)
 
 

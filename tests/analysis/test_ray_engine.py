@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from armbench_segmentation.analysis.ray_engine import FAULT_ENV, INSTALL_HINT, RayOptions
+from armbench_segmentation.analysis.ray_engine import FAULT_ENV, INSTALL_HINT, RayOptions, connect, disconnect
 from armbench_segmentation.errors import ArmbenchError
 
 from test_runner import build_model  # noqa: E402  (sibling test module, same folder)
@@ -82,18 +82,19 @@ def setup(tmp_path_factory):
 def cluster(tmp_path_factory):
     """A local Ray cluster of 2 CPUs for this module; its address and the environment its
     drivers need (the auth token; the fault file the workers read, via the raylet's env)."""
-    ray = pytest.importorskip("ray", reason=f"the Ray extra is not installed ({INSTALL_HINT})")
+    pytest.importorskip("ray", reason=f"the Ray extra is not installed ({INSTALL_HINT})")
     fault = tmp_path_factory.mktemp("fault") / "fault.json"
-    saved = {k: os.environ.get(k) for k in (FAULT_ENV, "RAY_AUTH_TOKEN", "RAY_USAGE_STATS_ENABLED")}
-    os.environ.update({FAULT_ENV: str(fault), "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0"})
+    saved = {k: os.environ.get(k) for k in (FAULT_ENV, "RAY_AUTH_TOKEN")}
+    os.environ.update({FAULT_ENV: str(fault), "RAY_AUTH_TOKEN": secrets.token_hex(32)})
     temp = Path("/tmp") / f"rt-{secrets.token_hex(3)}"  # short: Ray's socket paths must fit in 107 bytes
+    import ray
+
     try:
-        ctx = ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", _temp_dir=str(temp),
-                       log_to_driver=False)
-        env = _env(RAY_AUTH_TOKEN=os.environ["RAY_AUTH_TOKEN"], RAY_USAGE_STATS_ENABLED="0")
-        yield {"address": ctx.address_info["gcs_address"], "env": env, "fault": fault}
+        assert connect(RayOptions(workers=2, temp_dir=str(temp)))  # the engine's own local cluster
+        env = _env(RAY_AUTH_TOKEN=os.environ["RAY_AUTH_TOKEN"])
+        yield {"address": ray.get_runtime_context().gcs_address, "env": env, "fault": fault}
     finally:
-        ray.shutdown()
+        disconnect()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
