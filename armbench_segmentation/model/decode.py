@@ -185,11 +185,10 @@ def masks_from_protos(coeffs: np.ndarray, protos: np.ndarray, boxes: np.ndarray,
         thr_logit = np.float32(np.log(np.float64(mask_threshold)) - np.log1p(-np.float64(mask_threshold)))
     for k in range(n):  # kept detections only (<= max_detections); work is limited to the box
         r0, r1, c0, c1 = ranges[k]
-        if r1 > r0 and c1 > c0:
-            probs[k, r0:r1, c0:c1] = _sigmoid(_logits(coeffs[k], flat, mw, r0, r1)[:, c0:c1])
         if layout is HeadLayout.YOLOV5:
             if r1 <= r0 or c1 <= c0:
                 continue
+            probs[k, r0:r1, c0:c1] = _sigmoid(_logits(coeffs[k], flat, mw, r0, r1)[:, c0:c1])
             if integer_scale:
                 # one zero row/column of margin makes the local bilinear resize equal the global one
                 e0, e1, f0, f1 = max(r0 - 1, 0), min(r1 + 1, mh), max(c0 - 1, 0), min(c1 + 1, mw)
@@ -199,19 +198,27 @@ def masks_from_protos(coeffs: np.ndarray, protos: np.ndarray, boxes: np.ndarray,
                 masks[k] = cv2.resize(probs[k], (iw, ih), interpolation=cv2.INTER_LINEAR) > thr
             continue
         y0, y1, x0, x1 = full[k]  # input pixels kept by ultralytics' crop_mask (x1 <= col < x2)
-        if y1 <= y0 or x1 <= x0:
-            continue
         if integer_scale:
             # the prototype window under the crop plus one cell of margin: bilinear output pixels
-            # of the crop then read the same source cells as in the global resize
+            # of the crop then read the same source cells as in the global resize. It holds the
+            # prototype-resolution crop too (r0 >= e0, r1 <= e1), so one matmul serves both.
             e0, e1 = max(y0 // sy - 1, 0), min(-(-y1 // sy) + 1, mh)
             f0, f1 = max(x0 // sx - 1, 0), min(-(-x1 // sx) + 1, mw)
-            window = _logits(coeffs[k], flat, mw, e0, e1)[:, f0:f1]
-            up = cv2.resize(np.ascontiguousarray(window), ((f1 - f0) * sx, (e1 - e0) * sy), interpolation=cv2.INTER_LINEAR)
-            masks[k, y0:y1, x0:x1] = up[y0 - e0 * sy : y1 - e0 * sy, x0 - f0 * sx : x1 - f0 * sx] > thr_logit
+            if e1 <= e0 or f1 <= f0:
+                continue
+            window = np.ascontiguousarray(_logits(coeffs[k], flat, mw, e0, e1)[:, f0:f1])
+            if r1 > r0 and c1 > c0:
+                probs[k, r0:r1, c0:c1] = _sigmoid(window[r0 - e0 : r1 - e0, c0 - f0 : c1 - f0])
+            if y1 > y0 and x1 > x0:
+                up = cv2.resize(window, ((f1 - f0) * sx, (e1 - e0) * sy), interpolation=cv2.INTER_LINEAR)
+                masks[k, y0:y1, x0:x1] = up[y0 - e0 * sy : y1 - e0 * sy, x0 - f0 * sx : x1 - f0 * sx] > thr_logit
         else:
-            up = cv2.resize(_logits(coeffs[k], flat, mw, 0, mh), (iw, ih), interpolation=cv2.INTER_LINEAR)
-            masks[k, y0:y1, x0:x1] = up[y0:y1, x0:x1] > thr_logit
+            logits = _logits(coeffs[k], flat, mw, 0, mh)
+            if r1 > r0 and c1 > c0:
+                probs[k, r0:r1, c0:c1] = _sigmoid(logits[r0:r1, c0:c1])
+            if y1 > y0 and x1 > x0:
+                up = cv2.resize(logits, (iw, ih), interpolation=cv2.INTER_LINEAR)
+                masks[k, y0:y1, x0:x1] = up[y0:y1, x0:x1] > thr_logit
     return masks, probs
 
 
