@@ -16,6 +16,7 @@ by the entry file, so leap.yaml does not bundle it. It does not import code_load
 """
 
 import ast
+import functools
 import os
 import re
 import sys
@@ -195,14 +196,19 @@ def _lock_marker(pkg: Dict[str, Any]) -> Optional[str]:
     return markers.get("main") if isinstance(markers, dict) else markers
 
 
+@functools.lru_cache(maxsize=1)
+def _installed_modules() -> Dict[str, List[str]]:
+    from importlib.metadata import packages_distributions
+
+    return dict(packages_distributions())
+
+
 def module_distributions(module: str, lock: Dict[str, Dict[str, Any]]) -> List[str]:
     """The locked runtime distributions that provide import ``module``: those the installed
     environment names for it (``importlib.metadata.packages_distributions``) and the one named
     like it (``onnxruntime`` beside the installed ``onnxruntime-gpu``: the lock's markers pick
     one per platform)."""
-    from importlib.metadata import packages_distributions
-
-    names = {_canonical(d) for d in packages_distributions().get(module, [])} | {_canonical(module)}
+    names = {_canonical(d) for d in _installed_modules().get(module, [])} | {_canonical(module)}
     return sorted(n for n in names if n in lock)
 
 
