@@ -26,6 +26,15 @@ Predictions: ``detections`` = ``output0`` (A, 5 + nc + 32), channel last; ``prot
     ``output1`` (32, S/4, S/4), channel first; ``embedding`` (512,), the backbone's pooled
     SPPF output (``tools/export_onnx.py``), also registered as the custom latent space.
 
+Element instances (per-object analysis): every GT object of a labeled sample is also a row
+    ``<sample id>_<k>`` (k = its row in ``gt_boxes``/``gt_masks``) with its (S, S) mask and
+    ``INSTANCE_METADATA_TYPES`` metadata (``metrics.sample_evaluation.gt_instance_attributes``
+    plus the sample's tote colour); the ``instance_*`` metrics report, per object, the GT rows
+    of ``SampleEvaluation.instance_rows`` (``INSTANCE_ENGINE_COLUMNS``): the instances.csv
+    values of the engine.
+Metric directions: from the column table (``analysis.columns``, ``metric_registration``):
+    quality measures keep theirs; descriptive values get ``compute_insights=False``.
+
 One evaluation: every loss, metric and error visualizer reads the result of
 ``armbench_segmentation.metrics.sample_evaluation.evaluate_sample`` on the decoded GT (the
 model frame: the same pixels the local engine uses) and the raw outputs; this module only
