@@ -134,16 +134,23 @@ def create_app(run: ExploreRun, allowed_hosts: tuple[str, ...] | None = LOOPBACK
         out["labeling_exports"] = selections.labeling_available()
         return jsonify(out)
 
+    encoded: dict[str, bytes] = {}  # the run does not change while it is served: encode each payload once
+
+    def cached_json(key: str, make: Any) -> Any:
+        if key not in encoded:
+            encoded[key] = app.json.dumps(make()).encode()
+        return Response(encoded[key], mimetype="application/json")
+
     @app.get("/api/points")
     def points() -> Any:
-        return jsonify(run.points())
+        return cached_json("points", run.points)
 
     @app.get("/api/column")
     def column() -> Any:
         name = request.args.get("name", "")
         if name not in run.columns:
             return error(404, "no such column")
-        return jsonify(run.column(name))
+        return cached_json("column:" + name, lambda: run.column(name))
 
     @app.get("/api/sample")
     def sample() -> Any:

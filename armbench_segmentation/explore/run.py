@@ -129,7 +129,6 @@ class ExploreRun:
                                                                                   self.frame["sample_id"]))}
         self.settings = self._settings()
         self.columns = self._columns()
-        self._column_cache: dict[str, dict] = {}
         self._dataset: Any = None
         self._dataset_error: str | None = None
         self._samples: dict[tuple[str, str], Any] | None = None
@@ -237,9 +236,6 @@ class ExploreRun:
         info = self.columns.get(name)
         if info is None:
             raise KeyError(name)
-        with self._lock:
-            if name in self._column_cache:
-                return self._column_cache[name]
         s = self.frame[name]
         if info.kind == "numeric":
             out = {"name": name, "kind": "numeric", "definition": info.definition,
@@ -255,8 +251,6 @@ class ExploreRun:
             code = {c: i for i, c in enumerate(cats)}
             out = {"name": name, "kind": "categorical", "definition": info.definition, "categories": cats,
                    "codes": [code.get(v, -1) if v is not None else -1 for v in text]}
-        with self._lock:
-            self._column_cache[name] = out
         return out
 
     def clusters(self) -> list[dict[str, Any]]:
@@ -397,11 +391,15 @@ class ExploreRun:
             raise ValueError(f"unknown error kind {error_kind!r}; expected one of {list(_error_kinds())}")
         side = clamp_side(side)
         image, gt, pred, lb = self._display(split, sample_id, side)
-        names = self.settings.data.class_names
+        names = tuple(self.settings.data.class_names)
         facts = self.store.sample_facts(split, sample_id)
         out = image
-        if "heat" in layers:
-            out = heatmap_overlay(out, entropy_map(pred), alpha=0.45, vmin=0.0, vmax=1.0)
+        if "heat" in layers:  # the segmentation classes' predictions, as the hard-region window
+            from armbench_segmentation.metrics.segmentation import class_indices
+
+            keep = np.isin(pred.class_ids, class_indices(self.settings.metrics.segmentation_classes, names))
+            heat = entropy_map(pred[keep])  # (h, w) in [0, 1] bits; 0 where no prediction
+            out = np.where((heat > 0)[:, :, None], heatmap_overlay(out, heat, alpha=0.6, vmin=0.0, vmax=1.0), out)
             window = (facts or {}).get("hard_region")
             if window is not None:
                 from armbench_segmentation.data.letterbox import Letterbox

@@ -130,6 +130,7 @@
     const i = state.current; if (i === null) return '';
     const layers = ['gt', 'pred', 'heat'].filter(l => $('layer-' + l).checked).join(',');
     const kind = (document.querySelector('#error-kinds input:checked') || {}).value || '';
+    $('layer-gt').disabled = $('layer-pred').disabled = !!kind;  // an error kind draws its own instances
     const extra = {side: $('image-side').value, layers: layers};
     if (kind) extra.error = kind;
     return 'api/image?' + sampleParams(i, extra);
