@@ -1,9 +1,10 @@
 """Golden fixtures for the YOLOv8/YOLO11-seg decode, computed by the ultralytics package itself.
 
 Builds random-weight YOLOv8n-seg and YOLO11n-seg models (nc=2) from ultralytics' own yaml
-files, exports each to ONNX the way ultralytics' exporter does for ``end2end=False``
-(``Segment.export = True``: ``output0`` (N, 4 + nc + 32, A), ``output1`` (N, 32, H/4, W/4)),
-runs the export on a few synthetic totes at 320x320 with onnxruntime, then ultralytics'
+files, exports each with ultralytics' own exporter (``YOLO.export(format="onnx",
+dynamic=True)``: ``output0`` (N, 4 + nc + 32, A), ``output1`` (N, 32, H/4, W/4), its metadata),
+checks that ``SegmentationModel`` reads the file as the YOLOv8 layout and returns the same
+outputs, runs it on a few synthetic totes at 320x320 with onnxruntime, then ultralytics'
 post-processing exactly as ``SegmentationPredictor`` calls it
 (``ultralytics.utils.nms.non_max_suppression(..., nc=2)``, ``ops.process_mask(...,
 upsample=True)``, dropping detections with an empty mask, ``ops.scale_boxes``), and stores,
@@ -46,6 +47,7 @@ ORIG_SIZES = [(480, 640), (640, 480)]  # (H, W): letterbox scale exactly 0.5, wh
 SEEDS = [11, 12]
 MODELS = {"yolov8": "yolov8n-seg.yaml", "yolo11": "yolo11n-seg.yaml"}
 NC = 2
+CLASS_NAMES = ("Object", "Tote")
 CONF, IOU, MAX_DET = 0.25, 0.5, 300
 WEIGHT_GAIN = 2.5  # conv weight scale that keeps the random signal alive through the network
 TARGET_CANDIDATES = 100  # anchors above CONF on the calibration image
@@ -83,19 +85,29 @@ def build_model(yaml_name: str, seed: int, calibration_image: np.ndarray):
         bias = float(np.log(CONF / (1 - CONF)) - q)
         for cls_head in head.cv3:
             cls_head[-1].bias[: head.nc] = bias
-    head.export, head.format, head.dynamic = True, "onnx", True
     return model, bias
 
 
-def export(model, path: Path) -> None:
-    import torch
+def export(model, yaml_name: str, workdir: Path) -> Path:
+    """ultralytics' own exporter (``YOLO.export(format="onnx", dynamic=True)``, no onnxslim, so
+    nothing is installed): its graph, its output names and shapes, its metadata."""
+    import contextlib
+    import os
 
-    x = torch.zeros(1, 3, SIZE, SIZE)
-    torch.onnx.export(model, x, str(path), opset_version=17, input_names=["images"], output_names=["output0", "output1"],
-                      dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"},
-                                    "output0": {0: "batch", 2: "anchors"},
-                                    "output1": {0: "batch", 2: "mask_height", 3: "mask_width"}},
-                      dynamo=False)
+    from ultralytics import YOLO
+
+    yolo = YOLO(yaml_name, task="segment")
+    model.names = dict(enumerate(CLASS_NAMES))
+    model.args, model.task = yolo.model.args, yolo.model.task  # what YOLO() attaches to the model it builds
+    yolo.model = model
+    cwd = Path.cwd()
+    os.chdir(workdir)  # the exporter writes beside the model file, here a yaml name: the cwd
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            out = yolo.export(format="onnx", imgsz=SIZE, dynamic=True, simplify=False, device="cpu", opset=17)
+    finally:
+        os.chdir(cwd)
+    return workdir / out
 
 
 def main() -> int:
@@ -110,8 +122,11 @@ def main() -> int:
     from ultralytics.utils import ops
     from ultralytics.utils.nms import non_max_suppression
 
+    from armbench_segmentation.config import ModelConfig
     from armbench_segmentation.data.letterbox import Letterbox
     from armbench_segmentation.data.synth import render_tote
+    from armbench_segmentation.model.layout import HeadLayout
+    from armbench_segmentation.model.onnx_model import SegmentationModel
 
     tmp = tempfile.TemporaryDirectory()
     data: dict[str, np.ndarray] = {}
@@ -124,10 +139,17 @@ def main() -> int:
             lb = Letterbox.compute((h, w), SIZE)
             x = lb.apply_image(image).transpose(2, 0, 1)[None].astype(np.float32) / 255
             model, biases[case] = build_model(yaml_name, k, x)  # one model per case, its class bias calibrated on x
-            path = Path(tmp.name) / f"random-{case}.onnx"
-            export(model, path)
+            workdir = Path(tmp.name) / case
+            workdir.mkdir()
+            path = export(model, yaml_name, workdir)
             session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
             det, protos = session.run(["output0", "output1"], {"images": x})
+            # the project's loader reads the real export as YOLOv8 (layout from shapes + Ultralytics metadata)
+            ours = SegmentationModel(path, ModelConfig(device="cpu"), CLASS_NAMES)
+            assert (ours.layout, ours.num_classes, ours.model_class_names) == (HeadLayout.YOLOV8, NC, CLASS_NAMES)
+            raw = ours.run(x)
+            assert raw.layout is HeadLayout.YOLOV8 and np.array_equal(raw.detections, det) and np.array_equal(raw.protos, protos)
+            declared = [[d if isinstance(d, int) else str(d) for d in o.shape] for o in session.get_outputs()]
             assert det.shape[1] == 4 + NC + 32 and det.shape[2] == (SIZE // 8) ** 2 + (SIZE // 16) ** 2 + (SIZE // 32) ** 2
             det = det[0][:, det[0][4 : 4 + NC].max(axis=0) > 0.8 * CONF]  # (4+nc+nm, K): others can never pass
             protos = protos[0].astype(np.float16).astype(np.float32)  # (nm, h, w)
@@ -151,7 +173,8 @@ def main() -> int:
             data[f"{case}_classes"] = out[:, 5].numpy().astype(np.int64)
             data[f"{case}_masks"] = np.array(rles, dtype=np.str_) if rles else np.zeros(0, dtype="<U1")
             cases.append(case)
-            summary.append({"case": case, "orig_hw": [h, w], "candidates": int(passing.size), "kept": int(len(out)),
+            summary.append({"case": case, "onnx_outputs": declared, "metadata_author": ours._session.get_modelmeta().custom_metadata_map.get("author"),
+                            "orig_hw": [h, w], "candidates": int(passing.size), "kept": int(len(out)),
                             "empty_masks_dropped": int((~keep).sum()),
                             "classes": {int(c): int(n) for c, n in zip(*np.unique(out[:, 5].long().numpy(), return_counts=True))}})
 

@@ -20,5 +20,7 @@ VENV="${TOOLS_VENV:-$HERE/.venv}"  # TOOLS_VENV: build elsewhere (e.g. to test t
 import torch, torchvision, onnx, onnxruntime, pycocotools, cv2  # noqa: F401
 from yolov5.models.yolo import SegmentationModel  # noqa: F401
 from yolov5.utils.segment.loss import ComputeLoss  # noqa: F401
+from ultralytics.nn.tasks import SegmentationModel as _UltralyticsSeg  # noqa: F401  (YOLOv8/YOLO11 golden fixtures)
+from ultralytics.utils.nms import non_max_suppression  # noqa: F401
 print("tools venv OK: torch", torch.__version__, "torchvision", torchvision.__version__)
 PY
