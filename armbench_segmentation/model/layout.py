@@ -98,10 +98,10 @@ def detect_layout(det_shape: Sequence[int], nm: int, metadata: Mapping[str, str]
     found = f"found output0 {tuple(det_shape)} with output1 of {nm} prototype channels"
     task = metadata.get("task", "").strip()
     if task and task != "segment":
-        raise LayoutError(f"an Ultralytics {task!r} model (ONNX metadata 'task'), not a segmentation one; {found}. "
+        raise LayoutError(f"an Ultralytics {task[:40]!r} model (ONNX metadata 'task'), not a segmentation one; {found}. "
                           f"Accepted: {ACCEPTED}")
     if _truthy(metadata.get("end2end")):
-        raise LayoutError(f"an end-to-end (NMS-free) Ultralytics export (ONNX metadata end2end={metadata['end2end']}); "
+        raise LayoutError(f"an end-to-end (NMS-free) Ultralytics export (ONNX metadata end2end={metadata['end2end'][:40]!r}); "
                           f"{found}. Re-export with end2end=False (output0 (N, 4 + nc + nm, A)). Accepted: {ACCEPTED}")
     if len(det_shape) != 3 or any(d is not None and (not isinstance(d, int) or d < 1) for d in det_shape[1:]):
         raise LayoutError(f"{found}: output0 must be a 3-D tensor. Accepted: {ACCEPTED}")

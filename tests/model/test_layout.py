@@ -155,3 +155,13 @@ def test_evaluate_sample_yolov8_has_no_yolov5_loss_but_every_other_metric(caplog
     assert c8["ap"] > 0.8 and c5["ap"] > 0.8  # (not equal: each layout assembles masks its own way)
     warnings = [r for r in caplog.records if "loss not computed" in r.getMessage()]
     assert len(warnings) == 1 and "yolov8" in warnings[0].getMessage() and "objectness" in warnings[0].getMessage()
+
+
+def test_hostile_metadata_is_quoted_and_cut_in_messages():
+    hostile = "\x1b[31mdetect\n" + "x" * 500
+    with pytest.raises(LayoutError) as err:
+        detect_layout((1, 38, 8400), 32, {"author": "Ultralytics", "task": hostile})
+    msg = str(err.value)
+    assert "\x1b" not in msg and "\n" not in msg and "x" * 100 not in msg
+    # an unreadable end2end value is not taken as true
+    assert detect_layout((1, 38, 8400), 32, {"author": "Ultralytics", "end2end": "True\n" + "y" * 500}) == (V8, 2)
