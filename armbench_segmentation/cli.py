@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "analyze": ("armbench_segmentation.commands.analyze", "full analysis: map, clusters, picks, galleries, dashboard"),
     "serve": ("armbench_segmentation.commands.serve", "explore a run in the browser: map, sample view, selections"),
     "merge-labels": ("armbench_segmentation.commands.merge_labels", "add annotated images (CVAT / Label Studio COCO) to a train COCO file"),
+    "export-fiftyone": ("armbench_segmentation.commands.export_fiftyone", "write a run as a FiftyOne-importable dataset (COCO + fields Parquet + loader)"),
 }
 
 

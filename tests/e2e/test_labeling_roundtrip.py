@@ -248,3 +248,99 @@ def test_label_studio_annotations_convert_back_with_its_converter_and_merge(rt, 
         for m in masks:  # each region (an instance, or one part of one) lies inside a dataset mask
             assert max((m & t).sum() for t in truths) / m.sum() > 0.9
         assert _iou(np.any(masks, axis=0), np.any(truths, axis=0)) > 0.95  # and together they cover them
+
+
+# ---------------------------------------------------------------------------- FiftyOne export
+def _fiftyone_python() -> str | None:
+    """A Python that imports fiftyone: $ARMBENCH_FIFTYONE_PYTHON, else this one if it can."""
+    import importlib.util
+    import os
+    import sys
+
+    candidate = os.environ.get("ARMBENCH_FIFTYONE_PYTHON")
+    if candidate:
+        return candidate
+    return sys.executable if importlib.util.find_spec("fiftyone") is not None else None
+
+
+@pytest.fixture(scope="module")
+def fo_run(rt, tmp_path_factory):
+    """A run folder (results.sqlite, samples.parquet, run.json) over the synthetic dataset:
+    train samples with their GT, unlabeled ones with predictions = test.json's masks."""
+    run_dir = tmp_path_factory.mktemp("fo_run")
+    dataset = rt["dataset"]
+    src = ResultsStore(rt["base"] / "results.sqlite")
+    src.start_run("rt")
+    store = ResultsStore(run_dir / "results.sqlite")
+    store.start_run("rt", {"settings": {"data": {"class_names": list(CLASS_NAMES)}}})
+    rows, samples = [], []
+    for seq, s in enumerate(dataset.all_samples("train") + dataset.all_samples(UNLABELED)):
+        preds = src.sample_predictions(s.split, s.sample_id) or []
+        row = {"image_id": s.image_id, "file_name": s.file_name, "width": s.width, "height": s.height,
+               "loss": 0.1 * seq, "a.b": seq, "id": f"x{seq}"}
+        samples.append(StoredSample(s.split, s.sample_id, "ok", seq=seq, image_id=s.image_id, file_name=s.file_name,
+                                    row=row, predictions=preds, embedding=np.zeros(4, np.float32)))
+        rows.append({"split": s.split, "sample_id": s.sample_id, **row, "map_x": float(seq), "map_y": -2.0 * seq,
+                     "cluster": seq % 2})
+    store.put_samples(samples)
+    store.close()
+    src.close()
+    pd.DataFrame(rows).to_parquet(run_dir / "samples.parquet", index=False)
+    (run_dir / "run.json").write_text(json.dumps({"run_key": "rt", "settings": {
+        "data": {"path": str(rt["root"]), "class_names": list(CLASS_NAMES)}}}))
+    return run_dir, pd.DataFrame(rows)
+
+
+def test_fiftyone_export_is_coco_with_masks_fields_and_the_map(rt, fo_run, tmp_path, capsys):
+    from armbench_segmentation import cli
+
+    run_dir, table = fo_run
+    out = tmp_path / "fo"
+    assert cli.main(["export-fiftyone", str(run_dir), str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    gt, pred = COCO(str(out / "ground_truth.json")), COCO(str(out / "predictions.json"))
+    train = COCO(str(rt["root"] / "train.json"))
+    assert result["samples"] == len(table) == len(gt.imgs) == len(pred.imgs)
+    assert len(gt.anns) == len(train.anns) == result["gt_annotations"]  # only the labeled split has GT
+    assert len(pred.anns) == sum(len(v) for v in rt["truth"].values())
+    assert [im["file_name"] for im in gt.dataset["images"]] == table["file_name"].tolist()
+    for image_id, anns in pred.imgToAnns.items():  # areas are the masks' pixel counts (pycocotools)
+        assert all(a["area"] == pred.annToMask(a).sum() and 0 < a["score"] <= 1 for a in anns)
+    fields = json.loads((out / "fields.json").read_text())
+    assert fields["file_name"] == table["file_name"].tolist()
+    assert fields["map_x"] == table["map_x"].tolist() and fields["map_y"] == table["map_y"].tolist()
+    assert "a_b" in fields and "armbench_id" in fields and "id" not in fields  # FiftyOne-safe names
+    manifest = json.loads((out / "export.json").read_text())
+    assert Path(manifest["images_dir"]) == (rt["root"] / "images").resolve()
+    assert manifest["field_renames"] == {"a.b": "a_b", "id": "armbench_id"}
+    compile((out / "load_fiftyone.py").read_text(), "load_fiftyone.py", "exec")  # the loader is valid Python
+
+
+@pytest.mark.slow
+def test_fiftyone_importers_read_the_export(rt, fo_run, tmp_path, capsys):
+    """FiftyOne's own COCODetectionDatasetImporter (no database) over the export, through the
+    shipped loader's --check. Runs where a Python with fiftyone is available (this one, or
+    $ARMBENCH_FIFTYONE_PYTHON, e.g. a scratch venv: fiftyone is not a project dependency)."""
+    import subprocess
+
+    python = _fiftyone_python()
+    if python is None:
+        pytest.skip("fiftyone is not importable here; set ARMBENCH_FIFTYONE_PYTHON to a Python that has it")
+    from armbench_segmentation import cli
+
+    run_dir, table = fo_run
+    out = tmp_path / "fo"
+    assert cli.main(["export-fiftyone", str(run_dir), str(out)]) == 0
+    capsys.readouterr()
+    proc = subprocess.run([python, str(out / "load_fiftyone.py"), str(out), "--check"], capture_output=True,
+                          text=True, timeout=600, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    gt, pred = COCO(str(out / "ground_truth.json")), COCO(str(out / "predictions.json"))
+    for kind, api in (("ground_truth", gt), ("predictions", pred)):
+        assert seen[kind]["samples"] == len(table)
+        assert seen[kind]["objects"] == seen[kind]["masks"] == len(api.anns)
+        assert set(seen[kind]["labels"]) <= set(CLASS_NAMES)
+        pixels = sum(int(api.annToMask(a).sum()) for a in api.anns.values())
+        assert abs(seen[kind]["mask_pixels"] - pixels) <= 0.02 * pixels  # FiftyOne crops masks to the box
+    assert seen["fields"]["rows"] == seen["fields"]["matched"] == len(table)
