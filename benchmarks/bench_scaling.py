@@ -11,7 +11,7 @@ Every configuration analyses the same samples into a fresh results store:
   local Ray cluster of max(N) CPUs started once for the whole benchmark (or the cluster at
   ``--ray-address``).
 
-Throughput is measured in steady state: samples committed between the first and the last
+Throughput (and CPU time per image) is measured in steady state: samples committed between the first and the last
 commit of the store, divided by the time between them (the cluster start, the workers'
 model load and the first sample's warm-up are left out; the total with them is printed
 too). Scaling efficiency of N workers = throughput(N) / (N x throughput(1)); the goal is
@@ -38,20 +38,48 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-class CommitClock:
-    """on_commit callback: (time, samples done) of every commit -> steady-state img/s."""
+def ray_worker_cpu_s() -> float:
+    """CPU seconds (user + system) of the live Ray ``SampleWorker`` processes (Linux /proc;
+    0 elsewhere)."""
+    total, tick = 0.0, os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    proc = Path("/proc")
+    for d in proc.iterdir() if proc.is_dir() else ():
+        if not d.name.isdigit():
+            continue
+        try:
+            if not (d / "cmdline").read_bytes().startswith(b"ray::SampleWorker"):
+                continue
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()  # fields from the 3rd (state) on
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        except (OSError, IndexError, ValueError):  # ended meanwhile
+            continue
+    return total
 
-    def __init__(self) -> None:
-        self.points: list[tuple[float, int]] = []
+
+class CommitClock:
+    """on_commit callback: (time, samples done, CPU seconds) at every commit -> steady-state
+    img/s and CPU per image. CPU = this process (all its threads) + the Ray workers."""
+
+    def __init__(self, with_workers: bool) -> None:
+        self.with_workers = with_workers
+        self.points: list[tuple[float, int, float]] = []
 
     def __call__(self, done: int) -> None:
-        self.points.append((time.perf_counter(), done))
+        t = os.times()
+        cpu = t.user + t.system + (ray_worker_cpu_s() if self.with_workers else 0.0)
+        self.points.append((time.perf_counter(), done, cpu))
 
     def rate(self) -> float | None:
         if len(self.points) < 2 or self.points[-1][0] <= self.points[0][0]:
             return None
-        (t0, n0), (t1, n1) = self.points[0], self.points[-1]
+        (t0, n0, _), (t1, n1, _) = self.points[0], self.points[-1]
         return (n1 - n0) / (t1 - t0)
+
+    def cpu_ms_per_image(self) -> float | None:
+        if len(self.points) < 2 or self.points[-1][1] <= self.points[0][1]:
+            return None
+        (_, n0, c0), (_, n1, c1) = self.points[0], self.points[-1]
+        return 1000 * (c1 - c0) / (n1 - n0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{int(ray.cluster_resources().get('CPU', 0))} CPUs")
 
     configs = ([] if args.no_local else ["local"]) + [f"ray x{n}" for n in sorted(set(args.workers))]
-    best: dict[str, tuple[float, float, float]] = {}  # name -> (steady img/s, img/s with start-up, load average)
+    best: dict[str, tuple] = {}  # name -> (steady img/s, img/s with start-up, load average, CPU ms/img)
     reference = None
     mismatches: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in configs:
                 store = ResultsStore(Path(tmp) / f"{name.replace(' ', '')}-{r}.sqlite")
                 open_run(store, Subset(), model, settings)
-                clock = CommitClock()
+                clock = CommitClock(with_workers=name != "local")
                 load0 = os.getloadavg()[0]
                 t0 = time.perf_counter()
                 if name == "local":
@@ -141,29 +169,34 @@ def main(argv: list[str] | None = None) -> int:
                 elif not frame.equals(reference):
                     mismatches.append(f"{name} (round {r + 1})")
                 steady = clock.rate() or done / total_s
+                cpu = clock.cpu_ms_per_image()
                 rates[name] = steady
                 eff = ""
                 if name.startswith("ray") and rates.get("ray x1"):
                     eff = f", efficiency {steady / (int(name.split('x')[1]) * rates['ray x1']):.2f}"
                 print(f"  round {r + 1} {name:<8} {steady:6.2f} img/s steady, {done / total_s:6.2f} img/s with "
-                      f"start-up ({total_s:.1f} s, {done} images, {summary.errors} errors){eff}; load average {load:.1f}")
+                      f"start-up ({total_s:.1f} s, {done} images, {summary.errors} errors){eff}; "
+                      f"CPU {cpu or float('nan'):.0f} ms/img; load average {load:.1f}")
                 if name not in best or steady > best[name][0]:
-                    best[name] = (steady, done / total_s, load)
+                    best[name] = (steady, done / total_s, load, cpu)
     disconnect()
 
     one = best.get("ray x1", (None,))[0]
     print(f"\nbest round of each ({args.rounds} round(s)):")
-    print(f"{'configuration':<14} {'img/s':>7} {'with start-up':>14} {'efficiency':>11} {'vs local':>9} {'load':>5}")
+    print(f"{'configuration':<14} {'img/s':>7} {'with start-up':>14} {'efficiency':>11} {'vs local':>9} "
+          f"{'CPU ms/img':>11} {'load':>5}")
     for name in configs:
-        steady, total, load = best[name]
+        steady, total, load, cpu = best[name]
         eff = ""
         if name.startswith("ray") and one:
             n = int(name.split("x")[1])
             eff = f"{steady / (n * one):.2f}"
         vs_local = f"{steady / best['local'][0]:.2f}" if "local" in best else ""
-        print(f"{name:<14} {steady:7.2f} {total:14.2f} {eff:>11} {vs_local:>9} {load:5.1f}")
+        cpu_text = f"{cpu:.0f}" if cpu else "n/a"
+        print(f"{name:<14} {steady:7.2f} {total:14.2f} {eff:>11} {vs_local:>9} {cpu_text:>11} {load:5.1f}")
     print("efficiency = throughput / (workers x 1-worker throughput); goal >= 0.8 per added worker where a core "
-          f"is free for it ({_cores()} cores here, shared: see the load average)")
+          f"is free for it ({_cores()} cores here, shared: see the load average). CPU ms/img: this process and the "
+          "Ray workers together; the same CPU per image at a lower efficiency means the workers waited for a core")
     print("results identical to the first configuration's: " + ("yes" if not mismatches else
                                                                  f"NO ({', '.join(mismatches)})"))
     return 1 if mismatches else 0

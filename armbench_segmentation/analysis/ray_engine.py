@@ -37,9 +37,13 @@ bucket, the same path on every node); each worker checks that its COCO files has
 driver's and refuses to start otherwise.
 
 No telemetry: Ray's usage statistics are switched off (``RAY_USAGE_STATS_ENABLED=0``, set
-before Ray is imported), a cluster started for the run has no dashboard, listens on the
-loopback address only, and keeps its authentication token in the environment of the
-processes instead of writing ``~/.ray/auth_token``.
+before Ray is imported). A cluster started for the run (no ``--ray-address``) has no
+dashboard, runs in Ray's single-machine mode (every server on 127.0.0.1, no lookup of the
+machine's outward address), gives its processes a private HOME (see ``connect``: Ray's
+usage module would otherwise query cloud metadata services) and keeps its authentication
+token in the environment instead of ``~/.ray/auth_token``; tests/e2e/test_ray_no_network.py
+checks under strace that it talks to loopback addresses only. An existing cluster is the
+operator's: set ``RAY_USAGE_STATS_ENABLED=0`` on its nodes before ``ray start``.
 
 ``ARMBENCH_RAY_FAULT_FILE`` (tests only): a JSON file ``{"crash_on": sample_id}``; the
 worker that meets that sample removes the file and ends its process (``os._exit``), so a

@@ -254,6 +254,13 @@ def test_missing_ray_extra_is_one_actionable_line(tmp_path):
     assert not (tmp_path / "out").exists()  # failed before any work
 
 
-def test_ray_flags_need_the_ray_engine(tmp_path):
-    proc = _armbench("analyze", "--ray-workers", "2", "--out", str(tmp_path / "out"), env=_env(), timeout=120)
-    assert proc.returncode == 1 and "--ray-address and --ray-workers need --engine ray" in proc.stderr
+@pytest.mark.parametrize("flags, message", [
+    (["--ray-workers", "2"], "--ray-address and --ray-workers need --engine ray"),
+    (["--ray-address", "auto"], "--ray-address and --ray-workers need --engine ray"),
+    (["--engine", "ray", "--workers", "2"], "with --engine ray use --ray-workers"),
+    (["--engine", "ray", "--ray-workers", "0"], "--ray-workers must be >= 1, got 0"),
+])
+def test_ray_flags_are_checked_before_any_work(tmp_path, flags, message):
+    proc = _armbench("analyze", *flags, "--out", str(tmp_path / "out"), env=_env(), timeout=120)
+    assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
