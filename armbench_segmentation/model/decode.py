@@ -132,8 +132,9 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def _crop_ranges(boxes: np.ndarray, mh: int, mw: int, ih: int, iw: int) -> np.ndarray:
-    """(N, 4) int64 [r0, r1, c0, c1): prototype pixels kept by yolov5's ``crop_mask``
-    (column c kept when x1 * mw / iw <= c < x2 * mw / iw)."""
+    """(N, 4) int64 [r0, r1, c0, c1): pixels of an (mh, mw) grid kept by yolov5's and
+    ultralytics' ``crop_mask`` (column c kept when x1 * mw / iw <= c < x2 * mw / iw); the
+    prototype grid for yolov5, the input grid itself (mh, mw = ih, iw) for ultralytics."""
     db = boxes.astype(np.float32, copy=True)
     db[:, [0, 2]] *= np.float32(mw / iw)
     db[:, [1, 3]] *= np.float32(mh / ih)
