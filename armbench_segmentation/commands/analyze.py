@@ -114,20 +114,18 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         check_output_path(args.out, "dir", "--out")
     progress = not args.no_progress
-    # Resolve (and generate, for --synthetic) the dataset first: the default --out is named after it.
-    settings, where = resolve_dataset(settings, args.synthetic, progress=progress)
-    out = args.out
-    if out is None:
-        out = default_out_dir(Path(settings.data.path).name)
-    out = check_output_path(out, "dir", "--out")
-    say = print
-    if args.json:  # stdout carries the JSON alone: notes (and any stray print) go to stderr
-        def say(*parts, **kwargs):
-            print(*parts, **{**kwargs, "file": sys.stderr})
-    if not args.json:
-        say(f"dataset: {where}")
-        say(f"output:  {out}")
-    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+    # --json: stdout carries the JSON alone; anything else printed on the way goes to stderr
+    quiet_stdout = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
+    with quiet_stdout:
+        # Resolve (and generate, for --synthetic) the dataset first: the default --out is named after it.
+        settings, where = resolve_dataset(settings, args.synthetic, progress=progress)
+        out = args.out
+        if out is None:
+            out = default_out_dir(Path(settings.data.path).name)
+        out = check_output_path(out, "dir", "--out")
+        if not args.json:
+            print(f"dataset: {where}")
+            print(f"output:  {out}")
         result = run_analysis(settings, out, synthetic=False, resume=not args.no_resume, progress=progress,
                               max_samples=args.max_samples, process_workers=args.workers,
                               crops=not args.no_crops, engine=args.engine, ray_options=ray_options)
@@ -135,22 +133,22 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary_dict(result), indent=2, default=json_default))
         return 0
     s = result.summary
-    say(f"samples: {result.n_samples} analysed ({s.computed} computed now at {s.rate:.2f} img/s, "
-        f"{s.already_finished} from earlier runs, {s.errors} failed)")
+    print(f"samples: {result.n_samples} analysed ({s.computed} computed now at {s.rate:.2f} img/s, "
+          f"{s.already_finished} from earlier runs, {s.errors} failed)")
     if s.errors:
         print(f"failed samples are listed in {result.files['errors']}", file=sys.stderr)
     if s.stopped_early:
-        say(f"stopped after --max-samples {args.max_samples}; run the same command again to continue")
+        print(f"stopped after --max-samples {args.max_samples}; run the same command again to continue")
     for key in ("samples_csv", "samples_parquet"):
-        say(f"table:   {result.files[key]}")
+        print(f"table:   {result.files[key]}")
     for key, path in result.files.items():
         if key.startswith("predictions_"):
-            say(f"COCO:    {path}")
+            print(f"COCO:    {path}")
     if result.dashboard is not None:
-        say(f"dashboard: {result.dashboard}")
+        print(f"dashboard: {result.dashboard}")
     else:
-        say("dashboard: not written (analysis.report unavailable)")
-    say(f"explore:  {serve_command(result.out_dir)}")
+        print("dashboard: not written (analysis.report unavailable)")
+    print(f"explore:  {serve_command(result.out_dir)}")
     return 0
 
 
