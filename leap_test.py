@@ -194,6 +194,10 @@ class Registered:
         return out
 
 
+#: metadata code-loader registers itself for element instances (not the entry's)
+BUILTIN_METADATA = "builtin_instance_"
+
+
 def registered_handlers(module) -> Registered:
     from code_loader import leap_binder as binder
 
@@ -204,7 +208,7 @@ def registered_handlers(module) -> Registered:
 
     return Registered(
         inputs=list(sc.inputs), ground_truths=list(sc.ground_truths),
-        metadata=[h for h in sc.metadata if ours(h.function)],
+        metadata=[h for h in sc.metadata if not h.name.startswith(BUILTIN_METADATA)],
         losses=[h for h in sc.custom_loss_handlers if ours(h.function)],
         metrics=[h for h in sc.metrics if ours(h.function)],
         visualizers=[h for h in sc.visualizers if ours(h.function)],

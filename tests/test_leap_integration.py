@@ -420,12 +420,20 @@ def test_leap_yaml_bundles_the_entry_imports_and_nothing_heavy():
         assert leap_bundle.bundled(path, include, exclude), path
     for path in ("models/armbench-yolov5s-seg.onnx", "armbench_segmentation/dataset/images/X.jpg", "tests/conftest.py",
                  "tools/finetune.py", ".venv/lib/python3.11/site-packages/numpy/__init__.py", "leap_test.py",
-                 "leap_bundle.py"):
+                 "leap_bundle.py", "armbench_segmentation/analysis/pipeline.py", "armbench_segmentation/analysis/new.py",
+                 "armbench_segmentation/explore/app.py", "armbench_segmentation/training/model.py",
+                 "armbench_segmentation/data/synth.py", "armbench_segmentation/cli.py", "requirements.txt",
+                 "pyproject.toml", "poetry.lock"):
         assert not leap_bundle.bundled(path, include, exclude), path
     failures, lines = leap_bundle.check_leap_yaml(config, [])  # what leap_test.py's step reports
     n = len(set(needed) | {config["entryFile"], *leap_bundle.REQUIRED_FILES})
-    assert failures == [] and lines == [f"{n} files needed by {config['entryFile']} ({len(needed)} by the import "
-                                        "graph, 0 imported at run time): all bundled"]
+    assert failures == [] and lines[0] == (f"{n} files needed by {config['entryFile']} ({len(needed)} by the import "
+                                           "graph, 0 imported at run time): all bundled")
+    assert "armbench_segmentation/analysis/columns.py" in needed  # the column table: metric directions
+    broken = {**config, "pythonVersion": "3.11", "include": config["include"] + ["requirements.txt"]}
+    failures, _ = leap_bundle.check_leap_yaml(broken, [])
+    assert any("pythonVersion is '3.11'" in f and "py311" in f for f in failures), failures
+    assert any("requirements files ['requirements.txt', 'tensorleap_requirements.txt']" in f for f in failures)
 
 
 # ---------------------------------------------------------------------------- end to end
