@@ -27,8 +27,14 @@ browser:
 analyze: install
 	$(POETRY) run armbench analyze --synthetic --out $(OUT)
 
+## install-train: the `train` extra (torch, torchvision, yolov5 model/loss code) into .venv with pip, for `armbench finetune`
+install-train:
+	.venv/bin/pip install -q -r requirements-train.txt
+	.venv/bin/pip install -q --no-deps yolov5==7.0.14 ultralytics==8.4.190
+	.venv/bin/python -c "from armbench_segmentation.training import require_train_extra; require_train_extra(); print('train extra OK')"
+
 ## test: everything CI runs: unit, end-to-end, browser, and the Tensorleap checks
-test: install browser
+test: install browser install-train
 	$(POETRY) run python tools/sync_requirements.py --check
 	$(POETRY) run pytest -q
 	$(POETRY) run test
