@@ -1,9 +1,9 @@
 """``armbench serve`` in a real headless Chromium, over a run whose file names are hostile:
 the page loads without console errors,
 clicking a point (a real mouse click) opens its sample view with the image and the stored
-instance list, and a box selection dragged with the mouse is saved and exported as an ids
-CSV holding exactly the samples inside the box (computed here from samples.parquet and the
-plot's own axis transform)."""
+instance list, and a box and a lasso selection dragged with the mouse are saved and
+exported as ids CSVs holding exactly the samples inside them (computed here from the
+points' pixel positions through the plot's own axis transform)."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ return out;
 """
 
 
-def test_serve_page_sample_view_and_box_selection_export(served, browser, console_errors):
+def test_serve_page_sample_view_box_and_lasso_selection_exports(served, browser, console_errors):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
@@ -148,6 +148,40 @@ def test_serve_page_sample_view_and_box_selection_export(served, browser, consol
     exported = {(sp, sid[1:] if sid.startswith("'") and sid[1:2] in "=+-@\t\r" else sid)
                 for sp, sid in zip(ids["split"], ids["sample_id"])}
     assert exported == expected and len(ids) == len(expected)
+
+    # lasso selection, a real drag around the other half of the points: a second selection
+    browser.find_element(By.CSS_SELECTOR, '.modebar-btn[data-val="lasso"]').click()
+    # (started away from the box: a drag that starts on a selection's outline edits that selection)
+    lx0, lx1 = cut + 2, xs[-1] + 15
+    rest = {(p[2], p[1]) for p in positions if lx0 < p[3] <= lx1 and y0 <= p[4] <= y1}
+    assert rest and not rest & expected
+    corners = [(lx1, y0), (lx1, y1), (lx0, y1), (lx0, y0), (lx1 - 1, y0)]
+    chain = ActionChains(browser).move_to_element_with_offset(map_el, int(lx1), int(y0)).click_and_hold()
+    here = corners[0]
+    for corner in corners[1:]:
+        for k in (1, 2, 3, 4):  # several moves per side: plotly's lasso follows the mouse path
+            step = (here[0] + (corner[0] - here[0]) * k / 4, here[1] + (corner[1] - here[1]) * k / 4)
+            chain.move_to_element_with_offset(map_el, int(step[0]), int(step[1]))
+        here = corner
+    chain.release().perform()
+    selected_js = ("const S = window.armbenchExplorer; return S.selected.map(i => [S.P.splits[S.P.split[i]], S.P.ids[i]])"
+                   ".filter(k => !" + json.dumps([list(k) for k in expected]) + ".some(e => e[0] === k[0] && e[1] === k[1]))"
+                   ".length ? S.selected.map(i => [S.P.splits[S.P.split[i]], S.P.ids[i]]) : null")
+    lasso_keys = {tuple(k) for k in _wait(browser, selected_js)}  # the box selection replaced by the lasso's
+    assert lasso_keys == rest
+    assert browser.find_element(By.ID, "sel-count").text == f"{len(rest)} selected"
+    name_box = browser.find_element(By.ID, "sel-name")
+    name_box.clear()
+    name_box.send_keys("lasso-right")
+    browser.find_element(By.ID, "sel-save").click()
+    _wait(browser, "return document.querySelector('#sel-list button[data-name=\"lasso-right\"]')")
+    browser.find_element(By.CSS_SELECTOR, '#sel-list button[data-name="lasso-right"]').click()
+    _wait(browser, "return document.querySelector('#export-status a[data-kind=\"ids\"]')"
+                   " && document.querySelector('#export-status a').textContent.includes('lasso-right')")
+    ids = pd.read_csv(run_dir / "selections" / "lasso-right.ids.csv", keep_default_na=False, dtype=str)
+    lassoed = {(sp, sid[1:] if sid.startswith("'") and sid[1:2] in "=+-@\t\r" else sid)
+               for sp, sid in zip(ids["split"], ids["sample_id"])}
+    assert lassoed == rest and len(ids) == len(rest)
 
     # the saved selection as a filter: exactly its samples stay on the map
     from selenium.webdriver.support.ui import Select
