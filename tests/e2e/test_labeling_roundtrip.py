@@ -11,6 +11,7 @@ score and reason are known per image.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -254,7 +255,6 @@ def test_label_studio_annotations_convert_back_with_its_converter_and_merge(rt, 
 def _fiftyone_python() -> str | None:
     """A Python that imports fiftyone: $ARMBENCH_FIFTYONE_PYTHON, else this one if it can."""
     import importlib.util
-    import os
     import sys
 
     candidate = os.environ.get("ARMBENCH_FIFTYONE_PYTHON")
@@ -344,3 +344,57 @@ def test_fiftyone_importers_read_the_export(rt, fo_run, tmp_path, capsys):
         pixels = sum(int(api.annToMask(a).sum()) for a in api.anns.values())
         assert abs(seen[kind]["mask_pixels"] - pixels) <= 0.02 * pixels  # FiftyOne crops masks to the box
     assert seen["fields"]["rows"] == seen["fields"]["matched"] == len(table)
+
+
+# ---------------------------------------------------------------------------- the shipped model
+SHIPPED_MODEL = Path(__file__).resolve().parents[2] / "models" / "armbench-yolov5s-seg.onnx"
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not SHIPPED_MODEL.is_file(), reason=f"shipped model {SHIPPED_MODEL} is absent")
+def test_analyze_picks_carry_the_models_predictions_and_merge_back(rt, tmp_path, monkeypatch, capsys):
+    """``armbench analyze`` with the shipped model: the picks' COCO file holds the stored
+    predictions as polygons (rasterized: the stored masks), the Label Studio tasks follow
+    the rank, and the file merges back into train.json."""
+    from armbench_segmentation import cli
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    for k in [k for k in os.environ if k.startswith("ARMBENCH_")]:
+        monkeypatch.delenv(k)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("data:\n  train_size: all\n  val_size: all\n  unlabeled_size: all\nmodel:\n  device: cpu\n"
+                   "analysis:\n  n_clusters: 2\n  label_budget: 3\n")
+    out = tmp_path / "run"
+    assert cli.main(["analyze", "--no-progress", "--no-crops", "--dataset", str(rt["root"]), "--model",
+                     str(SHIPPED_MODEL), "--config", str(cfg), "--out", str(out)]) == 0
+    capsys.readouterr()
+    picks = pd.read_csv(out / "label_picks.csv")
+    coco = json.loads((out / "label_picks.coco.json").read_text())
+    assert [im["id"] for im in coco["images"]] == picks["rank"].tolist() == [1, 2, 3]
+    score = picks["score"].to_numpy(float)
+    assert (np.diff(score[np.isfinite(score)]) <= 1e-9).all()
+    assert [im["score"] for im in coco["images"]] == pytest.approx(picks["score"].tolist())
+    store = ResultsStore(out / "results.sqlite")
+    store.run_key = json.loads((out / "run.json").read_text())["run_key"]
+    api = COCO(str(out / "label_picks.coco.json"))
+    n_preds = 0
+    for im in coco["images"]:
+        preds = store.sample_predictions(UNLABELED, im["sample_id"])
+        anns = api.imgToAnns[im["id"]]
+        assert len(anns) == len(preds)  # every stored prediction (all have a class with a category)
+        n_preds += len(preds)
+        for ann, pred in zip(anns, preds):
+            seg = pred["segmentation"]
+            stored = mask_utils.decode({"size": seg["size"], "counts": seg["counts"].encode()}).astype(bool)
+            assert _iou(api.annToMask(ann).astype(bool), stored) > 0.9
+    store.close()
+    assert n_preds > 0, "the shipped model found nothing on the synthetic totes"
+    tasks = json.loads((out / "label_picks.label_studio.json").read_text())
+    assert [t["data"]["sample_id"] for t in tasks] == picks["sample_id"].tolist()
+    merged_path = tmp_path / "train_v2.json"
+    summary = _merge_summary(rt, [out / "label_picks.coco.json"], merged_path, capsys)
+    merged = COCO(str(merged_path))
+    base = COCO(str(rt["root"] / "train.json"))
+    assert summary["images_added"] == 3 and len(merged.imgs) == len(base.imgs) + 3
+    assert len(merged.anns) == len(base.anns) + summary["annotations_added"] > len(base.anns)
