@@ -167,7 +167,7 @@ def create_app(run: ExploreRun, allowed_hosts: tuple[str, ...] | None = LOOPBACK
         except ValueError as exc:
             return error(400, str(exc))
         except SampleError as exc:
-            return error(409, str(exc))
+            return error(409, run.page_text(str(exc)))
         return Response(data, mimetype="image/jpeg")
 
     @app.get("/api/selections")
@@ -200,7 +200,7 @@ def create_app(run: ExploreRun, allowed_hosts: tuple[str, ...] | None = LOOPBACK
         except selections.SelectionError as exc:
             return error(404, str(exc))
         except ArmbenchError as exc:
-            return error(409, str(exc))
+            return error(409, run.page_text(str(exc)))
         return jsonify({"name": name, "files": paths})
 
     @app.get("/api/selections/<name>/download/<kind>")

@@ -172,6 +172,16 @@ class ExploreRun:
         _ = self.dataset
         return self._dataset_error
 
+    def page_text(self, text: str) -> str:
+        """A message for the page: the dataset's and the run's absolute folders removed (paths
+        become relative to them, e.g. ``images/x.jpg``)."""
+        roots = {str(self.run_dir), str(self.run_dir.resolve()), str(self.settings.data.path)}
+        if self._dataset is not None:
+            roots |= {str(self._dataset.root), str(Path(self._dataset.root).resolve())}
+        for root in sorted((r for r in roots if r and r not in (".", "/")), key=len, reverse=True):
+            text = text.replace(root.rstrip("/") + "/", "").replace(root, ".")
+        return text
+
     def dataset_sample(self, split: str, sample_id: str) -> Any:
         """The dataset's Sample for a stored sample; SampleError when the dataset lacks it."""
         ds = self.dataset
@@ -310,7 +320,7 @@ class ExploreRun:
         try:
             self.dataset_sample(split, sample_id)
         except SampleError as exc:
-            image_note = str(exc)
+            image_note = self.page_text(str(exc))
         return {
             "split": split, "sample_id": sample_id, "index": i, "row": row,
             "labeled": split in LABELED_SPLITS,

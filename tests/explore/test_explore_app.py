@@ -223,3 +223,21 @@ def test_a_selection_of_another_run_is_refused(client, tiny_run):
     (folder / "broken.json").write_text("{not json")
     r = client.get("/api/selections/broken")
     assert r.status_code == 404 and "unreadable" in r.get_json()["error"]
+
+
+def test_a_missing_image_is_named_without_the_machines_paths(client, run, tiny_run):
+    info = json.loads((tiny_run / "run.json").read_text())
+    image = Path(info["dataset_root"]) / "images" / "val_a.jpg"
+    moved = image.with_name("val_a.jpg.away")
+    image.rename(moved)
+    try:
+        run._frames.clear()  # the sample view's image cache
+        r = client.get("/api/image", query_string={"split": "val", "id": "val_a"})
+        assert r.status_code == 409
+        message = r.get_json()["error"]
+        assert "val_a.jpg not found at images/val_a.jpg" in message, message
+        assert info["dataset_root"] not in message and str(tiny_run) not in message
+        others = client.get("/api/image", query_string={"split": "val", "id": "val_portrait"})
+        assert others.status_code == 200  # one bad image stops nothing else
+    finally:
+        moved.rename(image)

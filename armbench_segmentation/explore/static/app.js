@@ -138,8 +138,16 @@
   function refreshImage() {
     const img = $('sample-img');
     if (!state.sample || !state.sample.image_available) { img.hidden = true; return; }
+    $('image-note').hidden = true;
     img.hidden = false; img.alt = state.P.ids[state.current]; img.src = imageUrl();
   }
+  // an image the server cannot draw (file gone, dataset changed): show its one-line reason
+  $('sample-img').addEventListener('error', async () => {
+    const img = $('sample-img'); const src = img.src;
+    const body = await fetch(src).then(r => r.json()).catch(() => ({}));
+    if (img.src !== src) return;
+    img.hidden = true; $('image-note').hidden = false; $('image-note').textContent = body.error || 'image unavailable';
+  });
   async function openSample(i) {
     state.current = i;
     const data = await getJSON('api/sample?' + sampleParams(i));
