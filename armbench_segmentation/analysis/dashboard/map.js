@@ -24,6 +24,8 @@
  *   onClick:  (i) -> void, a point clicked;  onHover: (i) -> void, a point hovered.
  *   onSelect: (indices) -> void, lasso / box selection done ([] when cleared).
  *   dragmode: plotly's initial drag mode ("zoom", "lasso", "select", "pan"); default "zoom".
+ *   webgl:    true (default): `scattergl` (WebGL, fluid at 44k+ points); false: SVG `scatter`
+ *             (crisper for a few thousand points, and Plotly.Fx.hover by point number works).
  *   height:   CSS height of el when it has none.
  *
  * returns a handle:
@@ -31,8 +33,8 @@
  *   visible() -> [int] rows drawn now; options() -> the current options; el: the plot element.
  *
  * Also: ArmbenchMap.columns(payload) -> [{name, kind: "numeric" | "categorical"}] the columns
- * a page can offer for colour; ArmbenchMap.literal(text) escapes text for plotly's hover/legend
- * (plotly reads <b>, <br>, &amp; in them).
+ * a page can offer for colour; ArmbenchMap.literal(text) (alias .lit) escapes text for plotly's
+ * hover/legend (plotly reads <b>, <br>, &amp; in them); ArmbenchMap.format(value) the number format.
  */
 (function (global) {
   'use strict';
@@ -74,7 +76,7 @@
   }
 
   function render(el, P, options) {
-    const opts = Object.assign({colorBy: '', sizeBy: '', filter: null, dragmode: 'zoom'}, options || {});
+    const opts = Object.assign({colorBy: '', sizeBy: '', filter: null, dragmode: 'zoom', webgl: true}, options || {});
     const N = P.ids.length;
     if (!el.style.height && opts.height) el.style.height = opts.height;
     let drawn = [];
@@ -90,7 +92,7 @@
       marker.symbol = ids.map(i => SYMBOLS[P.split[i] % SYMBOLS.length]);
       marker.line = {width: 0};
       marker.opacity = 0.8;
-      return {type: 'scattergl', mode: 'markers', name: literal(name), x: ids.map(i => P.x[i]),
+      return {type: opts.webgl ? 'scattergl' : 'scatter', mode: 'markers', name: literal(name), x: ids.map(i => P.x[i]),
         y: ids.map(i => P.y[i]), customdata: ids, marker: marker, hovertemplate: '%{text}<extra></extra>',
         text: ids.map(i => literal(P.ids[i]) + (valueText ? '<br>' + literal(valueText(i)) : ''))};
     }
@@ -145,5 +147,5 @@
     };
   }
 
-  global.ArmbenchMap = {render: render, columns: columns, literal: literal, format: fmt, palette: PALETTE};
+  global.ArmbenchMap = {render: render, columns: columns, literal: literal, lit: literal, format: fmt, palette: PALETTE};
 })(window);
