@@ -21,7 +21,9 @@ Prints, in one run:
    thread's CPU (``time.thread_time``, nested stages counted once), as CPU ms per image,
    next to the raw inference's CPU per image and what is left of the process CPU
    (ONNX Runtime's extra work under contention, queues, thread hand-offs);
-5. the population map (analysis.projection) of 44,253 synthetic 512-d embeddings with
+5. with ``--compare-threads 1,2``: raw and end-to-end per ONNX Runtime intra-op thread
+   count, alternating, each end-to-end also divided by the fastest raw setting;
+6. the population map (analysis.projection) of 44,253 synthetic 512-d embeddings with
    cluster structure (the size of ARMBench mix-object-tote), goal < 60 s on 2 cores
    (``--map-rows 0`` skips it).
 
@@ -184,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--map-rows", type=int, default=44_253)
     parser.add_argument("--projection", default="pca", help="projection method for the map (default pca)")
     parser.add_argument("--repeat", type=int, default=1, help="rounds alternating raw and end-to-end (default 1)")
+    parser.add_argument("--compare-threads", metavar="A,B", default=None,
+                        help="also measure raw and end-to-end with these model.num_threads (ONNX Runtime intra-op "
+                             "threads), e.g. 1,2; 'vs best raw' divides by the fastest raw setting")
     parser.add_argument("--no-profile", action="store_true", help="skip the per-stage CPU profile (a second "
                         "end-to-end run with the stage functions timed)")
     args = parser.parse_args(argv)
@@ -235,14 +240,14 @@ def main(argv: list[str] | None = None) -> int:
     compact_predictions(warm_result.predictions, warm_loaded.letterbox)
     del warm_loaded, warm_raw, warm_result
 
-    def end_to_end(profile: StageProfile | None = None) -> tuple[int, float, float, object]:
+    def end_to_end(profile: StageProfile | None = None, m=model, st=settings) -> tuple[int, float, float, object]:
         """(images done, wall s, process CPU s, summary) of one runner pass into a fresh store."""
         with tempfile.TemporaryDirectory() as tmp:
             store = ResultsStore(Path(tmp) / "results.sqlite")
-            open_run(store, Subset(), model, settings)
+            open_run(store, Subset(), m, st)
             with profile if profile is not None else contextlib.nullcontext():
                 t0, c0 = time.perf_counter(), time.process_time()
-                summary = run_samples(Subset(), model, store, settings, progress=False)
+                summary = run_samples(Subset(), m, store, st, progress=False)
                 wall, cpu = time.perf_counter() - t0, time.process_time() - c0
             store.close()
         return summary.computed + summary.errors, wall, cpu, summary
@@ -260,10 +265,10 @@ def main(argv: list[str] | None = None) -> int:
     bs = max(1, settings.model.batch_size)
     batches = [model.to_input(np.stack(images[i: i + bs])) for i in range(0, len(images), bs)]
 
-    def raw_pass() -> tuple[float, float]:
+    def raw_pass(m=model) -> tuple[float, float]:
         t0, c0 = time.perf_counter(), time.process_time()
         for b in batches:
-            model.run(b)
+            m.run(b)
         return time.perf_counter() - t0, time.process_time() - c0
 
     # rounds alternate raw and end-to-end passes, so a change in the machine's load hits both
@@ -297,6 +302,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"load average {os.getloadavg()[0]:.1f}")
 
     # ---- the map at ARMBench scale
+    # ---- ONNX Runtime's intra-op threads: raw and end-to-end per setting, alternating
+    if args.compare_threads:
+        counts = [int(v) for v in args.compare_threads.split(",")]
+        variants = {}
+        for t in counts:
+            st = settings.replace({"model.num_threads": t})
+            m = SegmentationModel(st.model.path, st.model, st.data.class_names)
+            for b in batches[:2]:
+                m.run(b)
+            variants[t] = (m, st, [], [])
+        for _ in range(args.repeat):
+            for t, (m, st, raws, e2es) in variants.items():
+                raws.append(raw_pass(m))
+                e2es.append(end_to_end(m=m, st=st)[:3])
+        best_raw = max(len(images) * len(r) / sum(w for w, _ in r) for _, _, r, _ in variants.values())
+        print(f"\nONNX Runtime intra-op threads ({args.repeat} alternating round(s); load average "
+              f"{os.getloadavg()[0]:.1f}):")
+        print(f"{'threads':>7}{'raw img/s':>11}{'raw CPU ms':>12}{'e2e img/s':>11}{'e2e CPU ms':>12}{'ratio':>7}"
+              f"{'vs best raw':>13}{'CPU-bound':>11}")
+        for t, (m, st, raws, e2es) in variants.items():
+            n = len(images) * len(raws)
+            r_w, r_c = sum(w for w, _ in raws), sum(c for _, c in raws)
+            d, e_w, e_c = (sum(x[i] for x in e2es) for i in range(3))
+            print(f"{t:>7}{n / r_w:>11.2f}{1000 * r_c / n:>12.0f}{d / e_w:>11.2f}{1000 * e_c / d:>12.0f}"
+                  f"{(d / e_w) / (n / r_w):>7.2f}{(d / e_w) / best_raw:>13.2f}{(r_c / n) / (e_c / d):>11.2f}")
+
     if args.map_rows <= 0:
         return 0
     from armbench_segmentation.analysis.projection import fit_projection
