@@ -865,7 +865,7 @@ def write_pruned_coco(train_json: str | Path, out_path: str | Path, keep_ids: It
     out["images"], out["annotations"] = images, anns
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(out))
+    atomic_write_text(out_path, json.dumps(out))
     counts = {"images_in": len(coco["images"]), "images_kept": len(images),
               "annotations_in": len(coco.get("annotations", [])), "annotations_kept": len(anns),
               "keep_ids_not_found": missing}
