@@ -167,7 +167,7 @@ class MetricsConfig:
 
 @dataclass(frozen=True)
 class AnalysisConfig:
-    projection: str = field(default="pca", metadata=_rule("str", choices=PROJECTION_NAMES))
+    projection: str = field(default="tsne", metadata=_rule("str", choices=PROJECTION_NAMES))
     clustering: str = field(default="kmeans", metadata=_rule("str", choices=CLUSTERING_NAMES))
     n_clusters: int = field(default=8, metadata=_rule("int", low=1))
     label_budget: int = field(default=50, metadata=_rule("int", low=0))

@@ -5,9 +5,16 @@ The map is fitted on the labeled samples (train + val) and the unlabeled ones ar
 large populations the fit uses a random subset (``max_fit`` rows) and every other row is
 transformed, which keeps memory and time bounded (PCA on 44k x 512 takes seconds).
 
+The default is ``tsne`` (openTSNE, a map with neighbourhoods: clusters of similar images stay
+together): fitted on at most 10,000 labeled rows, every other row placed into the fitted map
+by openTSNE's ``transform`` (the fitted points do not move). 44,253 x 512 embeddings take
+< 60 s on 2 cores (``benchmarks/bench_map.py`` prints the time and a neighbourhood score of
+each method). ``pca`` is the fast fallback, used when openTSNE is not installed (warned,
+noted on the result).
+
 Methods sit behind a name registry (``PROJECTIONS``); optional dependencies are imported
 only when their method is used, and a missing one raises :class:`ProjectionUnavailable`
-that says what to install and which method to use instead.
+that says what to install and which method to use instead (or falls back, for ``tsne``).
 
 Pre-processing (all methods): non-finite values are replaced by the column mean of the fit
 rows, features are centred and scaled by their standard deviation (features with a
@@ -25,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import importlib.util
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
@@ -37,7 +43,9 @@ from armbench_segmentation.splits import LABELED_SPLITS
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_METHOD = "tsne"  # the map's default (config analysis.projection); "pca" is the fallback
 DEFAULT_MAX_FIT = 20_000
+TSNE_MAX_FIT = 10_000  # openTSNE fit rows (the rest transformed); see TSNE_DEFAULTS
 _PRE_PCA_DIMS = 50
 
 
@@ -163,8 +171,10 @@ class ProjectionMethod:
 
     ``run(z_fit, z_rest, seed, params) -> (xy_fit, xy_rest)`` gets standardized inputs.
     ``requires`` lists importable module names, checked before running; ``install`` is the
-    hint shown when one is missing. ``can_transform=False`` means the method cannot place
-    new points, so it is fitted on every row at once (and the result says so).
+    hint shown when one is missing. ``fallback``: the method used instead when a required
+    module is missing (with a warning and a note on the result) rather than failing.
+    ``can_transform=False`` means the method cannot place new points, so it is fitted on
+    every row at once (and the result says so).
     """
 
     name: str
@@ -173,6 +183,8 @@ class ProjectionMethod:
     install: str = ""
     can_transform: bool = True
     description: str = ""
+    max_fit: int = DEFAULT_MAX_FIT  # fit on at most this many rows unless the caller says otherwise
+    fallback: str | None = None
 
     def check_available(self) -> None:
         for module in self.requires:
@@ -237,29 +249,35 @@ def _run_umap(z_fit, z_rest, seed, params):
     return reducer.embedding_, xy_rest
 
 
+#: openTSNE's settings for the map (tuned with benchmarks/bench_map.py: 44,253 x 512 in < 60 s on
+#: 2 cores). FFT-accelerated gradients (linear in n); the fit rows are capped by TSNE_MAX_FIT.
+TSNE_DEFAULTS = {"perplexity": 30, "n_jobs": 2, "negative_gradient_method": "fft", "n_iter": 500,
+                 "early_exaggeration_iter": 250}
+#: openTSNE's transform of the other rows into the fitted map (its own defaults, stated here).
+TSNE_TRANSFORM = {"perplexity": 5, "n_iter": 250}
+FFT_FROM = 10_000  # fit rows from which FFT gradients beat Barnes-Hut (openTSNE's own "auto" rule)
+
+
 def _run_opentsne(z_fit, z_rest, seed, params):
     import openTSNE  # noqa: PLC0415
 
     z_fit, z_rest = _pre_pca(z_fit, z_rest, seed)
-    kwargs = {"perplexity": 30, "n_jobs": 2}
+    kwargs = dict(TSNE_DEFAULTS)
     kwargs.update(params)
-    kwargs["perplexity"] = min(kwargs["perplexity"], max(2.0, (len(z_fit) - 1) / 3))
+    transform = {k: kwargs.pop(k) for k in list(kwargs) if k.startswith("transform_")}
+    kwargs["perplexity"] = min(kwargs["perplexity"], (len(z_fit) - 1) / 3)  # openTSNE's own bound
+    if len(z_fit) < FFT_FROM and "negative_gradient_method" not in params:
+        kwargs["negative_gradient_method"] = "bh"  # Barnes-Hut: faster below ~10k rows (FFT's grid has a fixed cost)
+    if len(z_fit) + len(z_rest) < 2_000 and "n_jobs" not in params:
+        kwargs["n_jobs"] = 1  # a few hundred rows: thread hand-offs per iteration cost more than they save
     emb = openTSNE.TSNE(n_components=2, random_state=seed, **kwargs).fit(z_fit)
-    xy_rest = emb.transform(z_rest) if len(z_rest) else np.zeros((0, 2))
+    # the rest: each new row placed among its neighbours in the FIT rows, then optimised
+    # against the fixed map (openTSNE's TSNEEmbedding.transform; the fit rows do not move)
+    tkw = dict(TSNE_TRANSFORM)
+    tkw.update({k[len("transform_"):]: v for k, v in transform.items()})
+    tkw["perplexity"] = min(tkw["perplexity"], (len(z_fit) - 1) / 3)
+    xy_rest = emb.transform(z_rest, **tkw) if len(z_rest) else np.zeros((0, 2))
     return np.asarray(emb), np.asarray(xy_rest)
-
-
-def _run_sklearn_tsne(z_fit, z_rest, seed, params):
-    from sklearn.manifold import TSNE
-
-    if len(z_rest):  # never reached through fit_projection (can_transform=False), kept for direct use
-        raise ValueError("sklearn's TSNE cannot place new points; fit on all rows (z_rest must be empty)")
-    z_fit, _ = _pre_pca(z_fit, z_rest, seed)
-    kwargs = {"perplexity": 30.0, "init": "pca"}
-    kwargs.update(params)
-    kwargs["perplexity"] = float(min(kwargs["perplexity"], max(1.0, (len(z_fit) - 1) / 3)))
-    xy = TSNE(n_components=2, random_state=seed, **kwargs).fit_transform(z_fit)
-    return xy, np.zeros((0, 2))
 
 
 def _pad2(xy: np.ndarray) -> np.ndarray:
@@ -270,22 +288,15 @@ def _pad2(xy: np.ndarray) -> np.ndarray:
     return xy
 
 
-def _module_available(name: str) -> bool:
-    return importlib.util.find_spec(name) is not None
-
-
 def _register_defaults() -> None:
-    register_projection(ProjectionMethod("pca", _run_pca, description="PCA, 2 components (fast default)"))
+    register_projection(ProjectionMethod("pca", _run_pca, description="PCA, 2 components (fast; the fallback)"))
     register_projection(ProjectionMethod(
         "umap", _run_umap, requires=("umap",), install="pip install umap-learn",
         description="UMAP (umap-learn); new points transformed into the fitted map"))
     register_projection(ProjectionMethod(
-        "tsne", _dispatch_tsne, description="t-SNE: openTSNE when installed (transforms new points), "
-        "else scikit-learn's TSNE fitted on all rows"))
-
-
-def _dispatch_tsne(z_fit, z_rest, seed, params):
-    return (_run_opentsne if _module_available("openTSNE") else _run_sklearn_tsne)(z_fit, z_rest, seed, params)
+        "tsne", _run_opentsne, requires=("openTSNE",), install="pip install openTSNE",
+        description="t-SNE (openTSNE, FFT gradients; the default): fitted on up to 10,000 labeled rows, "
+        "the rest transformed into the fitted map", max_fit=TSNE_MAX_FIT, fallback="pca"))
 
 
 # --------------------------------------------------------------------------------------
@@ -330,13 +341,14 @@ def projection_key(embeddings: np.ndarray, fit_candidates: np.ndarray, method: s
 
 
 def _method_variant(method: str) -> str:
+    """What else decides the output of a method: its settings in this module."""
     if method == "tsne":
-        return "openTSNE" if _module_available("openTSNE") else "sklearn"
+        return repr((_PRE_PCA_DIMS, sorted(TSNE_DEFAULTS.items()), sorted(TSNE_TRANSFORM.items())))
     return ""
 
 
-def fit_projection(frame: Any, embeddings: Any, method: str = "pca", seed: int = 0, cache: Any = None,
-                   max_fit: int = DEFAULT_MAX_FIT, params: dict | None = None) -> Projection:
+def fit_projection(frame: Any, embeddings: Any, method: str = DEFAULT_METHOD, seed: int = 0, cache: Any = None,
+                   max_fit: int | None = None, params: dict | None = None) -> Projection:
     """Build the population map and describe how (see module docstring).
 
     Args:
@@ -346,16 +358,27 @@ def fit_projection(frame: Any, embeddings: Any, method: str = "pca", seed: int =
         method: a name in :data:`PROJECTIONS` (``pca``, ``umap``, ``tsne``).
         seed: random seed (subset choice and the method's own randomness).
         cache: optional object with ``get_artifact(name, key)`` / ``put_artifact(name, key, value)``.
-        max_fit: at most this many rows are used to fit; the others are transformed.
+        max_fit: at most this many rows are used to fit; the others are transformed (None:
+            the method's own cap, ``ProjectionMethod.max_fit``: 10,000 for tsne, 20,000 otherwise).
         params: extra keyword arguments for the method (e.g. ``{"n_neighbors": 30}`` for UMAP).
     Returns:
         :class:`Projection` with ``xy`` (n, 2) float32, finite.
     Raises:
         ValueError: bad shapes or unknown method. ProjectionUnavailable: optional package missing.
     """
+    spec = get_projection(method)
+    notes: list[str] = []
+    if spec.fallback is not None:
+        try:
+            spec.check_available()
+        except ProjectionUnavailable as exc:
+            msg = f"{exc.args[0].split('. Fix:')[0]}: the map falls back to {spec.fallback} (Fix: {spec.install})"
+            logger.warning(msg)
+            notes.append(msg)
+            spec = get_projection(spec.fallback)
+    max_fit = spec.max_fit if max_fit is None else int(max_fit)
     if max_fit < 2:
         raise ValueError(f"max_fit must be >= 2, got {max_fit}")
-    spec = get_projection(method)
     n = len(frame) if frame is not None else None
     emb = check_embeddings(embeddings, n)
     n = emb.shape[0]
@@ -370,9 +393,7 @@ def fit_projection(frame: Any, embeddings: Any, method: str = "pca", seed: int =
     spec.check_available()
 
     rng = np.random.default_rng(seed)
-    notes: list[str] = []
-    can_transform = spec.can_transform and not (spec.name == "tsne" and not _module_available("openTSNE"))
-    if can_transform:
+    if spec.can_transform:
         fit_index = fit_rows(candidates, max_fit, rng)
         fitted_on = "labeled (train+val)" if candidates.any() else "all rows (no labeled rows)"
         if len(fit_index) < candidates.sum():
@@ -380,9 +401,8 @@ def fit_projection(frame: Any, embeddings: Any, method: str = "pca", seed: int =
     else:
         fit_index = np.arange(n)
         fitted_on = "all rows"
-        msg = (f"{spec.name}: scikit-learn's TSNE cannot place new points, so the map was fitted on all {n} "
-               "rows at once (labeled and unlabeled); pip install openTSNE to fit on labeled data and "
-               "transform the rest")
+        msg = (f"{spec.name} cannot place new points, so the map was fitted on all {n} rows at once "
+               "(labeled and unlabeled)")
         notes.append(msg)
         logger.warning(msg)
         if n > max_fit:
@@ -408,7 +428,7 @@ def fit_projection(frame: Any, embeddings: Any, method: str = "pca", seed: int =
     return result
 
 
-def project(frame: Any, embeddings: Any, method: str = "pca", seed: int = 0, cache: Any = None,
+def project(frame: Any, embeddings: Any, method: str = DEFAULT_METHOD, seed: int = 0, cache: Any = None,
             **kwargs: Any) -> np.ndarray:
     """(n, 2) float32 map coordinates; see :func:`fit_projection` for the arguments."""
     return fit_projection(frame, embeddings, method=method, seed=seed, cache=cache, **kwargs).xy

@@ -43,7 +43,7 @@ def test_transform_of_training_points_matches_fit_output():
     labeled = frame["split"] != "unlabeled"
     emb2 = np.vstack([emb[labeled.to_numpy()], emb[labeled.to_numpy()][:10]])
     frame2 = pd.DataFrame({"split": ["train"] * int(labeled.sum()) + ["unlabeled"] * 10})
-    xy = project(frame2, emb2)
+    xy = project(frame2, emb2, method="pca")
     np.testing.assert_allclose(xy[-10:], xy[:10], atol=1e-4)
 
 
@@ -52,7 +52,7 @@ def test_large_population_fits_on_subset_and_first_axis_follows_the_shared_facto
     rng = np.random.default_rng(1)
     latent = rng.normal(size=(300, 1))
     emb = emb + 3 * latent @ rng.normal(size=(1, emb.shape[1]))  # one factor shared by all features
-    p = fit_projection(frame, emb, max_fit=50)
+    p = fit_projection(frame, emb, method="pca", max_fit=50)
     assert p.n_fit == 50 and p.n_transformed == 250 and "subset of 50" in p.fitted_on
     assert abs(np.corrcoef(p.xy[:, 0], latent[:, 0])[0, 1]) > 0.9
 
@@ -119,12 +119,87 @@ def test_register_refuses_silent_override():
         register_projection(ProjectionMethod("pca", proj._run_pca))
 
 
-def test_sklearn_tsne_fallback_fits_all_rows_and_says_so(monkeypatch):
-    monkeypatch.setattr(proj, "_module_available", lambda name: False)
-    frame, emb = _data(n=40)
-    p = fit_projection(frame, emb, method="tsne", params={"max_iter": 250})
-    assert p.xy.shape == (40, 2) and p.n_fit == 40 and p.n_transformed == 0
-    assert any("cannot place new points" in n for n in p.notes)
+def _without(monkeypatch, module):
+    import importlib
+
+    real = importlib.import_module
+
+    def fake(name, *a, **k):
+        if name == module:
+            raise ImportError(f"No module named {module!r}")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(proj.importlib, "import_module", fake)
+
+
+def test_default_is_opentsne_and_pca_is_its_fallback(monkeypatch, caplog):
+    from armbench_segmentation.config import AnalysisConfig
+
+    assert AnalysisConfig().projection == proj.DEFAULT_METHOD == "tsne"
+    frame, emb = _data(n=60)
+    assert fit_projection(frame, emb).method == "tsne"
+    _without(monkeypatch, "openTSNE")
+    p = fit_projection(frame, emb)
+    assert p.method == "pca" and any("falls back to pca" in n and "pip install openTSNE" in n for n in p.notes)
+    np.testing.assert_allclose(p.xy, fit_projection(frame, emb, method="pca").xy)
+    assert "falls back to pca" in caplog.text
+
+
+def _blobs(n_per=150, d=64, gap=12.0, seed=0):
+    """Two isotropic Gaussian blobs ``gap`` standard deviations apart along a random direction
+    (a known structure; spread over every feature, as embedding structure is)."""
+    rng = np.random.default_rng(seed)
+    direction = rng.normal(size=d)
+    direction /= np.linalg.norm(direction)
+    emb = np.vstack([rng.normal(size=(n_per, d)), gap * direction + rng.normal(size=(n_per, d))]).astype(np.float32)
+    blob = np.repeat([0, 1], n_per)
+    split = np.array(["train", "val", "unlabeled"])[rng.integers(0, 3, 2 * n_per)]
+    return pd.DataFrame({"sample_id": [f"s{i}" for i in range(2 * n_per)], "split": split}), emb, blob
+
+
+def _separated(xy, blob):
+    """Every point's nearest map neighbour is from its own blob, and the blobs' map centres
+    are further apart than 3x the mean distance of a point to its own centre."""
+    d = np.linalg.norm(xy[:, None] - xy[None], axis=2)
+    np.fill_diagonal(d, np.inf)
+    own = (blob[d.argmin(axis=1)] == blob).all()
+    c = np.array([xy[blob == k].mean(axis=0) for k in (0, 1)])
+    spread = np.mean([np.linalg.norm(xy[blob == k] - c[k], axis=1).mean() for k in (0, 1)])
+    return own and np.linalg.norm(c[0] - c[1]) > 3 * spread
+
+
+def test_tsne_keeps_two_blobs_apart_including_the_transformed_rows():
+    frame, emb, blob = _blobs()
+    p = fit_projection(frame, emb)  # the default: openTSNE fit on train+val, unlabeled transformed
+    unl = (frame["split"] == "unlabeled").to_numpy()
+    assert p.method == "tsne" and p.n_fit == (~unl).sum() and p.n_transformed == unl.sum() > 0
+    assert np.isfinite(p.xy).all() and _separated(p.xy, blob)
+    # the transformed rows land in their own blob: the nearest FIT row's blob is theirs
+    fit_xy, fit_blob = p.xy[~unl], blob[~unl]
+    nearest = np.linalg.norm(p.xy[unl][:, None] - fit_xy[None], axis=2).argmin(axis=1)
+    assert (fit_blob[nearest] == blob[unl]).all()
+
+
+def test_tsne_fit_subset_transforms_the_rest_into_the_same_map():
+    frame, emb, blob = _blobs(n_per=200)
+    p = fit_projection(frame, emb, max_fit=120)
+    assert p.n_fit == 120 and p.n_transformed == 280 and "subset of 120" in p.fitted_on
+    assert _separated(p.xy, blob)
+
+
+def test_tsne_copies_of_fit_rows_land_beside_their_originals():
+    """openTSNE's transform places a new point among its neighbours in the fitted map: an
+    exact copy of a fitted row lands much closer to it than the typical neighbour spacing."""
+    frame, emb, _ = _blobs(n_per=100)
+    lab = (frame["split"] != "unlabeled").to_numpy()
+    emb2 = np.vstack([emb[lab], emb[lab][:15]])
+    frame2 = pd.DataFrame({"split": ["train"] * int(lab.sum()) + ["unlabeled"] * 15})
+    xy = project(frame2, emb2)
+    n = int(lab.sum())
+    d = np.linalg.norm(xy[:n, None] - xy[None, :n], axis=2)
+    np.fill_diagonal(d, np.inf)
+    typical = np.median(d.min(axis=1))  # a fitted row's distance to its nearest fitted neighbour
+    assert np.median(np.linalg.norm(xy[n:] - xy[:15], axis=1)) < 3 * typical
 
 
 def test_empty_in_empty_out():
