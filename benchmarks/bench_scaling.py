@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1, help="repeat the sequence, keep each one's best (default 1)")
     parser.add_argument("--no-local", action="store_true", help="skip the local engine")
     parser.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: a local one)")
-    parser.add_argument("--config", type=Path, default=None, help="a settings YAML (e.g. data.image_size for a small model)")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="a settings YAML (e.g. data.image_size for a small model)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if 1 not in args.workers:

@@ -78,7 +78,6 @@ from armbench_segmentation.splits import SPLITS
 
 logger = logging.getLogger(__name__)
 
-ENGINES = ("local", "ray")
 INSTALL_HINT = "pip install 'armbench-segmentation[ray]' (or, in a checkout: poetry install --extras ray)"
 FAULT_ENV = "ARMBENCH_RAY_FAULT_FILE"
 # Ray's switches set before it is imported: no usage statistics sent anywhere.
@@ -382,8 +381,9 @@ def run_samples_ray(
     commit_seconds: float = 0.5,
     on_commit: Callable[[int], None] | None = None,
 ) -> RunSummary:
-    """``runner.run_samples`` with the per-sample work on Ray workers (same arguments, same
-    store content, same summary). ``store`` must have its run selected (``open_run``).
+    """``runner.run_samples`` with the per-sample work on Ray workers: the same selection,
+    store content and summary (``options`` replaces the local prefetch/worker settings).
+    ``store`` must have its run selected (``open_run``).
 
     Raises:
         ArmbenchError: Ray missing, the cluster unreachable, a worker unable to start (the

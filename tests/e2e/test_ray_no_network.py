@@ -19,7 +19,7 @@ from test_no_network import CACHE, MODEL, STRACE, _home_entries, _run_traced  # 
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.slow,
-    pytest.mark.skipif(STRACE is None, reason="strace is not installed (apt-get install strace; `make browser` does it)"),
+    pytest.mark.skipif(STRACE is None, reason="strace is not installed (apt-get install strace; `make browser`)"),
     pytest.mark.skipif(not MODEL.is_file(), reason=f"model {MODEL} absent (the shipped export, or ARMBENCH_MODEL)"),
 ]
 
@@ -40,7 +40,7 @@ def _not_loopback(lines: list[str]) -> list[str]:
 def test_not_loopback_reads_strace_lines():
     lines = ['10 connect(7, {sa_family=AF_INET, sin_port=htons(6379), sin_addr=inet_addr("127.0.0.1")}, 16) = 0',
              '11 connect(8, {sa_family=AF_INET6, sin6_port=htons(443), inet_pton(AF_INET6, "::1", &sin6_addr)}, 28)',
-             '14 connect(9, {sa_family=AF_INET6, sin6_port=htons(35109), inet_pton(AF_INET6, "::ffff:127.0.0.1", &x)}, 28)',
+             '14 connect(9, {sa_family=AF_INET6, inet_pton(AF_INET6, "::ffff:127.0.0.1", &sin6_addr)}, 28)',
              '12 connect(9, {sa_family=AF_INET, sin_port=htons(53), sin_addr=inet_addr("10.0.0.2")}, 16) = 0',
              '13 connect(9, {sa_family=AF_INET, sin_port=htons(80), sin_addr=inet_addr("8.8.8.8")}, 16) = 0']
     assert _not_loopback(lines) == lines[3:]
