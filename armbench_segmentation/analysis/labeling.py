@@ -659,7 +659,7 @@ def _segmentation(ann: Mapping[str, Any], width: int, height: int, where: str,
     (the reason recorded in ``summary``)."""
     from pycocotools import mask as mask_utils
 
-    from armbench_segmentation.data.coco import rle_from_segmentation
+    from armbench_segmentation.data.coco import _rle_counts, rle_from_segmentation
 
     seg = ann.get("segmentation")
     if isinstance(seg, dict):
@@ -671,6 +671,14 @@ def _segmentation(ann: Mapping[str, Any], width: int, height: int, where: str,
         if list(rle["size"]) != [height, width]:
             summary.problem(f"{where}: RLE size {list(rle['size'])} is not the image's [{height}, {width}]; "
                             "annotation dropped")
+            return None
+        try:  # pycocotools decodes any string; a damaged one gives a mask its own area disagrees with
+            runs = _rle_counts(rle["counts"])
+        except (IndexError, UnicodeError, ValueError):
+            runs = [-1]
+        if min(runs, default=0) < 0 or sum(runs) != height * width:
+            summary.problem(f"{where}: the RLE counts do not cover the {width}x{height} image (damaged or "
+                            "truncated); annotation dropped")
             return None
         out = {"size": [height, width], "counts": rle["counts"].decode("ascii") if isinstance(rle["counts"], bytes)
                else rle["counts"]}

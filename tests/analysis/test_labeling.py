@@ -249,6 +249,10 @@ def test_careless_inputs_are_named_and_the_good_images_still_merged(store, tmp_p
                                 "segmentation": [[100, 80, 140, 80, 140, 120, 100, 120]]})
     coco["annotations"].append({"id": 102, "image_id": 1, "category_id": 1,  # entirely outside
                                 "segmentation": [[200, 200, 210, 200, 210, 210]]})
+    coco["annotations"].append({"id": 103, "image_id": 1, "category_id": 1,  # a damaged RLE string
+                                "segmentation": {"size": [H, W], "counts": "0000000000"}})
+    coco["annotations"].append({"id": 104, "image_id": 1, "category_id": 1,  # a good RLE: kept as a mask
+                                "segmentation": _rle(_rect(0, 0, 10, 10)), "iscrowd": 1})
     coco["images"].append({"id": 77, "file_name": "gone.jpg", "width": W, "height": H})
     coco["images"].append({"id": 78, "file_name": "t0.jpg", "width": W, "height": H})  # already in the base
     annotated.write_text(json.dumps(coco))
@@ -259,11 +263,14 @@ def test_careless_inputs_are_named_and_the_good_images_still_merged(store, tmp_p
     text = "\n".join(summary.problems)
     assert summary.files_failed == 2 and "broken.json is not valid JSON" in text and "nope.json not found" in text
     assert "'Cat'" in text and "gone.jpg" in text and "already in the base" in text and "clipped" in text
-    assert summary.images_added == 3 and summary.polygons_clipped == 2 and summary.annotations_dropped == 2
+    assert "RLE counts do not cover" in text
+    assert summary.images_added == 3 and summary.polygons_clipped == 2 and summary.annotations_dropped == 3
     merged = COCO(str(out))
     b_id = next(im["id"] for im in merged.dataset["images"] if im["file_name"] == "b.jpg")
     clipped = [a for a in merged.imgToAnns[b_id] if a["area"] == 20 * 20]
     assert len(clipped) == 1 and clipped[0]["bbox"] == [100, 80, 20, 20]  # cut at the image border
+    (rle_ann,) = [a for a in merged.imgToAnns[b_id] if isinstance(a["segmentation"], dict)]
+    assert rle_ann["area"] == 100 and rle_ann["iscrowd"] == 1
     assert all(len(line.splitlines()) == 1 for line in summary.problems)
 
 
