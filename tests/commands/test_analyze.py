@@ -255,7 +255,9 @@ def test_shipped_model_end_to_end(synth_dataset, tmp_path, isolated, capsys):
     results = json.loads((out / "predictions_val.json").read_text())
     if results:
         gt.loadRes(str(out / "predictions_val.json"))
-    assert (out / "dashboard.html").stat().st_size > 100_000
+    # the page (tables, map data) with plotly.js and the images beside it in assets/
+    assert (out / "dashboard.html").stat().st_size > 10_000 and (out / "assets" / "plotly.min.js").stat().st_size > 1e6
+    assert len(list((out / "assets" / "dashboard" / "views").glob("*_gt.png"))) == 9
 
 
 def test_dashboard_images_come_from_the_store(tiny_dataset, tmp_path, isolated):
