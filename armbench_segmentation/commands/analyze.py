@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "when no --dataset is given")
     parser.add_argument("--projection", metavar="NAME", default=None,
                         help="population map method: pca, umap, tsne or another registered in "
-                             "analysis.projection (default from settings: pca)")
+                             "analysis.projection (default from settings: tsne; pca is the fast fallback)")
     parser.add_argument("--budget", metavar="K", type=int, default=None,
                         help="number of unlabeled images to pick for labeling (analysis.label_budget)")
     parser.add_argument("--keep-fraction", metavar="F", type=float, default=None,
