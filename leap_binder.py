@@ -31,7 +31,8 @@ Element instances (per-object analysis): every GT object of a labeled sample is 
     ``INSTANCE_METADATA_TYPES`` metadata (``metrics.sample_evaluation.gt_instance_attributes``
     plus the sample's tote colour); the ``instance_*`` metrics report, per object, the GT rows
     of ``SampleEvaluation.instance_rows`` (``INSTANCE_ENGINE_COLUMNS``): the instances.csv
-    values of the engine.
+    values of the engine. Predictions that match no GT object are false-positive instances
+    (``false_positive_instances``: the prediction rows with ``false_positive``).
 Metric directions: from the column table (``analysis.columns``, ``metric_registration``):
     quality measures keep theirs; descriptive values get ``compute_insights=False``.
 
@@ -95,6 +96,8 @@ from code_loader.inner_leap_binder.leapbinder_decorators import (  # noqa: E402
     tensorleap_custom_metric,
     tensorleap_custom_visualizer,
     tensorleap_element_instance_preprocess,
+    tensorleap_false_positive_empty_gt,
+    tensorleap_false_positive_instances_encoder,
     tensorleap_gt_encoder,
     tensorleap_input_encoder,
     tensorleap_instances_length_encoder,
@@ -184,10 +187,16 @@ INSTANCE_METADATA_TYPES: Dict[str, DatasetMetadataType] = {
 #: (``SampleEvaluation.instance_rows``); ``matched_score`` is the ``score`` of the prediction row
 #: the GT row's ``matched_index`` names. ``leap_test.py --compare`` reads this.
 INSTANCE_ENGINE_COLUMNS: Dict[str, str] = {
-    "instance_iou": "iou", "instance_best_iou": "best_iou", "instance_matched_score": "matched_score",
+    "instance_iou": "iou", "instance_best_iou": "best_iou", "instance_score": "matched_score",
     "instance_over_segmented": "over_segmented", "instance_missed": "missed",
     "instance_in_under_segmenting": "in_under_segmenting",
 }
+#: false-positive instances (predictions matching no GT object): the instances.csv columns of
+#: their prediction rows that the instance metrics carry (the others are GT-only: NaN), and their
+#: metadata (the GT keys, None where only GT has them, plus the row's ``error_kind``).
+FP_INSTANCE_COLUMNS: Dict[str, str] = {"instance_best_iou": "best_iou", "instance_score": "score"}
+FP_METADATA_TYPES: Dict[str, DatasetMetadataType] = {**INSTANCE_METADATA_TYPES,
+                                                     "error_kind": DatasetMetadataType.string}
 _COLUMN_DIRECTIONS = {"worse": MetricDirection.Downward, "better": MetricDirection.Upward}
 
 
@@ -212,7 +221,7 @@ def instance_metric_registration(name: str) -> dict:
     """Keyword arguments of the instance metric ``name`` (``tensorleap_custom_instances_metric``)
     from its instances.csv column: quality measures keep their direction; a descriptive one gets
     ``compute_insights=False`` and, as that decorator has no "no direction", ``Upward``."""
-    column = INSTANCE_COLUMN_DEFS["score" if name == "instance_matched_score" else INSTANCE_ENGINE_COLUMNS[name]]
+    column = INSTANCE_COLUMN_DEFS["score" if name == "instance_score" else INSTANCE_ENGINE_COLUMNS[name]]
     if column.direction:
         return {"direction": _COLUMN_DIRECTIONS[column.direction]}
     return {"direction": MetricDirection.Upward, "compute_insights": False}
@@ -713,11 +722,12 @@ def instance_best_iou(detections: np.ndarray, prototypes: np.ndarray, gt_boxes: 
     return _instance_column("instance_best_iou", detections, prototypes, gt_boxes, gt_masks)
 
 
-@tensorleap_custom_instances_metric("instance_matched_score", **instance_metric_registration("instance_matched_score"))
-def instance_matched_score(detections: np.ndarray, prototypes: np.ndarray, gt_boxes: np.ndarray,
-                           gt_masks: np.ndarray) -> Dict[int, np.ndarray]:
-    """Per GT object: score of its matched prediction (NaN when missed); descriptive."""
-    return _instance_column("instance_matched_score", detections, prototypes, gt_boxes, gt_masks)
+@tensorleap_custom_instances_metric("instance_score", **instance_metric_registration("instance_score"))
+def instance_score(detections: np.ndarray, prototypes: np.ndarray, gt_boxes: np.ndarray,
+                   gt_masks: np.ndarray) -> Dict[int, np.ndarray]:
+    """Per GT object: score of its matched prediction (NaN when missed); a false positive's
+    own score on its row (``false_positive_instances``); descriptive."""
+    return _instance_column("instance_score", detections, prototypes, gt_boxes, gt_masks)
 
 
 @tensorleap_custom_instances_metric("instance_over_segmented", **instance_metric_registration("instance_over_segmented"))
@@ -830,6 +840,52 @@ def uncertainty_heatmap_visualizer(image: np.ndarray, detections: np.ndarray,
     return LeapImageWithHeatmap(img, entropy_map(pred)[None], ["mask_entropy"])
 
 
+# ============================================================================ false positives
+@tensorleap_false_positive_empty_gt("gt_boxes")
+def gt_boxes_empty(sample_id: str, preprocess: PreprocessResponse) -> np.ndarray:
+    """The GT of a false-positive row: K padding rows (no object)."""
+    return np.zeros((max_instances(), len(GT_BOX_COLUMNS)), np.float32)
+
+
+@tensorleap_false_positive_empty_gt("gt_masks")
+def gt_masks_empty(sample_id: str, preprocess: PreprocessResponse) -> np.ndarray:
+    """The GT masks of a false-positive row: K empty packed masks."""
+    size = int(_settings().data.image_size)
+    return np.zeros((max_instances(), size, -(-size // MASK_BITS_PER_VALUE)), np.float32)
+
+
+@tensorleap_false_positive_instances_encoder("false_positives", instance_metadata_types=FP_METADATA_TYPES)
+def false_positive_instances(sample_id: str, preprocess: PreprocessResponse,
+                             predictions: Dict[str, np.ndarray]) -> List[ElementInstance]:
+    """The sample's predictions that match no GT object (its instances.csv prediction rows with
+    ``false_positive``), one element instance each: the (S, S) predicted mask, metadata (class,
+    area, area fraction, the image's tote colour, the row's ``error_kind``: under_segmenting,
+    duplicate or false_positive) and ``FP_INSTANCE_COLUMNS`` as instance metrics. ``predictions``:
+    one sample's model outputs by prediction-type name. None for an unlabeled sample."""
+    sample = _sample(sample_id, preprocess)
+    gt = _load(sample.split, sample.sample_id).gt
+    if gt is None:
+        return []
+    k = max_instances()
+    ev = _evaluation(_f32(predictions["detections"]), _f32(predictions["prototypes"]), encode_gt_boxes(gt, k),
+                     encode_gt_masks(gt, k))
+    tote = _sample_metadata(sample.split, sample.sample_id).get("tote_color")
+    out = []
+    for row in ev.instance_rows():
+        if row["kind"] != "pred" or not row["false_positive"]:
+            continue
+        meta: Dict[str, Any] = dict.fromkeys(INSTANCE_METADATA_TYPES)
+        meta.update({key: python_scalar(row[key]) for key in ("class", "area", "area_fraction", "error_kind")})
+        meta["tote_color"] = tote
+        metrics = {name: float("nan") for name in INSTANCE_ENGINE_COLUMNS}
+        metrics.update({name: float(row[column]) for name, column in FP_INSTANCE_COLUMNS.items()
+                        if row[column] is not None})
+        out.append(ElementInstance(name=f"pred {row['class']} #{row['index']}",
+                                   mask=ev.predictions.masks[row["index"]].astype(np.float32),
+                                   instance_metadata=meta, instance_metrics=metrics))
+    return out
+
+
 # ============================================================================ integration test
 @tensorleap_integration_test()
 def integration_test(sample_id: str, preprocess: PreprocessResponse) -> None:
@@ -851,7 +907,7 @@ def integration_test(sample_id: str, preprocess: PreprocessResponse) -> None:
     uncertainty_metrics(detections, prototypes)
     instance_iou(detections, prototypes, boxes, masks)
     instance_best_iou(detections, prototypes, boxes, masks)
-    instance_matched_score(detections, prototypes, boxes, masks)
+    instance_score(detections, prototypes, boxes, masks)
     instance_over_segmented(detections, prototypes, boxes, masks)
     instance_missed(detections, prototypes, boxes, masks)
     instance_in_under_segmenting(detections, prototypes, boxes, masks)

@@ -18,7 +18,8 @@ What it does, in order (exit status 0 only when every step passes):
    and metric, the encoder shapes, valid Leap objects and scalar metadata; for the instance
    metrics one 1-D value array per GT object of the batch, NaN only where undefined.
 3b. Element instances: per labeled sample, the instance count and each ``ElementInstance``
-   (the object's model-frame mask equals its ``gt_masks`` row, typed scalar metadata).
+   (the object's model-frame mask equals its ``gt_masks`` row, typed scalar metadata); the
+   false-positive instances (as many as ``matching.fp``, valid for code-loader).
 4. ``LeapLoader(<absolute path>, <entry>).check_dataset()`` in a fresh interpreter (what the
    platform runs first); asserts ``is_valid`` and that the element-instance metadata is
    registered (``has_element_instances``).
@@ -176,6 +177,7 @@ class Registered:
     prediction_types: list
     instance_metrics: list = field(default_factory=list)
     instance_masks: list = field(default_factory=list)
+    false_positives: list = field(default_factory=list)
 
     def names(self) -> List[Tuple[str, str]]:
         out = [("preprocess", "tensorleap_preprocess"), ("preprocess_unlabeled", "tensorleap_unlabeled_preprocess")]
@@ -188,6 +190,7 @@ class Registered:
         out += [(h.metric_handler_data.name, "custom_metric") for h in self.metrics]
         out += [(h.metric_handler_data.name, "custom_instances_metric") for h in self.instance_metrics]
         out += [(h.name, "instances_masks_encoder") for h in self.instance_masks]
+        out += [(h.name, "false_positive_instances_encoder") for h in self.false_positives]
         out += [(f"{h.visualizer_handler_data.name} ({h.visualizer_handler_data.type.name})", "custom_visualizer")
                 for h in self.visualizers]
         out += [(h.name, f"custom_latent_space ({h.computed_at.value})") for h in self.latent_spaces]
@@ -216,6 +219,7 @@ def registered_handlers(module) -> Registered:
         prediction_types=list(sc.prediction_types),
         instance_metrics=[h for h in sc.instance_metrics if ours(h.function)],
         instance_masks=list(sc.instance_masks),
+        false_positives=[sc.false_positive_instances] if sc.false_positive_instances is not None else [],
     )
 
 
@@ -648,6 +652,61 @@ def check_element_instances(module, responses: Dict[str, Any], report: Report, s
                         report.fail(step, f"{split}/{sid}: instance {k} metadata {key}={value!r} is not a scalar")
     step.lines.append(f"{n_instances} element instances checked (masks = gt_masks rows; metadata "
                       f"{', '.join(declared) or '-'})")
+    if sc.false_positive_instances is not None:
+        step.lines += check_false_positives(module, responses, report, step, n_samples)
+
+
+def _predictions(model, image: np.ndarray) -> Dict[str, np.ndarray]:
+    """One sample's model outputs by prediction-type name (what the false-positive encoder gets)."""
+    from code_loader import leap_binder as binder
+
+    outputs = model.run(None, {model.get_inputs()[0].name: image[None]})
+    return {pt.name: np.asarray(o)[0] for pt, o in zip(binder.setup_container.prediction_types, outputs)}
+
+
+def check_false_positives(module, responses: Dict[str, Any], report: Report, step, n_samples: int) -> List[str]:
+    """Per labeled sample: as many false-positive instances as the ``matching`` metric's ``fp``,
+    each valid for code-loader (instance metrics registered, floats), an (S, S) mask and the
+    declared metadata keys; none for an unlabeled sample."""
+    from code_loader import LeapLoader
+    from code_loader import leap_binder as binder
+
+    sc = binder.setup_container
+    handler = sc.false_positive_instances
+    matching = next((h for h in sc.metrics if h.metric_handler_data.name == "matching"), None)
+    names = {h.metric_handler_data.name for h in sc.instance_metrics}
+    declared = dict(getattr(module, "FP_METADATA_TYPES", {}))
+    size = int(module._settings().data.image_size)
+    model = module.load_model()
+    total = 0
+    for split, resp in responses.items():
+        for sid in image_ids(module, resp)[:n_samples]:
+            image = np.asarray(module.input_image(sid, resp))
+            preds = _predictions(model, image)
+            fps = handler.function(sid, resp, preds)
+            if split == "unlabeled":
+                if fps:
+                    report.fail(step, f"{split}/{sid}: {len(fps)} false-positive instances without GT")
+                continue
+            try:
+                LeapLoader._validate_false_positive_instances(fps, names)
+            except Exception as exc:  # noqa: BLE001
+                report.fail(step, f"{split}/{sid}: false-positive instances: {_describe(exc)}")
+                continue
+            total += len(fps)
+            if matching is not None:
+                boxes, masks = module.gt_boxes(sid, resp)[None], module.gt_masks(sid, resp)[None]
+                fp = matching.function(preds["detections"][None], preds["prototypes"][None], boxes, masks)["fp"][0]
+                if len(fps) != fp:
+                    report.fail(step, f"{split}/{sid}: {len(fps)} false-positive instances, matching.fp = {fp}")
+            for inst in fps:
+                mask = np.asarray(inst.mask)
+                if mask.shape != (size, size) or mask.dtype != np.float32 or not np.isin(mask, (0.0, 1.0)).all():
+                    report.fail(step, f"{split}/{sid}: false positive {inst.name}: mask {mask.dtype} {mask.shape}")
+                if declared and sorted(inst.instance_metadata or {}) != sorted(declared):
+                    report.fail(step, f"{split}/{sid}: false positive {inst.name}: metadata keys "
+                                      f"{sorted(inst.instance_metadata or {})}, declared {sorted(declared)}")
+    return [f"{total} false-positive instances checked (one per unmatched prediction, as matching.fp counts)"]
 
 
 def float16_effect(module, registered: Registered, responses: Dict[str, Any], n_samples: int) -> List[str]:
@@ -736,13 +795,21 @@ def dump_values(module, registered: Registered, responses: Dict[str, Any], n_sam
                                   else {h.name: _plain(meta)})
                 instances = _dump_instances(module, registered, instance_wired, connections, enc, sid, resp) \
                     if labeled else []
+                false_positives = []
+                for handler in registered.false_positives if labeled else []:
+                    preds = {pt.name: enc[f"__prediction{i}"] for i, pt in enumerate(registered.prediction_types)}
+                    false_positives = [{**{f"meta.{k}": _plain(v) for k, v in (i.instance_metadata or {}).items()},
+                                        **{k: _plain(v) for k, v in (i.instance_metrics or {}).items()}}
+                                       for i in handler.function(sid, resp, preds)]
             except Exception as exc:  # noqa: BLE001
                 report.fail(step, f"dump of {split}/{sid}: {_describe(exc)}")
                 continue
-            samples[sid] = {"split": split, "values": values, "instances": instances}
+            samples[sid] = {"split": split, "values": values, "instances": instances,
+                            "false_positives": false_positives}
     return {"format": DUMP_FORMAT, "float16_simulation": False,
             "engine_columns": dict(getattr(module, "ENGINE_COLUMNS", {})),
-            "instance_columns": dict(getattr(module, "INSTANCE_ENGINE_COLUMNS", {})), "samples": samples}
+            "instance_columns": dict(getattr(module, "INSTANCE_ENGINE_COLUMNS", {})),
+            "fp_instance_columns": dict(getattr(module, "FP_INSTANCE_COLUMNS", {})), "samples": samples}
 
 
 def _dump_instances(module, registered: Registered, wired, connections, enc, sid: str, resp) -> List[Dict[str, Any]]:
@@ -856,12 +923,41 @@ def compare_instances(dump: Dict[str, Any], instances_csv: Path, sample_rows: Di
         for r in csv.DictReader(f):
             engine.setdefault((r["split"], _csv_value(r["sample_id"]), r["kind"]), {})[int(r["index"])] = r
     columns = dump.get("instance_columns", {})
+    fp_columns = dump.get("fp_instance_columns", {})
     problems: List[str] = []
     n_values = 0
+
+    def same(split, sid, label, name, value, cell, where):
+        nonlocal n_values
+        if cell is None:
+            problems.append(f"{split}/{sid}{label}: {name} -> {where} not found")
+            return
+        n_values += 1
+        if not _same(value, _csv_value(cell), tolerance):
+            problems.append(f"{split}/{sid}{label}: {name} = {value!r} on the Tensorleap face, "
+                            f"{where} = {_csv_value(cell)!r} in {instances_csv.name}")
+
     for sid, entry in dump["samples"].items():
         split, dumped = entry["split"], entry.get("instances") or []
         if split == "unlabeled":
             continue
+        sample_row = sample_rows.get((split, sid), {})
+        pred_all = engine.get((split, sid, "pred"), {})
+        engine_fps = [pred_all[i] for i in sorted(pred_all) if _csv_value(pred_all[i]["false_positive"]) is True]
+        fps = entry.get("false_positives") or []
+        if "false_positives" in entry and len(fps) != len(engine_fps):
+            problems.append(f"{split}/{sid}: {len(fps)} false-positive instances on the Tensorleap face, "
+                            f"{len(engine_fps)} prediction rows with false_positive in {instances_csv.name}")
+        elif "false_positives" in entry:
+            for inst, row in zip(fps, engine_fps):
+                label = f" pred#{row['index']}"
+                for name, value in inst.items():
+                    if name.startswith("meta."):
+                        key = name[len("meta."):]
+                        cell = row.get(key) if key in row else sample_row.get(f"meta_{key}")
+                        same(split, sid, label, name, value, cell, key if key in row else f"meta_{key}")
+                    elif name in fp_columns:
+                        same(split, sid, label, name, value, row.get(fp_columns[name]), fp_columns[name])
         gt_rows, pred_rows = engine.get((split, sid, "gt"), {}), engine.get((split, sid, "pred"), {})
         if sorted(i["index"] for i in dumped) != sorted(gt_rows):
             problems.append(f"{split}/{sid}: element instances {[i['index'] for i in dumped]} on the Tensorleap "

@@ -268,7 +268,7 @@ def test_instance_metrics_known_answers(binder):
     for name, per_object in v.items():
         assert sorted(per_object) == [0, 1, 2], name
     assert all(v["iou"][k][0] > 0.95 and v["best_iou"][k][0] >= v["iou"][k][0] - 1e-6 for k in range(n))
-    assert all(v["matched_score"][k][0] == pytest.approx(0.95 * 0.95, abs=1e-3) for k in range(n))  # obj x cls
+    assert all(v["score"][k][0] == pytest.approx(0.95 * 0.95, abs=1e-3) for k in range(n))  # obj x cls
     for flag in ("missed", "over_segmented", "in_under_segmenting"):
         assert [v[flag][k][0] for k in range(n)] == [0.0] * n, flag
 
@@ -280,7 +280,7 @@ def test_instance_metrics_known_answers(binder):
     assert sum(v["missed"][k][0] for k in objects) >= 1  # one merged prediction matches at most one object
     for k in objects:
         missed = v["missed"][k][0] == 1.0
-        assert np.isnan(v["iou"][k][0]) == missed and np.isnan(v["matched_score"][k][0]) == missed
+        assert np.isnan(v["iou"][k][0]) == missed and np.isnan(v["score"][k][0]) == missed
 
 
 def test_instance_metrics_batch_and_unlabeled(binder):
@@ -296,6 +296,37 @@ def test_instance_metrics_batch_and_unlabeled(binder):
     assert np.isnan(v[2][1]) and np.isfinite(v[2][0]) and np.isfinite(v[1][1])
     no_gt = np.zeros((1, 0), np.float32)
     assert binder.instance_missed(outs[0][0], outs[0][1], no_gt, no_gt) == {}
+
+
+def test_false_positive_instances_are_the_unmatched_predictions(binder):
+    val = _responses(binder)["val"]
+    boxes, masks = binder.gt_boxes("val_a", val), binder.gt_masks("val_a", val)
+    det, protos = _crafted_outputs(binder, boxes, masks)
+    extra = int(boxes[:, 5].sum())  # one more prediction, in the letterbox padding (no GT there)
+    det[0, extra * 7, :5] = [16, 16, 32, 32, 0.9]
+    det[0, extra * 7, 5] = 0.9  # Object
+    det[0, extra * 7, 7 + extra] = 1.0
+    protos[0, extra, :8, :8] = 20.0
+    predictions = {"detections": det[0], "prototypes": protos[0], "embedding": np.zeros(512, np.float32)}
+
+    fps = binder.false_positive_instances("val_a", val, predictions)
+    assert len(fps) == 1
+    (fp,) = fps
+    assert fp.mask.shape == (S, S) and fp.mask.dtype == np.float32
+    assert fp.mask[32:].sum() == 0 and fp.mask[:, 32:].sum() == 0  # inside its box (cropped)
+    assert 0.9 * 32 * 32 <= fp.mask.sum() <= 32 * 32  # the 8x8 prototype cells, upsampled x4
+    meta = fp.instance_metadata
+    assert set(meta) == set(binder.FP_METADATA_TYPES)
+    assert meta["class"] == "Object" and meta["error_kind"] == "false_positive" and meta["area"] == fp.mask.sum()
+    assert meta["annotation_id"] is None and meta["box_overlaps"] is None and meta["tote_color"] == "blue"
+    assert fp.instance_metrics["instance_score"] == pytest.approx(0.81, abs=1e-4)  # obj x cls
+    assert fp.instance_metrics["instance_best_iou"] == 0.0 and np.isnan(fp.instance_metrics["instance_iou"])
+    assert set(fp.instance_metrics) == set(binder.INSTANCE_ENGINE_COLUMNS)
+    assert binder.false_positive_instances("test_a", _responses(binder)["unlabeled"], predictions) == []
+    m = binder.matching_metrics(det, protos, boxes[None], masks[None])
+    assert m["fp"] == [1] and m["tp"] == [extra]
+    assert binder.gt_boxes_empty("val_a", val).shape == boxes.shape and not binder.gt_boxes_empty("val_a", val).any()
+    assert binder.gt_masks_empty("val_a", val).shape == masks.shape
 
 
 FRESH_REGISTRATIONS = r"""
@@ -351,12 +382,12 @@ def test_metric_registration_follows_the_column_table():
     assert {"segmentation_errors.num_gt", "segmentation_errors.num_pred", "uncertainty.num_detections"} <= set(
         descriptive)
     for name, (direction, insights) in reg["instance_metrics"].items():
-        column = INSTANCE_COLUMN_DEFS["score" if name == "instance_matched_score"
+        column = INSTANCE_COLUMN_DEFS["score" if name == "instance_score"
                                       else leap_binder.INSTANCE_ENGINE_COLUMNS[name]]
         assert insights is (False if not column.direction else None), name
         if column.direction:
             assert direction == arrow[column.direction], name
-    assert reg["instance_metrics"]["instance_matched_score"][1] is False
+    assert reg["instance_metrics"]["instance_score"][1] is False
     assert reg["instance_metrics"]["instance_iou"][0] == "Upward"
     assert reg["instance_metrics"]["instance_missed"][0] == "Downward"
 
@@ -387,8 +418,9 @@ def test_check_dataset_is_valid_with_the_element_instances(tiny_dataset, tmp_pat
 
     instance_payloads = {p[len("builtin_instance_extra_metadata_"):] for p in result["payloads"]
                          if p.startswith("builtin_instance_extra_metadata_")}
-    assert instance_payloads == set(leap_binder.INSTANCE_METADATA_TYPES)
-    assert "builtin_instance_metadata_is_instance" in result["payloads"]
+    assert instance_payloads == set(leap_binder.FP_METADATA_TYPES)  # GT keys + the false positives' error_kind
+    assert {"builtin_instance_metadata_is_instance", "builtin_instance_metadata_is_false_positive",
+            "false_positives"} <= set(result["payloads"])
     assert not (tmp_path / ".tensorleap").exists()
 
 
