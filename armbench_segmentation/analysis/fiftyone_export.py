@@ -234,7 +234,8 @@ def export_fiftyone(run: Any, out_dir: str | Path) -> dict[str, Any]:
                               "score": float(pred.get("score") or 0.0)})
     info = {"description": "armbench-segmentation run export for FiftyOne", "run_key": run.run_key}
     files = {"ground_truth": out / "ground_truth.json", "predictions": out / "predictions.json",
-             "fields": out / "fields.json", "fields_parquet": out / "fields.parquet", "manifest": out / "export.json", "loader": out / "load_fiftyone.py"}
+             "fields": out / "fields.json", "fields_parquet": out / "fields.parquet", "manifest": out / "export.json",
+             "loader": out / "load_fiftyone.py"}
     for key, anns in (("ground_truth", gt_anns), ("predictions", pred_anns)):
         doc = {"info": info, "licenses": [], "images": images, "annotations": anns, "categories": categories}
         atomic_write_text(files[key], json.dumps(doc, default=json_default))
