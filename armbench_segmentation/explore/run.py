@@ -109,6 +109,10 @@ class ExploreRun:
             raise ArmbenchError(f"{self.run_dir / 'run.json'} is unreadable or has no run_key ({exc}); "
                                 f"run armbench analyze on that folder again") from None
         self.store = ResultsStore(self.run_dir / STORE_NAME)
+        if self.store.moved_to is not None:  # the store's own rule: a damaged file is renamed, never deleted
+            self.store.close()
+            raise ArmbenchError(f"{self.run_dir / STORE_NAME} is damaged (moved aside to {self.store.moved_to.name}); "
+                                f"run armbench analyze on that folder again")
         if self.run_key not in self.store.runs():
             self.store.close()
             raise ArmbenchError(f"{self.run_dir / STORE_NAME} holds no run {self.run_key} (named by run.json); "

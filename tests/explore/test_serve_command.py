@@ -41,6 +41,19 @@ def test_damaged_table_and_run_json(capsys, tiny_run, tmp_path):
     assert "run.json is unreadable" in _one_line_error(capsys, ["serve", str(copy)])
 
 
+def test_damaged_store(capsys, tiny_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy)
+    for side in copy.glob("results.sqlite-*"):
+        side.unlink()
+    (copy / "results.sqlite").write_bytes(b"not a database" * 100)
+    err = _one_line_error(capsys, ["serve", str(copy)])
+    assert "results.sqlite is damaged (moved aside to results.sqlite.corrupt-" in err
+    assert list(copy.glob("results.sqlite.corrupt-*"))  # renamed, never deleted
+
+
 @pytest.mark.parametrize("port", ["-1", "70000"])
 def test_bad_port(capsys, tiny_run, port):
     assert "--port must be in 0..65535" in _one_line_error(capsys, ["serve", str(tiny_run), "--port", port])
