@@ -418,7 +418,7 @@ class ExploreRun:
             if window is not None:
                 from armbench_segmentation.data.letterbox import Letterbox
 
-                model_lb = Letterbox.compute(lb_orig_hw(lb), self.settings.data.image_size)
+                model_lb = Letterbox.compute((lb.orig_h, lb.orig_w), self.settings.data.image_size)
                 box = lb.boxes_to_model(model_lb.boxes_to_original(np.array([window], np.float32)))[0]
                 x1, y1, x2, y2 = (int(round(float(v))) for v in box)
                 out = out.copy()
@@ -435,10 +435,6 @@ class ExploreRun:
             if show_gt is not None or show_pred is not None:
                 out = draw_comparison(out, show_gt, show_pred, class_names=names)
         return encode_image(out, fmt="jpg", quality=88)
-
-
-def lb_orig_hw(lb: Any) -> tuple[int, int]:
-    return lb.orig_h, lb.orig_w
 
 
 def clamp_side(side: Any) -> int:
