@@ -231,6 +231,9 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8765, quiet:
         run.close()
         raise ArmbenchError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port") from None
     server = make_server(host, sock.getsockname()[1], app, threaded=True, fd=sock.fileno())
+    if not loopback:
+        logger.warning("serving on %s: anyone who can reach this address can read the run's results and images",
+                       host)
     shown = f"[{host}]" if ":" in host else host
     print(f"armbench serve: {len(run.frame)} samples of run {run.run_key}; open http://{shown}:{server.port}/ "
           f"(Ctrl+C stops)", flush=True)
