@@ -46,16 +46,6 @@ def static_dir() -> Path:
     return Path(str(resources.files("armbench_segmentation.explore").joinpath("static")))
 
 
-def plotly_js_path() -> Path:
-    import plotly
-
-    path = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
-    if not path.is_file():
-        raise ArmbenchError(f"plotly.js is missing from the installed plotly package ({path.name}); "
-                            f"reinstall plotly (pip install --force-reinstall plotly)")
-    return path
-
-
 def map_js_path() -> Path:
     """The population map shared with the static dashboard (``analysis/dashboard/map.js``)."""
     return Path(str(resources.files("armbench_segmentation.analysis").joinpath("dashboard", "map.js")))
@@ -69,7 +59,9 @@ def create_app(run: ExploreRun, allowed_hosts: tuple[str, ...] | None = LOOPBACK
     app = Flask(__name__, static_folder=str(static_dir()), static_url_path="/static")
     app.json.sort_keys = False  # keep the store's order (error kinds, columns)
     app.json.ensure_ascii = True  # \u escapes: no raw U+2028 or markup characters in JSON
-    plotly_js = plotly_js_path()
+    from armbench_segmentation.analysis.report import plotly_js_path
+
+    plotly_js = plotly_js_path()  # the same file the static dashboard copies
 
     def error(status: int, message: str) -> Any:
         response = jsonify({"error": message})
