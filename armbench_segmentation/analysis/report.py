@@ -781,7 +781,7 @@ def _scale_note(n: int, notes: Sequence[str]) -> str:
     if not notes:
         return ""
     items = "".join(f"<li>{html.escape(n_)}</li>" for n_ in notes)
-    return (f'<div id="scale-note" class="note"><b>This run has {n} samples: too many to embed every image in one '
-            f"page.</b><ul>{items}</ul>To see every sample (its image with GT and prediction overlays, each error "
+    return (f'<div id="scale-note" class="note"><b>This run has {n} samples; this page embeds images for part of '
+            f"them.</b><ul>{items}</ul>To see every sample (its image with GT and prediction overlays, each error "
             "kind, selections and exports), open the run in the local app: in a terminal in the folder that holds "
             "this page, run <code>armbench serve .</code> (or <code>armbench serve RUN_DIR</code>).</div>")
