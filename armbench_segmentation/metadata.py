@@ -73,20 +73,27 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
 
 def image_statistics(image: np.ndarray) -> dict[str, float | None]:
     """Brightness (mean luma), contrast (luma std), sharpness (variance of the Laplacian)
-    and colorfulness (Hasler & Suesstrunk 2003) of an (H, W, 3) uint8 RGB image."""
+    and colorfulness (Hasler & Suesstrunk 2003) of an (H, W, 3) uint8 RGB image.
+
+    Every moment comes from ``cv2.meanStdDev`` (accumulated in float64) over exact integer
+    images: the 3x3 Laplacian of uint8 luma fits int16, and so do R - G and
+    R + G - 2B (= 2 * yb), so nothing is converted to floating point per pixel."""
     if image.size == 0:
         return {"brightness": None, "contrast": None, "sharpness": None, "colorfulness": None}
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    lap = cv2.Laplacian(gray, cv2.CV_64F)
-    rgb = image.astype(np.float32)
-    rg = rgb[..., 0] - rgb[..., 1]
-    yb = 0.5 * (rgb[..., 0] + rgb[..., 1]) - rgb[..., 2]
-    colorfulness = math.hypot(float(rg.std()), float(yb.std())) + 0.3 * math.hypot(float(rg.mean()), float(yb.mean()))
-    luma = gray.astype(np.float32)
+    lap = cv2.Laplacian(gray, cv2.CV_16S)
+    wide = image.astype(np.int16)
+    rg = wide[..., 0] - wide[..., 1]
+    yb2 = wide[..., 0] + wide[..., 1] - 2 * wide[..., 2]
+    luma_mean, luma_std = (float(v[0, 0]) for v in cv2.meanStdDev(gray))
+    _, lap_std = (float(v[0, 0]) for v in cv2.meanStdDev(lap))
+    rg_mean, rg_std = (float(v[0, 0]) for v in cv2.meanStdDev(rg))
+    yb_mean, yb_std = (0.5 * float(v[0, 0]) for v in cv2.meanStdDev(yb2))
+    colorfulness = math.hypot(rg_std, yb_std) + 0.3 * math.hypot(rg_mean, yb_mean)
     return {
-        "brightness": _num(luma.mean()),
-        "contrast": _num(luma.std()),
-        "sharpness": _num(lap.var()),
+        "brightness": _num(luma_mean),
+        "contrast": _num(luma_std),
+        "sharpness": _num(lap_std * lap_std),
         "colorfulness": _num(colorfulness),
     }
 

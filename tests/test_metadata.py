@@ -7,7 +7,10 @@ import math
 import pytest
 
 from armbench_segmentation.data.coco import ArmbenchDataset
-from armbench_segmentation.metadata import GT_FIELDS, METADATA_FIELDS, sample_metadata
+import cv2
+import numpy as np
+
+from armbench_segmentation.metadata import GT_FIELDS, METADATA_FIELDS, image_statistics, sample_metadata
 
 
 @pytest.fixture
@@ -118,3 +121,31 @@ def test_schema_keys_and_types_match_every_sample(ds):
                 assert m[key] is not None, (sid, key)
         for key in set(METADATA_FIELDS) - set(GT_FIELDS) - {"tote_hue"}:
             assert m[key] is not None, (sid, key)  # image fields are set for every (non-empty) image
+
+
+def _statistics_reference(image):
+    """The same four statistics in float64 numpy, written out from their definitions."""
+    luma = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    lap = cv2.Laplacian(luma, cv2.CV_64F)
+    r, g, b = (image[..., i].astype(np.float64) for i in range(3))
+    rg, yb = r - g, 0.5 * (r + g) - b
+    return {"brightness": luma.astype(np.float64).mean(), "contrast": luma.astype(np.float64).std(),
+            "sharpness": lap.var(),
+            "colorfulness": math.hypot(rg.std(), yb.std()) + 0.3 * math.hypot(rg.mean(), yb.mean())}
+
+
+@pytest.mark.parametrize("shape,seed", [((97, 53, 3), 0), ((256, 320, 3), 1), ((1, 1, 3), 2)])
+def test_image_statistics_match_float64_definitions(shape, seed):
+    image = np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+    got, want = image_statistics(image), _statistics_reference(image)
+    assert set(got) == set(want)
+    for key in want:
+        assert got[key] == pytest.approx(want[key], rel=1e-12, abs=1e-9), key
+
+
+def test_image_statistics_known_answers():
+    flat = np.full((8, 8, 3), (200, 100, 50), np.uint8)  # one colour: no contrast, no edges
+    m = image_statistics(flat)
+    assert m["contrast"] == 0 and m["sharpness"] == 0
+    assert m["colorfulness"] == pytest.approx(0.3 * math.hypot(100, 0.5 * 300 - 50))
+    assert image_statistics(np.zeros((0, 4, 3), np.uint8))["brightness"] is None

@@ -55,7 +55,9 @@ logger = logging.getLogger(__name__)
 #    ~1e-10 relative on the synthetic totes), and no longer depends on the machine's core count.
 # 3: one per-sample evaluation for both faces (metrics.sample_evaluation): ``loss`` is the
 #    YOLOv5-seg loss (was 1 - F1, now ``error_rate``), per-sample facts are stored.
-PIPELINE_VERSION = 3
+# 4: image statistics (brightness, contrast, colorfulness) accumulated in float64 over exact
+#    integer images instead of float32 copies: values move by ~1e-7 relative.
+PIPELINE_VERSION = 4
 _INTERNAL_ERROR_LIMIT = 10  # abort when more than this many samples failed on a bug ...
 _INTERNAL_ERROR_SHARE = 0.5  # ... and they are more than this share of the samples processed
 
