@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import math
 
+import cv2
+import numpy as np
 import pytest
 
 from armbench_segmentation.data.coco import ArmbenchDataset
-import cv2
-import numpy as np
-
 from armbench_segmentation.metadata import GT_FIELDS, METADATA_FIELDS, image_statistics, sample_metadata
 
 
