@@ -25,6 +25,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: all CPU cores)")
     parser.add_argument("--force", action="store_true", help="write into a non-empty folder that is not a synthetic dataset")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--rare-dense", metavar="F[,F_VAL,F_TEST]", default=None,
+                        help="mix in the rare 'dense-small' scenario (45-70 small items per tote): this fraction of "
+                             "each split's images, or three fractions for train,val,test (e.g. 0,0.5,0.2)")
+
+
+def _scenario_fractions(text: str | None) -> dict[str, float] | None:
+    """``--rare-dense`` -> {"train": f, "val": f, "test": f} (None when not given)."""
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in str(text).split(",")]
+    except ValueError:
+        raise ArmbenchError(f"--rare-dense takes one fraction or three (train,val,test), got {text!r}") from None
+    if len(values) == 1:
+        values *= 3
+    if len(values) != 3 or not all(0.0 <= v <= 1.0 for v in values):
+        raise ArmbenchError(f"--rare-dense takes one fraction or three (train,val,test), each in [0, 1], got {text!r}")
+    return dict(zip(("train", "val", "test"), values))
 
 
 def _validate(args: argparse.Namespace) -> None:
@@ -48,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from armbench_segmentation.data.synth import generate_dataset, is_synthetic_dataset
 
     _validate(args)
+    fractions = _scenario_fractions(getattr(args, "rare_dense", None))
     out: Path = check_output_path(args.out, "dir", "--out")
     if out.is_dir() and any(out.iterdir()) and not is_synthetic_dataset(out) and not args.force:
         raise ArmbenchError(
@@ -65,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
             height=args.height,
             workers=args.workers,
             progress=not args.no_progress,
+            **({"scenario": "dense-small", "scenario_fraction": fractions} if fractions else {}),
         )
     except OSError as exc:
         raise ArmbenchError(f"cannot write the dataset to {out}: {exc}") from exc

@@ -71,6 +71,19 @@ OBJECT_KINDS = ("box", "pouch", "bottle", "book", "deformable", "thin", "twotone
 _KIND_PROBS = np.array([0.25, 0.15, 0.12, 0.11, 0.14, 0.11, 0.12])
 _ID_ALPHABET = np.array(list("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"))
 
+SCENARIOS = ("dense-small",)
+"""Rare sub-populations ``generate_dataset(scenario=...)`` can mix in (for active-learning studies):
+
+``dense-small``: dense clutter of small items, 45-70 objects at 0.45x the usual size (a
+normal tote holds mostly 5-15, at most 45). Many tiny, touching, occluded pieces: hard for
+a model trained on ordinary totes, and, as a share of a split, easy to under-represent.
+The images of a split that get the scenario are exactly ``round(fraction * n)`` of them,
+chosen by a seeded permutation of the split; their COCO image entries carry
+``"scenario": "dense-small"``. Without a scenario the output is unchanged.
+"""
+DENSE_COUNT = (45, 71)
+DENSE_SIZE = 0.45
+
 
 # --------------------------------------------------------------------------- public types
 
@@ -793,13 +806,15 @@ def _sample_count(rng: np.random.Generator) -> int:
     return int(np.clip(round(rng.lognormal(math.log(9.0), 0.42)), 3, 25))
 
 
-def _place_items(rng: np.random.Generator, tote: _Tote, opening: np.ndarray) -> list[_Placed]:
-    """Sample templates and positions, bottom of the pile first."""
+def _place_items(rng: np.random.Generator, tote: _Tote, opening: np.ndarray, dense: bool = False) -> list[_Placed]:
+    """Sample templates and positions, bottom of the pile first (``dense``: the dense-small scenario)."""
     height, width = opening.shape
-    n = _sample_count(rng)
+    n = int(rng.integers(*DENSE_COUNT)) if dense else _sample_count(rng)
     fw = float(np.linalg.norm(tote.floor[1] - tote.floor[0]))
     fh = float(np.linalg.norm(tote.floor[3] - tote.floor[0]))
     size = min(fw, fh) * float(np.clip((14.0 / n) ** 0.4, 0.55, 1.3)) * 1.15
+    if dense:
+        size *= DENSE_SIZE
     tote_angle = math.degrees(math.atan2(tote.floor[1, 1] - tote.floor[0, 1], tote.floor[1, 0] - tote.floor[0, 0]))
 
     # twin groups: 2-4 identical items side by side, high in the pile
@@ -926,8 +941,9 @@ def _visible_items(items: list[_Placed], width: int, height: int) -> list[tuple[
     return kept
 
 
-def render_tote(seed: int | np.random.SeedSequence, width: int = 2448, height: int = 2048) -> SynthImage:
-    """Render one synthetic ARMBench-like tote.
+def render_tote(seed: int | np.random.SeedSequence, width: int = 2448, height: int = 2048,
+                scenario: str | None = None) -> SynthImage:
+    """Render one synthetic ARMBench-like tote (``scenario``: None or one of :data:`SCENARIOS`).
 
     ``seed``: int >= 0 or a SeedSequence; the same seed and size give identical output.
     Returns a ``SynthImage`` whose Object polygons rasterize exactly (pycocotools) to
@@ -949,7 +965,7 @@ def render_tote(seed: int | np.random.SeedSequence, width: int = 2448, height: i
 
     # a pile whose visible objects are too few (all hidden or cut by the rim) is re-drawn
     for _attempt in range(5):
-        kept = _visible_items(_place_items(rng, tote, opening), width, height)
+        kept = _visible_items(_place_items(rng, tote, opening, dense=scenario == "dense-small"), width, height)
         if len(kept) >= MIN_OBJECTS:
             break
 
@@ -1045,14 +1061,38 @@ def _annotations_for(synth: SynthImage) -> list[dict[str, Any]]:
     return out
 
 
+def _scenario_images(counts: dict[str, int], seed: int, scenario: str | None,
+                     fraction: float | dict[str, float]) -> set[int]:
+    """Global image indices (train, then val, then test) rendered with ``scenario``."""
+    if scenario is None:
+        return set()
+    if scenario not in SCENARIOS:
+        raise ValueError(f"scenario must be one of {list(SCENARIOS)} or None, got {scenario!r}")
+    fractions = fraction if isinstance(fraction, dict) else {split: fraction for split in SPLITS}
+    unknown = set(fractions) - set(SPLITS)
+    if unknown:
+        raise ValueError(f"scenario_fraction names unknown splits {sorted(unknown)}; use {list(SPLITS)}")
+    chosen: set[int] = set()
+    start = 0
+    for k, split in enumerate(SPLITS):
+        f = float(fractions.get(split, 0.0))
+        if not 0.0 <= f <= 1.0:
+            raise ValueError(f"scenario_fraction for {split} must be in [0, 1], got {f}")
+        n = counts[split]
+        pick = np.random.default_rng([int(seed), 0x5CE, k]).permutation(n)[: int(round(f * n))]
+        chosen.update(start + int(i) for i in pick)
+        start += n
+    return chosen
+
+
 def _worker_init() -> None:
     cv2.setNumThreads(1)
 
 
-def _render_job(job: tuple[int, np.random.SeedSequence, str, str, int, int]) -> tuple[int, list[dict[str, Any]]]:
+def _render_job(job: tuple) -> tuple[int, list[dict[str, Any]]]:
     """Render image ``index``, write its JPEG, return its annotations."""
-    index, seed_seq, image_id, image_dir, width, height = job
-    synth = render_tote(seed_seq, width, height)
+    index, seed_seq, image_id, image_dir, width, height, scenario = job
+    synth = render_tote(seed_seq, width, height, scenario)
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(synth.image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
     if not ok:
         raise RuntimeError(f"JPEG encoding failed for image {image_id}")
@@ -1087,8 +1127,14 @@ def generate_dataset(
     height: int = 2048,
     workers: int | None = None,
     progress: bool = True,
+    scenario: str | None = None,
+    scenario_fraction: float | dict[str, float] = 0.0,
 ) -> dict:
     """Write a synthetic dataset in the ARMBench mix-object-tote layout.
+
+    ``scenario`` (one of :data:`SCENARIOS`) mixes a rare sub-population into the splits:
+    ``scenario_fraction`` of each split's images (one float for all, or per split
+    ``{"train": 0.0, "val": 0.5, "test": 0.2}``) are rendered that way; see :data:`SCENARIOS`.
 
     ``out_dir/images/<ID>.jpg`` plus COCO ``train.json``, ``val.json`` and ``test.json``
     (the "unlabeled" split, annotated like the real test.json). Image ``i`` (train, then
@@ -1105,6 +1151,7 @@ def generate_dataset(
     no images), ``seconds``, ``images_per_second``.
     """
     counts = {"train": n_train, "val": n_val, "test": n_unlabeled}
+    scenario_images = _scenario_images(counts, seed, scenario, scenario_fraction)
     for name, n in counts.items():
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
             raise ValueError(f"image count for split {name!r} must be an int >= 0, got {n!r}")
@@ -1136,7 +1183,8 @@ def generate_dataset(
               "complete": False, "files": names}
     _write_json_atomic(out / MARKER_FILE, marker)
     seeds = np.random.SeedSequence(int(seed)).spawn(total)
-    jobs = [(i, seeds[i], ids[i], str(image_dir), width, height) for i in range(total)]
+    jobs = [(i, seeds[i], ids[i], str(image_dir), width, height, scenario if i in scenario_images else None)
+            for i in range(total)]
 
     results: list[list[dict[str, Any]] | None] = [None] * total
     n_workers = int(min(workers, max(total, 1)))
@@ -1183,6 +1231,8 @@ def generate_dataset(
         images, annotations = [], []
         for _ in range(counts[split]):
             images.append({"id": index + 1, "file_name": f"{ids[index]}.jpg", "width": width, "height": height})
+            if index in scenario_images:
+                images[-1]["scenario"] = scenario
             anns = results[index] or []
             per_image.append(len(anns))
             for ann in anns:

@@ -73,11 +73,14 @@ class FinetuneConfig:
     restart: bool = False
     export: bool = True
     conf_threshold: float = 0.001          # for the --val scores (COCO AP convention)
+    check_export: bool = True              # compare onnxruntime with torch after the export
+    val_subsets: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (name, image file stems): extra AP rows on parts of --val
 
     def fingerprint(self, data_hashes: Sequence[str], base_sha: str) -> str:
         keep = {k: v for k, v in asdict(self).items()
                 if k not in ("out", "train", "images", "val", "val_images", "resume", "restart", "export",
-                             "log_every", "max_minutes", "threads", "device", "conf_threshold", "base")}
+                             "log_every", "max_minutes", "threads", "device", "conf_threshold", "base",
+                             "check_export", "val_subsets")}
         keep["data"] = list(data_hashes)
         keep["base_sha256"] = base_sha
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -311,11 +314,12 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
         if cfg.export:
             from armbench_segmentation.training.export import export
 
-            card["export"] = export(final, out, check=True, check_size=cfg.imgsz)
+            card["export"] = export(final, out, check=cfg.check_export, check_size=cfg.imgsz)
             card["sha256"] = _file_sha(str(out))
             if cfg.val:
                 t_val = time.perf_counter()
-                card["val"] = evaluate_model(out, cfg.val, cfg.val_images, cfg.imgsz, cfg.conf_threshold, work)
+                card["val"] = evaluate_model(out, cfg.val, cfg.val_images, cfg.imgsz, cfg.conf_threshold, work,
+                                             subsets=dict(cfg.val_subsets))
                 card["val"]["seconds"] = round(time.perf_counter() - t_val, 1)
         card["total_seconds"] = round(time.perf_counter() - t_all, 1)
         card_json = out.with_name(out.name + ".card.json")
@@ -327,13 +331,15 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
 
 
 def evaluate_model(model_path: str | Path, val_coco: str | Path, images_dir: str | Path | None, imgsz: int,
-                   conf_threshold: float, work: str | Path, class_names: Sequence[str] | None = None) -> dict:
+                   conf_threshold: float, work: str | Path, class_names: Sequence[str] | None = None,
+                   subsets: dict[str, Sequence[str]] | None = None) -> dict:
     """COCO AP (segm and bbox, per class) of ``model_path`` on ``val_coco`` with the project's own pipeline.
 
     The COCO file is viewed as the val split of a dataset folder made under ``work``
     (``images`` linked to its images folder, empty train/test files), so prediction and scoring
     are exactly ``armbench predict`` + ``armbench evaluate`` (``analysis.predict``,
-    ``metrics.evaluation``) at ``data.image_size = imgsz``.
+    ``metrics.evaluation``) at ``data.image_size = imgsz``. ``subsets``: name -> image file
+    stems, scored again on those images alone (same predictions), under ``"subsets"``.
     """
     from armbench_segmentation.analysis.predict import predict_split
     from armbench_segmentation.config import load_settings
@@ -365,12 +371,20 @@ def evaluate_model(model_path: str | Path, val_coco: str | Path, images_dir: str
     dataset = ArmbenchDataset(settings.data.path, settings.data)
     coco = dataset.coco("val")
     ids = sorted(s.image_id for s in dataset.samples("val"))
-    res = evaluate_coco_results(coco, [r for r in results if r["image_id"] in set(ids)], settings.data.class_names,
-                                settings.metrics, image_ids=ids)
-    return {"coco": str(val_coco), "sha256": _file_sha(str(val_coco)), "images": len(ids), "imgsz": int(imgsz),
-            "conf_threshold": conf_threshold,
-            "segm": {"per_class": res.segm.per_class, "mean": res.segm.mean},
-            "bbox": {"per_class": res.bbox.per_class, "mean": res.bbox.mean}}
+    def score(image_ids: list[int]) -> dict:
+        keep = set(image_ids)
+        res = evaluate_coco_results(coco, [r for r in results if r["image_id"] in keep], settings.data.class_names,
+                                    settings.metrics, image_ids=image_ids)
+        return {"images": len(image_ids), "segm": {"per_class": res.segm.per_class, "mean": res.segm.mean},
+                "bbox": {"per_class": res.bbox.per_class, "mean": res.bbox.mean}}
+
+    out = {"coco": str(val_coco), "sha256": _file_sha(str(val_coco)), "imgsz": int(imgsz),
+           "conf_threshold": conf_threshold, **score(ids)}
+    if subsets:
+        stem_ids = {Path(str(coco.imgs[i]["file_name"])).stem: i for i in ids}
+        out["subsets"] = {name: score(sorted(stem_ids[s] for s in stems if s in stem_ids))
+                          for name, stems in subsets.items()}
+    return out
 
 
 def card_markdown(card: dict) -> str:
