@@ -10,12 +10,12 @@ fetched from the network, and it opens from the file system):
     assets/dashboard/thumbs/<row>.jpg   96-px thumbnail of every sample, up to
                                         ``max_thumbnails`` (DEFAULT_MAX_THUMBNAILS = 5,000) samples
     assets/dashboard/views/<row>.jpg    the larger view (model frame, 640 px) of up to
-                                        ``max_views`` (DEFAULT_MAX_VIEWS = 100) samples, with
+                                        ``max_views`` (DEFAULT_MAX_VIEWS = 64) samples, with
         <row>_gt.png, <row>_pred.png    its ground-truth and prediction overlays as transparent
                                         layers the page stacks and toggles
 
 Files are named by row, never by sample id (ids are dataset strings). Larger runs get
-thumbnails and views for the labeling picks and gallery samples first, then a random draw,
+thumbnails and views for the gallery samples and labeling picks first, then a random draw,
 and the page says how many are embedded and how to open everything in ``armbench serve``.
 No absolute path of the machine appears in the page: the provenance shows paths relative to
 the run folder or ``~``, other absolute paths by their last component.
@@ -65,7 +65,7 @@ GALLERY_KINDS = {
 }
 THUMB_SIDE = 96
 DEFAULT_MAX_THUMBNAILS = 5000  # thumbnails for every sample of runs up to this size (~4 KB each)
-DEFAULT_MAX_VIEWS = 100  # larger views with overlays (~80 KB each)
+DEFAULT_MAX_VIEWS = 64  # larger views with overlays (~100 KB and ~1 s each: the stored predictions decoded at full size)
 VIEW_SIDE = 640
 ASSETS_DIR = "assets"
 MAX_CATEGORY_LEVELS = 30  # text columns with more distinct values are not offered for colour
@@ -389,8 +389,8 @@ def _write_assets(out: Path, stem: str, frame: pd.DataFrame, thumbnails: Any, la
                                 f"got {type(thumbnails).__name__}")
             todo = order[:max_thumbnails]
             if n > max_thumbnails:
-                result.notes.append(f"thumbnails for {len(todo)} of {n} samples (labeling picks and galleries "
-                                    f"first, then a random draw; this page embeds at most {max_thumbnails})")
+                result.notes.append(f"thumbnails for {len(todo)} of {n} samples (gallery samples and labeling "
+                                    f"picks first, then a random draw; this page embeds at most {max_thumbnails})")
                 logger.warning("dashboard: %s", result.notes[-1])
             failed = 0
             for i in todo:
@@ -410,8 +410,8 @@ def _write_assets(out: Path, stem: str, frame: pd.DataFrame, thumbnails: Any, la
         if layers is not None:
             todo = order[:max_views]
             if n > max_views:
-                result.notes.append(f"larger views with overlays for {len(todo)} of {n} samples (picks and "
-                                    f"galleries first; this page embeds at most {max_views})")
+                result.notes.append(f"larger views with overlays for {len(todo)} of {n} samples (gallery samples "
+                                    f"and picks first; this page embeds at most {max_views})")
             failed = 0
             for i in todo:
                 try:
@@ -519,8 +519,8 @@ def _map_payload(frame: pd.DataFrame, map_xy: np.ndarray, assets: PageAssets, in
                for c in _metric_columns(frame)}
     categories = _category_columns(frame)
     panel = {}
-    for c in PANEL_FIELDS:
-        if c in frame.columns and c not in metrics:
+    for c in PANEL_FIELDS:  # text fields not already sent as categories (their codes serve the panel)
+        if c in frame.columns and c not in metrics and c not in categories:
             panel[c] = [None if pd.isna(v) else str(v) for v in frame[c]]
     return {
         "ids": frame["sample_id"].astype(str).tolist() if "sample_id" in frame.columns else [str(i) for i in range(n)],
@@ -528,7 +528,7 @@ def _map_payload(frame: pd.DataFrame, map_xy: np.ndarray, assets: PageAssets, in
         "split": [code[s] for s in splits], "splits": split_names, "cluster": clusters,
         "clusters": sorted(set(clusters)), "insights": {str(k): v for k, v in insights.items()},
         "metrics": metrics, "categories": categories, "panel": panel,
-        "panel_fields": [c for c in PANEL_FIELDS if c in metrics or c in panel],
+        "panel_fields": [c for c in PANEL_FIELDS if c in metrics or c in panel or c in categories],
         "definitions": _definitions(list(metrics) + list(categories) + ["cluster", "split"]),
         "assets": assets.prefix, "thumb": assets.thumb, "view": assets.view,
     }
@@ -739,11 +739,11 @@ def write_report(out_dir: str | Path, frame: pd.DataFrame, map_xy: Any, clusters
         frame["cluster"] = np.asarray(clusters.labels)
     insights = {s.cluster_id: s.insight for s in getattr(clusters, "summaries", None) or []}
     gallery_list = _gallery_list(galleries)
-    priority = []
-    if label_picks is not None:
-        priority += label_picks.picks["sample_id"].astype(str).tolist()
+    priority = []  # who gets images first: the galleries' worst samples, then the labeling picks
     for g in gallery_list:
         priority += [it.sample_id for it in g.items]
+    if label_picks is not None:
+        priority += label_picks.picks["sample_id"].astype(str).tolist()
     rows: dict[str, int] = {}
     for i, sid in enumerate(frame["sample_id"].astype(str) if "sample_id" in frame.columns else []):
         rows.setdefault(sid, i)

@@ -41,7 +41,8 @@ function showPanel(i) {
   const add = (k, v) => { const d = document.createElement('div'); const b = document.createElement('b'); b.textContent = k + ': ';
     d.appendChild(b); d.appendChild(document.createTextNode(fmt(v))); panel.appendChild(d); };
   add('sample', D.ids[i]); add('split', D.splits[D.split[i]]); add('cluster', D.cluster[i]);
-  D.panel_fields.forEach(f => add(f, D.metrics[f] ? D.metrics[f][i] : (D.panel[f] ? D.panel[f][i] : null)));
+  const cat = f => { const c = D.categories[f]; return c && c.codes[i] >= 0 ? c.levels[c.codes[i]] : null; };
+  D.panel_fields.forEach(f => add(f, D.metrics[f] ? D.metrics[f][i] : (D.panel[f] ? D.panel[f][i] : cat(f))));
   const ins = D.insights[String(D.cluster[i])]; if (ins) add('cluster insight', ins);
   const b = document.createElement('button'); b.id = 'panel-view'; b.textContent = 'larger view';
   b.addEventListener('click', () => openViewer(i)); panel.appendChild(b);
