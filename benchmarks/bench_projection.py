@@ -3,6 +3,9 @@
     .venv/bin/python benchmarks/bench_projection.py                 # PCA on 44,253 x 512
     .venv/bin/python benchmarks/bench_projection.py --method umap   # needs umap-learn
     .venv/bin/python benchmarks/bench_projection.py --all           # + k-means clusters, labeling and pruning picks
+    .venv/bin/python benchmarks/bench_projection.py --method tsne   # the default map (openTSNE)
+
+benchmarks/bench_map.py compares the methods side by side, with a neighbourhood score.
 
 Synthetic embeddings: 20 Gaussian blobs in a 32-d subspace of R^512 plus isotropic noise,
 split like ARMBench's files (train/val/unlabeled). Prints seconds and the ratio to the goal.
