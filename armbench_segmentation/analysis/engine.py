@@ -12,7 +12,7 @@ into ``out_dir`` (and, with ``synthetic=True``, the synthetic dataset cache):
     label_picks.label_studio.json|.label_config.xml  the model's predictions as pre-annotations
     prune_keep.csv, prune_drop.csv, prune_summary.csv, prune.provenance.json, train_pruned.json
     galleries/over|under/*.jpg       worst over/under-segmented samples
-    dashboard.html                   the offline dashboard (analysis.report)
+    dashboard.html, assets/          the offline dashboard and, beside it, plotly.js, thumbnails, larger views (analysis.report)
 
 Steps: resolve the dataset (generating the synthetic one if asked) -> open the model ->
 select the run in the store (run key) -> stream unfinished samples through the runner ->
