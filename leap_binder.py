@@ -200,8 +200,9 @@ FP_METADATA_TYPES: Dict[str, DatasetMetadataType] = {**INSTANCE_METADATA_TYPES,
 _COLUMN_DIRECTIONS = {"worse": MetricDirection.Downward, "better": MetricDirection.Upward}
 
 
-def metric_registration(function: str, keys) -> tuple:
-    """``(direction, compute_insights)`` of the dict metric ``function`` with ``keys``, from the
+def metric_registration(function: str, keys) -> Dict[str, Dict[str, Any]]:
+    """``direction`` and ``compute_insights`` (keyword arguments of ``tensorleap_custom_metric``)
+    of the dict metric ``function`` with ``keys``, from the
     column table (``analysis.columns``): a quality measure (higher is worse / better) keeps its
     direction and insights; a descriptive value (a count such as ``num_pred``, a mean score)
     gets ``compute_insights=False`` and no direction."""
@@ -214,7 +215,7 @@ def metric_registration(function: str, keys) -> tuple:
             direction[key] = _COLUMN_DIRECTIONS[column.direction]
         else:
             insights[key] = False
-    return direction, insights
+    return {"direction": direction, "compute_insights": insights}
 
 
 def instance_metric_registration(name: str) -> dict:
@@ -624,7 +625,7 @@ def yolov5_seg_loss_total(detections: np.ndarray, prototypes: np.ndarray, gt_box
     return np.array([np.nan if ev is None else ev.losses["total"] for ev in evs], np.float32)
 
 
-@tensorleap_custom_metric("yolov5_seg_loss_parts", *metric_registration("yolov5_seg_loss_parts", LOSS_COMPONENTS))
+@tensorleap_custom_metric("yolov5_seg_loss_parts", **metric_registration("yolov5_seg_loss_parts", LOSS_COMPONENTS))
 def loss_components(detections: np.ndarray, prototypes: np.ndarray, gt_boxes: np.ndarray,
                     gt_masks: np.ndarray) -> Dict[str, List[Optional[float]]]:
     """The loss's box / obj / cls / mask components."""
@@ -638,7 +639,8 @@ def _segmentation_keys() -> List[str]:
     return list(segmentation_column_names())
 
 
-@tensorleap_custom_metric("segmentation_errors", *metric_registration("segmentation_errors", segmentation_column_names()))
+@tensorleap_custom_metric("segmentation_errors",
+                          **metric_registration("segmentation_errors", segmentation_column_names()))
 def segmentation_metrics(detections: np.ndarray, prototypes: np.ndarray, gt_boxes: np.ndarray,
                          gt_masks: np.ndarray) -> Dict[str, List[Any]]:
     """Over/under segmentation (flags, counts, mean parts, mean confidence, duplicates)."""
@@ -646,7 +648,7 @@ def segmentation_metrics(detections: np.ndarray, prototypes: np.ndarray, gt_boxe
     return _columns([None if ev is None else ev.columns() for ev in evs], _segmentation_keys())
 
 
-@tensorleap_custom_metric("matching", *metric_registration("matching", MATCHING_KEYS))
+@tensorleap_custom_metric("matching", **metric_registration("matching", MATCHING_KEYS))
 def matching_metrics(detections: np.ndarray, prototypes: np.ndarray, gt_boxes: np.ndarray,
                      gt_masks: np.ndarray) -> Dict[str, List[Any]]:
     """TP/FP/FN, precision, recall, F1, mean IoU of matches (mask IoU >= metrics.match_iou),
@@ -675,7 +677,7 @@ def confusion_matrix(detections: np.ndarray, prototypes: np.ndarray, gt_boxes: n
 UNCERTAINTY_KEYS = tuple(c[len("unc_"):] for c in SAMPLE_COLUMNS if c.startswith("unc_"))
 
 
-@tensorleap_custom_metric("uncertainty", *metric_registration("uncertainty", UNCERTAINTY_KEYS))
+@tensorleap_custom_metric("uncertainty", **metric_registration("uncertainty", UNCERTAINTY_KEYS))
 def uncertainty_metrics(detections: np.ndarray, prototypes: np.ndarray) -> Dict[str, List[Any]]:
     """Prediction-only uncertainty (higher = more uncertain); defined for unlabeled samples too."""
     evs = _per_sample(_evaluation, detections, prototypes)
@@ -730,7 +732,8 @@ def instance_score(detections: np.ndarray, prototypes: np.ndarray, gt_boxes: np.
     return _instance_column("instance_score", detections, prototypes, gt_boxes, gt_masks)
 
 
-@tensorleap_custom_instances_metric("instance_over_segmented", **instance_metric_registration("instance_over_segmented"))
+@tensorleap_custom_instances_metric("instance_over_segmented",
+                                    **instance_metric_registration("instance_over_segmented"))
 def instance_over_segmented(detections: np.ndarray, prototypes: np.ndarray, gt_boxes: np.ndarray,
                             gt_masks: np.ndarray) -> Dict[int, np.ndarray]:
     """Per GT object: 1 when it is split into > 1 predictions (its error kind over_segmented)."""

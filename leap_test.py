@@ -638,7 +638,8 @@ def check_element_instances(module, responses: Dict[str, Any], report: Report, s
                     continue
                 n_instances += 1
                 mask = np.asarray(inst.mask)
-                if mask.dtype != np.float32 or mask.shape != (size, size) or not np.array_equal(mask > 0.5, gt_masks[k]):
+                if mask.dtype != np.float32 or mask.shape != (size, size) \
+                        or not np.array_equal(mask > 0.5, gt_masks[k]):
                     report.fail(step, f"{split}/{sid}: instance {k} mask {mask.dtype} {mask.shape} is not GT row {k}")
                 meta = inst.instance_metadata or {}
                 if declared and sorted(meta) != sorted(declared):

@@ -1,7 +1,8 @@
 """Per-object parity: the Tensorleap face's element instances (metadata and instance metrics,
 ``leap_test.py --dump``) equal the GT rows ``armbench analyze`` writes to instances.csv for the
-same samples, its false-positive instances the unmatched prediction rows (``leap_test.compare_dump``), and the comparison notices a changed value. Real
-runs in their own processes: the shipped model on the tiny hand-made dataset."""
+same samples, its false-positive instances the unmatched prediction rows
+(``leap_test.compare_dump``), and the comparison notices a changed value. Real runs in their
+own processes: the shipped model on the tiny hand-made dataset."""
 
 from __future__ import annotations
 
