@@ -139,8 +139,8 @@ def process_sample(loaded: Any, raw: RawSample, model: Any, settings: Settings,
     Returns:
         ``SampleResult(row, embedding (D,) float32, predictions, facts)``.
     """
-    from armbench_segmentation.metadata import annotation_visible_fraction, box_overlap_counts, sample_metadata
-    from armbench_segmentation.metrics.sample_evaluation import evaluate_sample
+    from armbench_segmentation.metadata import sample_metadata
+    from armbench_segmentation.metrics.sample_evaluation import evaluate_sample, gt_occlusion
 
     sample = loaded.sample
     class_names = tuple(settings.data.class_names)
@@ -158,19 +158,9 @@ def process_sample(loaded: Any, raw: RawSample, model: Any, settings: Settings,
     metadata = sample_metadata(loaded, list(annotations or []), settings.metrics.small_area_fraction, class_names)
     _merge(row, metadata, prefix=METADATA_PREFIX)
     facts = evaluation.facts()
-    visible: dict[int, float | None] = {}
-    overlaps = np.zeros(0, np.int64)
-    if evaluation.labeled:
-        visible = {int(a.get("id", -1)): annotation_visible_fraction(a) for a in annotations or []}
-        gt = evaluation.gt
-        overlaps = np.zeros(len(gt), np.int64)  # other GT boxes of the same class overlapping each box
-        for c in np.unique(gt.class_ids):
-            same = np.flatnonzero(gt.class_ids == c)
-            overlaps[same] = box_overlap_counts(gt.boxes[same])
+    occlusion = gt_occlusion(evaluation.gt, annotations) if evaluation.labeled else []
     for inst in facts["instances"]:
-        is_gt = inst["kind"] == "gt"
-        inst["visible_fraction"] = visible.get(inst["annotation_id"]) if is_gt else None
-        inst["box_overlaps"] = int(overlaps[inst["index"]]) if is_gt else None
+        inst.update(occlusion[inst["index"]] if inst["kind"] == "gt" else {"visible_fraction": None, "box_overlaps": None})
     return SampleResult(row=row, embedding=sample_embedding(raw), predictions=evaluation.predictions, facts=facts)
 
 

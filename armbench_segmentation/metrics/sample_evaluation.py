@@ -226,21 +226,28 @@ def gt_instance_attributes(gt: Instances, annotations: Sequence[dict] | None,
     Returns:
         G dicts, in GT order.
     """
-    from armbench_segmentation.metadata import annotation_visible_fraction, box_overlap_counts
-
     h, w = gt.image_size
     frame_px = float(h * w) or 1.0
     areas = gt.mask_areas() if gt.masks is not None else np.zeros(len(gt), np.int64)
+    occlusion = gt_occlusion(gt, annotations)
+    ids = gt.ids  # (G,) annotation ids
+    return [{"index": i, "annotation_id": int(ids[i]),
+             **_shape_fields(int(gt.class_ids[i]), int(areas[i]), frame_px, class_names), **occlusion[i]}
+            for i in range(len(gt))]
+
+
+def gt_occlusion(gt: Instances, annotations: Sequence[dict] | None) -> list[dict[str, Any]]:
+    """Per GT instance, in GT order: ``visible_fraction`` (the annotation's attribute, found by
+    annotation id = ``gt.ids``; None when it has none) and ``box_overlaps`` (how many other GT
+    boxes of the same class overlap its box)."""
+    from armbench_segmentation.metadata import annotation_visible_fraction, box_overlap_counts
+
     visible = {int(a.get("id", -1)): annotation_visible_fraction(a) for a in annotations or []}
     overlaps = np.zeros(len(gt), np.int64)  # (G,)
     for c in np.unique(gt.class_ids):
         same = np.flatnonzero(gt.class_ids == c)
         overlaps[same] = box_overlap_counts(gt.boxes[same])
-    ids = gt.ids  # (G,) annotation ids
-    return [{"index": i, "annotation_id": int(ids[i]),
-             **_shape_fields(int(gt.class_ids[i]), int(areas[i]), frame_px, class_names),
-             "visible_fraction": visible.get(int(ids[i])), "box_overlaps": int(overlaps[i])}
-            for i in range(len(gt))]
+    return [{"visible_fraction": visible.get(int(gt.ids[i])), "box_overlaps": int(overlaps[i])} for i in range(len(gt))]
 
 
 def _ids(values: Any) -> list[int]:
