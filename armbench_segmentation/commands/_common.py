@@ -34,7 +34,7 @@ def add_settings_arguments(parser: argparse.ArgumentParser, model: bool = True, 
     group.add_argument("--dataset", metavar="DIR", default=None,
                        help="ARMBench mix-object-tote folder (images/, train.json, val.json, test.json); env ARMBENCH_DATASET")
     if model:
-        group.add_argument("--model", metavar="PATH", default=None, help="YOLOv5s-seg ONNX model; env ARMBENCH_MODEL")
+        group.add_argument("--model", metavar="PATH", default=None, help="YOLOv5-seg or YOLOv8/YOLO11-seg ONNX model (default: the shipped one); env ARMBENCH_MODEL")
     if sizes:
         for split in SPLITS:
             group.add_argument(f"--{split}-size", metavar="N", default=None,
