@@ -5,6 +5,7 @@ fetched from the network, and it opens from the file system):
 
     dashboard.html                      tables, the map's data (JSON in a ``<script type=
                                         "application/json">`` block), CSS and JS inline
+    assets/dashboard/gallery/*.jpg      the galleries' images (also under galleries/)
     assets/plotly.min.js                plotly.js, copied once from the installed ``plotly``
                                         package (4.8 MB; no longer inlined into every page)
     assets/dashboard/thumbs/<row>.jpg   96-px thumbnail of every sample, up to
@@ -636,25 +637,16 @@ def _gallery_list(galleries: Any) -> list[Gallery]:
     return list(galleries.values() if isinstance(galleries, Mapping) else galleries or [])
 
 
-def _gallery_urls(galleries: list[Gallery], out: Path, stem: str) -> tuple[dict[tuple[str, int], str], dict[str, bytes]]:
-    """URL of each gallery image relative to the page: its file under ``out`` (``galleries/...``)
-    when it has one there, else a copy to write into ``assets/<stem>/gallery/`` (returned)."""
+def _gallery_urls(galleries: list[Gallery], stem: str) -> tuple[dict[tuple[str, int], str], dict[str, bytes]]:
+    """URL of each gallery image relative to the page, and the files to write for them into
+    ``assets/<stem>/gallery/`` (everything the page shows lives under ``assets/``, so the
+    page and that one folder are all there is to share)."""
     urls, to_write = {}, {}
-    root = out.resolve()
     for g in galleries:
         for k, it in enumerate(g.items):
-            rel = None
-            if it.path is not None:
-                try:
-                    rel = Path(it.path).resolve().relative_to(root)
-                except ValueError:
-                    rel = None
-            if rel is not None and Path(it.path).is_file():
-                urls[(g.kind, k)] = "/".join(quote(part) for part in rel.parts)
-            else:
-                name = f"{quote(g.kind)}-{k}.{'png' if it.mime == 'image/png' else 'jpg'}"
-                to_write[name] = it.image
-                urls[(g.kind, k)] = f"{ASSETS_DIR}/{quote(stem)}/gallery/{name}"
+            name = f"{quote(g.kind)}-{k}.{'png' if it.mime == 'image/png' else 'jpg'}"
+            to_write[name] = it.image
+            urls[(g.kind, k)] = f"{ASSETS_DIR}/{quote(stem)}/gallery/{name}"
     return urls, to_write
 
 
@@ -747,7 +739,7 @@ def write_report(out_dir: str | Path, frame: pd.DataFrame, map_xy: Any, clusters
     rows: dict[str, int] = {}
     for i, sid in enumerate(frame["sample_id"].astype(str) if "sample_id" in frame.columns else []):
         rows.setdefault(sid, i)
-    gallery_urls, gallery_copies = _gallery_urls(gallery_list, out, stem)
+    gallery_urls, gallery_copies = _gallery_urls(gallery_list, stem)
     plotly_js = _copy_plotly(out / ASSETS_DIR)
     assets = _write_assets(out, stem, frame, thumbnails, layers, priority, max_thumbnails, max_views, seed,
                            extra=gallery_copies)

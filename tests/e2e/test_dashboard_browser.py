@@ -144,7 +144,7 @@ def test_dashboard_renders_filters_and_has_no_console_errors(dashboard, browser,
     assert len(browser.find_elements("css selector", "#cluster-table tbody tr")) == 4
     widths = browser.execute_script("return Array.from(document.querySelectorAll('.gallery img'))"
                                     ".map(i => { i.loading = 'eager'; return i.src; })")
-    assert len(widths) == 8 and all(w.startswith("file://") for w in widths)
+    assert len(widths) == 8 and all(w.startswith("file://") and "/assets/dashboard/gallery/" in w for w in widths)
 
     shot = tmp_path / "dashboard.png"
     browser.save_screenshot(str(shot))
@@ -265,6 +265,25 @@ def test_filtering_hides_the_side_panels_sample(dashboard, browser):
     assert frame["sample_id"][j] not in browser.find_element("id", "panel").text
     assert browser.execute_script(POINTS_JS) == int((labels == (labels[0] + 1) % 4).sum())
     assert not browser_errors(browser), "console errors"
+
+
+def test_page_shared_without_its_assets_says_what_is_missing(dashboard, browser, tmp_path):
+    """Only the HTML copied elsewhere: the map says plotly.min.js is missing, the tables still sort."""
+    import shutil
+
+    path, _, picks, _ = dashboard
+    alone = tmp_path / "dashboard.html"
+    shutil.copy(path, alone)
+    _open_page(browser, alone)
+    assert "assets/plotly.min.js" in browser.find_element("id", "map").text
+    browser.find_elements("css selector", "#picks-table thead th")[3].click()
+    cells = browser.execute_script("return Array.from(document.querySelectorAll('#picks-table tbody tr'))"
+                                   ".map(tr => tr.children[2].textContent)")
+    assert cells == picks.picks.sort_values(["score"], kind="stable")["sample_id"].tolist()
+    errors = browser_errors(browser)  # the missing files' loads, nothing thrown by the page's own scripts
+    assert any("assets/plotly.min.js" in e["message"] for e in errors), errors
+    odd = [e for e in errors if not (e["source"] == "network" and "/assets/" in e["message"])]
+    assert not odd, odd
 
 
 # ---------------------------------------------------------------------------- hostile names
