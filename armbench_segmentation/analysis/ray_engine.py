@@ -46,8 +46,10 @@ checks under strace that it talks to loopback addresses only. An existing cluste
 operator's: set ``RAY_USAGE_STATS_ENABLED=0`` on its nodes before ``ray start``.
 
 ``ARMBENCH_RAY_FAULT_FILE`` (tests only): a JSON file ``{"crash_on": sample_id}``; the
-worker that meets that sample removes the file and ends its process (``os._exit``), so a
-real worker death happens exactly once, mid-run.
+worker that meets that sample renames the file to ``<file>.done`` and ends its process
+(``os._exit``), so a real worker death happens exactly once, mid-run.
+``{"stall_on": sample_id, "seconds": S}`` makes it sleep instead (a driver killed
+meanwhile is certainly mid-run).
 """
 
 from __future__ import annotations
@@ -143,22 +145,25 @@ def import_ray(local_cluster: bool = False) -> Any:
 
 
 # ---------------------------------------------------------------------------- the worker
-def _crash_if_asked(sample_id: str) -> None:
-    """Test-only fault injection (see the module docstring): a real process death, once."""
+def _fault_if_asked(sample_id: str) -> None:
+    """Test-only fault injection (see the module docstring), on the first attempt only: a
+    real process death (``crash_on``) or a stall of ``seconds`` (``stall_on``)."""
     path = os.environ.get(FAULT_ENV)
     if not path:
         return
     try:
-        target = json.loads(Path(path).read_text()).get("crash_on")
+        fault = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return
-    if target != sample_id:
+    if sample_id not in (fault.get("crash_on"), fault.get("stall_on")):
         return
     try:
-        os.replace(path, f"{path}.done")  # only the first attempt dies
+        os.replace(path, f"{path}.done")  # only the first attempt
     except OSError:
         return  # another worker won the race
-    os._exit(17)
+    if fault.get("crash_on") == sample_id:
+        os._exit(17)
+    time.sleep(float(fault.get("seconds", 60)))
 
 
 class ModelBytes:
@@ -249,7 +254,7 @@ class SampleWorker:
         """One sample through the local runner's steps -> its outcome tuple (see ``runner._compute``)."""
         from armbench_segmentation.analysis.pipeline import split_raw
 
-        _crash_if_asked(sample.sample_id)
+        _fault_if_asked(sample.sample_id)
         item = _load(self.dataset, seq, sample)
         if item.internal is not None:
             return "internal", item.error or "internal error", item.internal

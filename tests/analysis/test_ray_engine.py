@@ -105,6 +105,13 @@ def cluster(tmp_path_factory):
         shutil.rmtree(temp, ignore_errors=True)
 
 
+def _arm_fault(fault: Path, sample_id: str, kind: str = "crash_on") -> None:
+    """The next worker to meet ``sample_id`` dies (``crash_on``) or sleeps a minute
+    (``stall_on``), once: it renames ``fault`` to ``<fault>.done`` first."""
+    Path(f"{fault}.done").unlink(missing_ok=True)
+    fault.write_text(json.dumps({kind: sample_id, "seconds": 60}))
+
+
 def _assert_same_outputs(reference: Path, out: Path) -> None:
     for name in COMPARED:
         assert (out / name).read_bytes() == (reference / name).read_bytes(), f"{name} differs from the local engine's"
@@ -130,7 +137,7 @@ def test_a_killed_worker_is_retried_and_results_match_the_local_engine(setup, cl
     out = setup["base"] / "ray-worker-killed"
     with open(setup["local"] / "samples.csv", newline="") as fh:
         victim = [r["sample_id"] for r in csv.DictReader(fh) if r["split"] == "val"][5]  # mid-run
-    cluster["fault"].write_text(json.dumps({"crash_on": victim}))
+    _arm_fault(cluster["fault"], victim)
     proc = _armbench("analyze", *setup["common"], "--out", str(out), "--engine", "ray", "--ray-address",
                      cluster["address"], "--ray-workers", "2", env=cluster["env"])
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -147,15 +154,19 @@ def test_a_killed_driver_resumes_and_ends_like_the_local_engine(setup, cluster):
     store = out / "results.sqlite"
     argv = [sys.executable, "-m", "armbench_segmentation.cli", "analyze", *setup["common"], "--out", str(out),
             "--engine", "ray", "--ray-address", cluster["address"], "--ray-workers", "2"]
+    with open(setup["local"] / "samples.csv", newline="") as fh:
+        stalled = [r["sample_id"] for r in csv.DictReader(fh)][20]
+    _arm_fault(cluster["fault"], stalled, "stall_on")  # holds one worker: the run cannot end before the kill
     driver = subprocess.Popen(argv, env=cluster["env"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
-    while _stored(store) < 4 and driver.poll() is None and time.monotonic() < deadline:
+    while (_stored(store) < 4 or cluster["fault"].exists()) and driver.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     driver.send_signal(signal.SIGKILL)
     _, err = driver.communicate(timeout=60)
     assert driver.returncode == -signal.SIGKILL, f"the driver ended before it was killed:\n{err[-3000:]}"
     kept, kept_ok = _stored(store), _stored(store, "ok")
     assert 4 <= kept < 30, f"{kept} samples stored when the driver was killed: not mid-run"
+    assert Path(f"{cluster['fault']}.done").exists()  # the stalled sample was never stored
 
     proc = subprocess.run(argv, env=cluster["env"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -231,6 +242,36 @@ def test_a_worker_that_sees_another_dataset_refuses_to_start(setup, cluster):
     assert "val.json on this worker differs from the driver's copy" in error and not needs_model
     assert str(os.getpid()) not in where  # it ran in a worker process
     ray.kill(worker)
+
+
+@pytest.mark.slow
+def test_a_sample_whose_worker_dies_past_the_retries_is_an_error_row_the_next_run_redoes(setup, cluster, tmp_path):
+    """No retries allowed: the worker killed on the victim takes it (and any sample queued
+    behind it on that worker) down as error rows naming the death; the next run computes
+    them and the store ends equal to the local runner's, row for row."""
+    from armbench_segmentation.analysis.ray_engine import run_samples_ray
+    from armbench_segmentation.analysis.runner import open_run, run_samples
+    from armbench_segmentation.analysis.store import ResultsStore
+
+    settings, dataset, model, _ = _local_parts(setup)
+    with ResultsStore(tmp_path / "local.sqlite") as store:
+        open_run(store, dataset, model, settings)
+        run_samples(dataset, model, store, settings, progress=False)
+        expected, expected_errors = store.frame(), store.errors()
+    victim = dataset.samples("train")[4].sample_id
+    _arm_fault(cluster["fault"], victim)
+    with ResultsStore(tmp_path / "ray.sqlite") as store:
+        open_run(store, dataset, model, settings)
+        first = run_samples_ray(dataset, model, store, settings, progress=False,
+                                options=RayOptions(workers=2, max_task_retries=0))
+        assert not cluster["fault"].exists() and Path(f"{cluster['fault']}.done").exists()
+        died = {sid: msg for _, sid, msg in first.error_samples if "Ray worker processing this sample died" in msg}
+        assert victim in died and len(died) <= 2 and all("died 1 times" in m for m in died.values())
+        assert first.errors == len(died) + 1  # + the truncated image
+        second = run_samples_ray(dataset, model, store, settings, progress=False, options=RayOptions(workers=2))
+        assert second.already_finished == first.computed and second.errors == 1
+        assert store.frame().equals(expected)
+        assert store.errors().equals(expected_errors)
 
 
 # ---------------------------------------------------------------------------- fast checks (no cluster)
