@@ -147,7 +147,9 @@ def test_analyze_keeps_every_good_image_and_names_the_bad(crafted):
     assert any("~" in s for s in ids)  # the clashing stem got its own id
     errors = pd.read_csv(run / "errors.csv")
     assert set(bad) <= set(errors["sample_id"].astype(str))
-    assert (run / "dashboard.html").stat().st_size > 100_000
+    # the page (plotly.js and the images beside it, in assets/): every good sample has a thumbnail
+    assert (run / "dashboard.html").stat().st_size > 10_000 and (run / "assets" / "plotly.min.js").is_file()
+    assert len(list((run / "assets" / "dashboard" / "thumbs").glob("*.jpg"))) == len(table)
 
 
 def test_leap_test_runs_the_good_samples_and_names_the_bad_once(crafted):
