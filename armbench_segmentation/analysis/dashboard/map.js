@@ -133,6 +133,10 @@
     }
     const ready = draw();
     const point = ev => (ev && ev.points && ev.points.length ? ev.points[0].customdata : null);
+    // render() again on the same element replaces the earlier map's handlers instead of adding to them
+    ['plotly_click', 'plotly_hover', 'plotly_selected', 'plotly_deselect'].forEach(name => {
+      if (el.removeAllListeners) el.removeAllListeners(name);
+    });
     el.on('plotly_click', ev => { const i = point(ev); if (i !== null && opts.onClick) opts.onClick(i); });
     el.on('plotly_hover', ev => { const i = point(ev); if (i !== null && opts.onHover) opts.onHover(i); });
     el.on('plotly_selected', ev => { if (opts.onSelect) opts.onSelect(ev && ev.points ? ev.points.map(p => p.customdata) : []); });
