@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("armbench_segmentation.commands.predict", "run the ONNX model, write COCO results JSON"),
     "evaluate": ("armbench_segmentation.commands.evaluate", "COCO AP plus over/under segmentation report"),
     "analyze": ("armbench_segmentation.commands.analyze", "full analysis: map, clusters, picks, galleries, dashboard"),
+    "loop": ("armbench_segmentation.commands.loop", "one active-learning round: analyze, picks, merge labels, finetune, compare"),
     "compare": ("armbench_segmentation.commands.compare", "compare two analyze runs on the same data: AP, losses, errors fixed/new"),
     "finetune": ("armbench_segmentation.commands.finetune", "fine-tune the model on COCO files (train extra), export ONNX + card"),
     "serve": ("armbench_segmentation.commands.serve", "explore a run in the browser: map, sample view, selections"),

@@ -1,0 +1,82 @@
+"""``armbench loop``: one round on tiny synthetic data with the oracle as the annotator.
+
+Checks the chaining (every step's output feeds the next: the merged train file holds the
+base images plus exactly the picked ones with their ground truth; the fine-tuned model is
+the one the after-analysis ran; compare reads both runs) and resumability (a stop at the
+annotation step, then a second call that does not redo the analysis, then a third that
+redoes nothing; another model for the same folder is refused).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = ROOT / "models" / "armbench-yolov5s-seg.onnx"
+
+
+def _has_train_extra() -> bool:
+    from armbench_segmentation.training import missing_train_modules
+
+    return not missing_train_modules()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _has_train_extra(), reason="the train extra is not installed (make install-train)")
+def test_one_round_with_the_oracle_resumes_at_every_step(tmp_path):
+    from armbench_segmentation.data.synth import generate_dataset
+
+    data = tmp_path / "data"
+    generate_dataset(data, n_train=4, n_val=2, n_unlabeled=4, seed=6, width=612, height=512, workers=1, progress=False)
+    cfg = tmp_path / "small.yaml"
+    cfg.write_text("data:\n  image_size: 320\nanalysis:\n  projection: pca\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARMBENCH_")}
+    env.update(HOME=str(tmp_path / "home"), PYTHONPATH=str(ROOT))
+    loop = tmp_path / "loop"
+    base = [sys.executable, "-m", "armbench_segmentation.cli", "loop", "--dir", str(loop), "--dataset", str(data),
+            "--model", str(SHIPPED), "--config", str(cfg), "--budget", "2", "--no-progress"]
+
+    def call(*extra):
+        r = subprocess.run(base + list(extra), capture_output=True, text=True, env=env, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return r.stdout
+
+    out = call()
+    assert "waiting for annotations" in out and "to do: annotate" in out
+    state = json.loads((loop / "loop.json").read_text())
+    assert list(state["steps"]) == ["analyze", "export"]
+    picks = state["steps"]["analyze"]["picks"]
+    assert len(picks) == 2
+    run_json_mtime = (loop / "before" / "run.json").stat().st_mtime_ns
+
+    out = call("--oracle", "--epochs", "1", "--imgsz", "320", "--batch", "2")
+    assert "[analyze] done earlier" in out and "round complete" in out
+    assert (loop / "before" / "run.json").stat().st_mtime_ns == run_json_mtime  # not analysed again
+    state = json.loads((loop / "loop.json").read_text())
+    assert list(state["steps"]) == ["analyze", "export", "annotate", "merge", "finetune", "analyze_after", "compare"]
+    merged = json.loads((loop / "train_merged.json").read_text())
+    stems = sorted(Path(im["file_name"]).stem for im in merged["images"])
+    base_train = json.loads((data / "train.json").read_text())
+    assert len(merged["images"]) == len(base_train["images"]) + 2 and set(picks) <= set(stems)
+    test = json.loads((data / "test.json").read_text())
+    gt_count = sum(1 for a in test["annotations"]
+                   if Path(next(i["file_name"] for i in test["images"] if i["id"] == a["image_id"])).stem in picks)
+    assert len(merged["annotations"]) == len(base_train["annotations"]) + gt_count
+    after = json.loads((loop / "after" / "run.json").read_text())
+    assert Path(after["model_path"]) == loop / "model.onnx"
+    cmp = json.loads((loop / "compare.json").read_text())
+    assert cmp["splits"] == ["train", "val"] and Path(cmp["run_b"]) == loop / "after"
+    model_mtime = (loop / "model.onnx").stat().st_mtime_ns
+
+    out = call("--oracle")
+    assert out.count("done earlier") == 7 and (loop / "model.onnx").stat().st_mtime_ns == model_mtime
+
+    other = subprocess.run(base[:-7] + ["--model", str(loop / "model.onnx"), "--config", str(cfg)],
+                           capture_output=True, text=True, env=env, timeout=300)
+    assert other.returncode == 1 and "other inputs" in other.stderr
