@@ -30,7 +30,9 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", required=True, type=Path, help="dataset root: images/ and train.json")
-    p.add_argument("--out", type=Path, default=Path("models/armbench-yolov5s-seg.onnx"))
+    p.add_argument("--out", type=Path, default=Path("models/armbench-yolov5s-seg.onnx"),
+                   help="ONNX file, or a folder for armbench-yolov5s-seg.onnx (the model card's `--out models/`)")
+    p.add_argument("--name", default=None, help="accepted for the model card's recipe; the work folder is <out>.work")
     p.add_argument("--base", default="coco", help="coco (the recipe) or any --base of armbench finetune")
     p.add_argument("--eval-data", type=Path, default=None, help="dataset root whose val.json is scored after export")
     p.add_argument("--epochs", type=int, default=30)
@@ -54,6 +56,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-minutes", type=float, default=None)
     p.add_argument("--restart", action="store_true")
     a = p.parse_args(argv)
+    if a.out.is_dir() or str(a.out).endswith("/"):
+        a.out = a.out / "armbench-yolov5s-seg.onnx"
     try:
         require_train_extra()
         from armbench_segmentation.training.engine import FinetuneConfig, finetune

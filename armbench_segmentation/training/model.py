@@ -22,7 +22,6 @@ from __future__ import annotations
 import ast
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
