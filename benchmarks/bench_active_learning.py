@@ -125,7 +125,7 @@ def analyze(folder: Path, model: Path, out: Path, imgsz: int, k: int, strategy: 
 
 
 def finetune(train_json: Path, images: Path, out: Path, heldout_json: Path, imgsz: int, epochs: int, batch: int,
-             seed: int, rare: set[str] = frozenset()) -> dict:
+             seed: int, rare: set[str] = frozenset(), lr0: float | None = None) -> dict:
     from armbench_segmentation.training.engine import FinetuneConfig
     from armbench_segmentation.training.engine import finetune as run_finetune
 
@@ -133,7 +133,7 @@ def finetune(train_json: Path, images: Path, out: Path, heldout_json: Path, imgs
     if card_path.is_file() and out.is_file():
         return load(card_path)
     cfg = FinetuneConfig(train=(str(train_json),), images=(str(images),), base=str(SHIPPED), out=str(out),
-                         val=str(heldout_json), check_export=False,
+                         val=str(heldout_json), check_export=False, lr0=lr0,
                          val_subsets=(("rare", tuple(sorted(rare))),) if rare else (),
                          epochs=epochs, imgsz=imgsz, batch=batch, seed=seed, device="auto", threads=2)
     return run_finetune(cfg).card
@@ -183,7 +183,7 @@ def run_seed(args, seed: int, results: Results) -> None:
     if results.get(seed=seed, round=0, strategy="all") is None:
         t0 = time.perf_counter()
         card = finetune(write_json(base / "round0" / "train.json", init), images, r0_model, heldout_json, args.imgsz,
-                        args.epochs, args.batch, seed, rare)
+                        args.epochs, args.batch, seed, rare, args.lr0)
         row = heldout_scores(card)
         results.add({"seed": seed, "round": 0, "strategy": "all", "labeled": len(init["images"]), "rare_labeled": 0,
                      **row, "seconds": round(time.perf_counter() - t0, 1)})
@@ -214,7 +214,8 @@ def run_seed(args, seed: int, results: Results) -> None:
             labeled = merge(labeled, subset(pool_all, set(picks)))  # the oracle labels them
             train_json = write_json(rdir / "train.json", labeled)
             model = rdir / "model.onnx"
-            card = finetune(train_json, images, model, heldout_json, args.imgsz, args.epochs, args.batch, seed, rare)
+            card = finetune(train_json, images, model, heldout_json, args.imgsz, args.epochs, args.batch, seed, rare,
+                            args.lr0)
             row = heldout_scores(card)
             n_rare = sum(Path(im["file_name"]).stem in pool_rare_ids for im in labeled["images"])
             results.add({"seed": seed, "round": rnd, "strategy": strategy, "labeled": len(labeled["images"]),
@@ -303,6 +304,7 @@ def main(argv=None) -> int:
     p.add_argument("--imgsz", type=int, default=320)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr0", type=float, default=None, help="fine-tuning learning rate (default: the engine's 0.002)")
     p.add_argument("--width", type=int, default=816)
     p.add_argument("--height", type=int, default=683)
     p.add_argument("--report-only", action="store_true", help="print the table of what results.jsonl holds")
@@ -314,7 +316,7 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     results = Results(args.out / "results.jsonl")
     settings = {k: getattr(args, k) for k in ("init", "pool", "heldout", "pool_rare", "heldout_rare", "rounds", "k",
-                                              "imgsz", "epochs", "batch", "width", "height")}
+                                              "imgsz", "epochs", "batch", "lr0", "width", "height")}
     if not args.report_only:
         from armbench_segmentation.training import require_train_extra
 
