@@ -158,7 +158,7 @@ def process_sample(loaded: Any, raw: RawSample, model: Any, settings: Settings,
     metadata = sample_metadata(loaded, list(annotations or []), settings.metrics.small_area_fraction, class_names)
     _merge(row, metadata, prefix=METADATA_PREFIX)
     facts = evaluation.facts()
-    occlusion = gt_occlusion(evaluation.gt, annotations) if evaluation.labeled else []
+    occlusion = gt_occlusion(evaluation.gt, evaluation.annotation_ids, annotations) if evaluation.labeled else []
     for inst in facts["instances"]:
         inst.update(occlusion[inst["index"]] if inst["kind"] == "gt" else {"visible_fraction": None, "box_overlaps": None})
     return SampleResult(row=row, embedding=sample_embedding(raw), predictions=evaluation.predictions, facts=facts)

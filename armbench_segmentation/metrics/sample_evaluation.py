@@ -229,17 +229,18 @@ def gt_instance_attributes(gt: Instances, annotations: Sequence[dict] | None,
     h, w = gt.image_size
     frame_px = float(h * w) or 1.0
     areas = gt.mask_areas() if gt.masks is not None else np.zeros(len(gt), np.int64)
-    occlusion = gt_occlusion(gt, annotations)
+    occlusion = gt_occlusion(gt, gt.ids, annotations)
     ids = gt.ids  # (G,) annotation ids
     return [{"index": i, "annotation_id": int(ids[i]),
              **_shape_fields(int(gt.class_ids[i]), int(areas[i]), frame_px, class_names), **occlusion[i]}
             for i in range(len(gt))]
 
 
-def gt_occlusion(gt: Instances, annotations: Sequence[dict] | None) -> list[dict[str, Any]]:
-    """Per GT instance, in GT order: ``visible_fraction`` (the annotation's attribute, found by
-    annotation id = ``gt.ids``; None when it has none) and ``box_overlaps`` (how many other GT
-    boxes of the same class overlap its box)."""
+def gt_occlusion(gt: Instances, annotation_ids: np.ndarray, annotations: Sequence[dict] | None) -> list[dict[str, Any]]:
+    """Per GT instance, in GT order: ``visible_fraction`` (the attribute of the annotation whose
+    id is ``annotation_ids[i]``; None when it has none) and ``box_overlaps`` (how many other GT
+    boxes of the same class overlap its box). ``annotation_ids``: ``gt.ids`` for the loader's
+    GT, ``SampleEvaluation.annotation_ids`` for an evaluation's (whose ids are positions)."""
     from armbench_segmentation.metadata import annotation_visible_fraction, box_overlap_counts
 
     visible = {int(a.get("id", -1)): annotation_visible_fraction(a) for a in annotations or []}
@@ -247,7 +248,8 @@ def gt_occlusion(gt: Instances, annotations: Sequence[dict] | None) -> list[dict
     for c in np.unique(gt.class_ids):
         same = np.flatnonzero(gt.class_ids == c)
         overlaps[same] = box_overlap_counts(gt.boxes[same])
-    return [{"visible_fraction": visible.get(int(gt.ids[i])), "box_overlaps": int(overlaps[i])} for i in range(len(gt))]
+    return [{"visible_fraction": visible.get(int(annotation_ids[i])), "box_overlaps": int(overlaps[i])}
+            for i in range(len(gt))]
 
 
 def _ids(values: Any) -> list[int]:
