@@ -39,9 +39,9 @@ test: install browser install-train
 	$(POETRY) run pytest -q
 	$(POETRY) run test
 
-## test-fast: unit tests only (no model, no browser)
+## test-fast: unit tests only (no model, no browser, no training / Ray / fresh venvs)
 test-fast:
-	$(POETRY) run pytest -q -m "not e2e"
+	$(POETRY) run pytest -q -m "not e2e and not slow"
 
 ## tools: the torch virtualenv for fine-tuning / export / golden fixtures (not runtime)
 tools:
