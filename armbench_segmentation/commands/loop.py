@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dir", required=True, type=Path, metavar="LOOP", help="the round's folder (state, runs, model)")
     parser.add_argument("--annotated", nargs="+", default=(), metavar="COCO",
                         help="COCO file(s) exported after annotating the picks (CVAT, Label Studio, datumaro)")
+    parser.add_argument("--train", default=None, metavar="COCO",
+                        help="train file the annotations are merged into (default DATASET/train.json; for the next "
+                             "round: the previous round's LOOP/train_merged.json)")
     parser.add_argument("--oracle", action="store_true",
                         help="simulate the annotator with the unlabeled split's own ground truth (synthetic data)")
     parser.add_argument("--budget", type=int, default=None, help="images to pick for labeling (analysis.label_budget)")
@@ -45,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     extra = {"analysis.label_budget": args.budget}
     settings = settings_from_args(args, extra=extra, flags={"analysis.label_budget": "--budget"})
     state = run_loop(settings, LoopOptions(loop_dir, tuple(args.annotated), args.oracle, args.epochs, args.imgsz,
-                                           args.batch, args.device, progress=not args.no_progress))
+                                           args.batch, args.device, progress=not args.no_progress,
+                                           train=args.train))
     print(loop_status(state))
     return 0

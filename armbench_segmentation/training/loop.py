@@ -11,8 +11,9 @@ fine-tune also resumes inside the step, from its store / checkpoint):
 3. ``annotate``  outside this tool. The round waits until annotated COCO files are given
                  (``annotated``) or, for synthetic data, ``oracle=True`` takes the unlabeled
                  split's own ground truth for the picked images (``<loop>/annotated/oracle.coco.json``)
-4. ``merge``     ``analysis.labeling.merge_annotated``: train.json + the annotated images ->
-                 ``<loop>/train_merged.json``
+4. ``merge``     ``analysis.labeling.merge_annotated``: the train file (the dataset's train.json,
+                 or ``train``: the previous round's ``train_merged.json``) + the annotated
+                 images -> ``<loop>/train_merged.json``
 5. ``finetune``  ``training.engine.finetune`` from the current model on the merged file ->
                  ``<loop>/model.onnx`` (+ model card)
 6. ``analyze_after``  the same analysis with the new model -> ``<loop>/after/``
@@ -46,6 +47,7 @@ class LoopOptions:
     batch: int = 8
     device: str = "auto"
     progress: bool = True
+    train: str | None = None  # the train COCO the annotations are merged into (default: the dataset's train.json)
 
 
 class LoopState:
@@ -82,7 +84,9 @@ def run_loop(settings, options: LoopOptions, say: Callable[[str], None] = print)
     loop = Path(options.loop_dir)
     loop.mkdir(parents=True, exist_ok=True)
     root = Path(settings.data.path)
-    identity = {"dataset": str(root.resolve()), "model": str(Path(settings.model.path).resolve())}
+    base_train = Path(options.train).resolve() if options.train else root / "train.json"
+    identity = {"dataset": str(root.resolve()), "model": str(Path(settings.model.path).resolve()),
+                "train": str(base_train)}
     state = LoopState(loop / STATE_FILE, identity)
 
     def step(name: str, fn: Callable[[], dict | None]) -> bool:
@@ -129,12 +133,12 @@ def run_loop(settings, options: LoopOptions, say: Callable[[str], None] = print)
     def merge() -> dict:
         from armbench_segmentation.analysis.labeling import merge_annotated
 
-        summary = merge_annotated(root / "train.json", state.done("annotate")["annotated"], loop / "train_merged.json",
+        summary = merge_annotated(base_train, state.done("annotate")["annotated"], loop / "train_merged.json",
                                   images_dir=root / "images")
         for line in summary.problems:
             say(f"  merge: {line}")
         if not summary.images_added:
-            raise ArmbenchError(f"no annotated image could be merged into {root / 'train.json'} "
+            raise ArmbenchError(f"no annotated image could be merged into {base_train} "
                                 f"({len(summary.problems)} problems above); check the annotated files")
         say(f"  merged {summary.images_added} images ({summary.annotations_added} annotations) -> {summary.out}")
         return {"train": str(loop / "train_merged.json"), "summary": summary.as_dict()}
