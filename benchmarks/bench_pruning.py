@@ -79,7 +79,7 @@ def run_seed(args, seed: int, results: Results) -> None:
 
 def report(rows: list[dict], settings: dict) -> str:
     lines = [f"settings: {json.dumps(settings)}", "",
-             "| arm | images | dense images | held-out segm AP | AP50 | dense-image Object AP | AP - full (paired) | train s | time saved |",
+             "| arm | images | dense images | held-out segm AP | AP50 | dense-image Object AP | AP - full (paired, mean ± std) | train s | time saved |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     by = {(r["seed"], r["arm"]): r for r in rows}
     seeds = sorted({r["seed"] for r in rows})
@@ -96,7 +96,8 @@ def report(rows: list[dict], settings: dict) -> str:
         lines.append(
             f"| {arm} | {np.mean([r['images'] for r in rs]):.0f} | {np.mean([r['rare_images'] for r in rs]):.1f} | "
             f"{np.mean(ap):.4f} ± {np.std(ap):.4f} (n={len(rs)}) | {np.mean([r['AP50'] for r in rs]):.4f} | "
-            f"{np.mean(rare_ap):.4f} | {np.mean(deltas) * 100:+.2f} points | {np.mean(t):.1f} | {saved * 100:.0f}% |")
+            f"{np.mean(rare_ap):.4f} | {np.mean(deltas) * 100:+.2f} ± {np.std(deltas) * 100:.2f} points "
+            f"(worse in {sum(d < 0 for d in deltas)}/{len(deltas)}) | {np.mean(t):.1f} | {saved * 100:.0f}% |")
     return "\n".join(lines)
 
 
