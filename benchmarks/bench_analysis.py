@@ -23,7 +23,11 @@ Prints, in one run:
    (ONNX Runtime's extra work under contention, queues, thread hand-offs);
 5. with ``--compare-threads 1,2``: raw and end-to-end per ONNX Runtime intra-op thread
    count, alternating, each end-to-end also divided by the fastest raw setting;
-6. the population map (analysis.projection) of 44,253 synthetic 512-d embeddings with
+6. with the stage table, how busy the model was: the share of the pass's wall time during
+   which a ``SegmentationModel.run`` call was executing (union of the calls' intervals),
+   and its complement, the share the model (the GPU with ``--device cuda``) waited for the
+   CPU side; each stage's CPU ms/img is also given as the img/s one core could sustain;
+7. the population map (analysis.projection) of 44,253 synthetic 512-d embeddings with
    cluster structure (the size of ARMBench mix-object-tote), goal < 60 s on 2 cores
    (``--map-rows 0`` skips it).
 
@@ -154,20 +158,56 @@ class StageProfile:
 
     def table(self, n_images: int, process_cpu_s: float, raw_cpu_per_image: float) -> str:
         """One row per stage: ms of CPU per image and share of the end-to-end CPU."""
-        lines = [f"{'stage':<30}{'CPU ms/img':>11}{'share':>8}", "-" * 49]
+        lines = [f"{'stage':<30}{'CPU ms/img':>11}{'share':>8}{'img/s/core':>14}", "-" * 63]
         order = list(dict.fromkeys(stage for stage, _, _ in self.stages))
         attributed = sum(self.seconds.values())
         rows = [(stage, self.seconds.get(stage, 0.0)) for stage in order]
         rows.append(("inference (as in the raw run)", raw_cpu_per_image * n_images))
         rows.append(("rest of the process [1]", process_cpu_s - attributed - raw_cpu_per_image * n_images))
         for stage, sec in rows:
-            lines.append(f"{stage:<30}{1000 * sec / n_images:>11.1f}{100 * sec / process_cpu_s:>7.1f}%")
+            per_core = f"{n_images / sec:.0f}" if sec > 0 else "-"  # img/s one core could sustain
+            lines.append(f"{stage:<30}{1000 * sec / n_images:>11.1f}{100 * sec / process_cpu_s:>7.1f}%{per_core:>14}")
         lines.append(f"{'total (process CPU)':<30}{1000 * process_cpu_s / n_images:>11.1f}{100.0:>7.1f}%")
         if getattr(self, "missing", None):
             lines.append(f"not timed (not found; counted in the stage that calls them): {', '.join(self.missing)}")
         lines.append("[1] the model's CPU beyond the raw run's (its threads under contention), model input "
                      "conversion, queues, thread hand-offs")
         return "\n".join(lines)
+
+
+class ModelBusy:
+    """Wall time during which at least one ``SegmentationModel.run`` call was executing
+    (overlapping calls counted once), while installed."""
+
+    def __init__(self):
+        self.busy_s, self._active, self._since, self._lock = 0.0, 0, 0.0, threading.Lock()
+
+    def __enter__(self):
+        from armbench_segmentation.model.onnx_model import SegmentationModel
+
+        self._original = original = SegmentationModel.__dict__["run"]
+        busy = self
+
+        def run(model, *args, **kwargs):
+            with busy._lock:
+                if busy._active == 0:
+                    busy._since = time.perf_counter()
+                busy._active += 1
+            try:
+                return original(model, *args, **kwargs)
+            finally:
+                with busy._lock:
+                    busy._active -= 1
+                    if busy._active == 0:
+                        busy.busy_s += time.perf_counter() - busy._since
+
+        SegmentationModel.run = run
+        return self
+
+    def __exit__(self, *exc):
+        from armbench_segmentation.model.onnx_model import SegmentationModel
+
+        SegmentationModel.run = self._original
 
 
 def clustered_embeddings(n: int, dim: int = 512, k: int = 40, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
@@ -195,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare-threads", metavar="A,B", default=None,
                         help="also measure raw and end-to-end with these model.num_threads (ONNX Runtime intra-op "
                              "threads), e.g. 1,2; 'vs best raw' divides by the fastest raw setting")
+    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
+                        help="model.device (default cpu; on a GPU machine: cuda, and --batch-size for a dynamic export)")
     parser.add_argument("--no-profile", action="store_true", help="skip the per-stage CPU profile (a second "
                         "end-to-end run with the stage functions timed)")
     args = parser.parse_args(argv)
@@ -208,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     from armbench_segmentation.model.onnx_model import SegmentationModel
 
     overrides = {"model.path": str(args.model) if args.model else None, "model.batch_size": args.batch_size,
-                 "data.train_size": "all", "data.val_size": "all", "data.unlabeled_size": "all", "model.device": "cpu"}
+                 "data.train_size": "all", "data.val_size": "all", "data.unlabeled_size": "all", "model.device": args.device}
     settings = load_settings(overrides=overrides, env={})
     if not Path(settings.model.path).is_file():
         raise SystemExit(f"model {settings.model.path} not found; pass --model PATH")
@@ -300,11 +342,14 @@ def main(argv: list[str] | None = None) -> int:
 
     # ---- where the end-to-end CPU goes: one more pass with the stage functions timed
     if not args.no_profile:
-        profile = StageProfile()
-        p_done, p_wall, p_cpu, _ = end_to_end(profile)
+        profile, busy = StageProfile(), ModelBusy()
+        with busy:
+            p_done, p_wall, p_cpu, _ = end_to_end(profile)
         print(f"\nper-stage CPU, one more end-to-end pass with the stage functions timed ({p_done} images, "
               f"{p_done / p_wall:.2f} img/s):")
         print(profile.table(p_done, p_cpu, raw_cpu / n_raw))
+        print(f"model busy {100 * busy.busy_s / p_wall:.0f}% of the pass's wall time, waiting for the CPU side "
+              f"{100 * (1 - busy.busy_s / p_wall):.0f}% ({model.providers[0] if model.providers else '?'})")
         print(f"load average {os.getloadavg()[0]:.1f}")
 
     # ---- the map at ARMBench scale
