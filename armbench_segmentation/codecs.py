@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import secrets
 from pathlib import Path
@@ -71,6 +72,16 @@ def unpack_mask_bits(packed: np.ndarray, width: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- JSON
+def finite_float(value: Any) -> float | None:
+    """``float(value)``, or None when it is None, not a number, NaN or infinite: the one
+    way a table cell, a metric or a metadata value becomes a JSON-safe number."""
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
 def json_default(value: Any) -> Any:
     """``json.dumps(..., default=json_default)``: numpy scalar -> ``.item()``, ndarray -> list,
     ``Path`` -> str. Non-finite floats are left to the caller's ``allow_nan``.

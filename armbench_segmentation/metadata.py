@@ -9,11 +9,12 @@ object statistics of an image without objects, or any GT field of an unlabeled s
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Sequence
 
 import cv2
 import numpy as np
 
+from armbench_segmentation.codecs import finite_float
 from armbench_segmentation.data.coco import LoadedSample, check_annotation
 
 Scalar = int | float | str | bool | None
@@ -58,14 +59,6 @@ GT_FIELDS = (
 )
 
 
-def _num(value: Any) -> float | None:
-    """float, or None when not finite."""
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
 def _luma(rgb: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 RGB -> (H, W) float32 Rec. 601 luma."""
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
@@ -91,10 +84,10 @@ def image_statistics(image: np.ndarray) -> dict[str, float | None]:
     yb_mean, yb_std = (0.5 * float(v[0, 0]) for v in cv2.meanStdDev(yb2))
     colorfulness = math.hypot(rg_std, yb_std) + 0.3 * math.hypot(rg_mean, yb_mean)
     return {
-        "brightness": _num(luma_mean),
-        "contrast": _num(luma_std),
-        "sharpness": _num(lap_std * lap_std),
-        "colorfulness": _num(colorfulness),
+        "brightness": finite_float(luma_mean),
+        "contrast": finite_float(luma_std),
+        "sharpness": finite_float(lap_std * lap_std),
+        "colorfulness": finite_float(colorfulness),
     }
 
 
@@ -188,7 +181,7 @@ def sample_metadata(
         "file_name": sample.file_name,
         "orig_width": int(sample.width),
         "orig_height": int(sample.height),
-        "aspect_ratio": _num(sample.width / sample.height),
+        "aspect_ratio": finite_float(sample.width / sample.height),
         "labeled": gt is not None,
     }
     meta.update(image_statistics(content))
@@ -243,18 +236,18 @@ def sample_metadata(
         areas = gt.mask_areas()[is_obj] / content_px  # (n_obj,)
         small = areas < small_area_fraction
         meta.update({
-            "object_area_mean": _num(areas.mean()),
-            "object_area_std": _num(areas.std()),
-            "object_area_min": _num(areas.min()),
-            "object_area_max": _num(areas.max()),
+            "object_area_mean": finite_float(areas.mean()),
+            "object_area_std": finite_float(areas.std()),
+            "object_area_min": finite_float(areas.min()),
+            "object_area_max": finite_float(areas.max()),
             "small_object_count": int(small.sum()),
-            "small_object_share": _num(small.mean()),
+            "small_object_share": finite_float(small.mean()),
         })
         overlaps = box_overlap_counts(gt.boxes[is_obj])
         meta.update({
             "occluded_object_count": int((overlaps > 0).sum()),
-            "occluded_object_share": _num((overlaps > 0).mean()),
-            "mean_box_overlaps": _num(overlaps.mean()),
+            "occluded_object_share": finite_float((overlaps > 0).mean()),
+            "mean_box_overlaps": finite_float(overlaps.mean()),
             "max_box_overlaps": int(overlaps.max()),
         })
     else:
@@ -271,8 +264,8 @@ def sample_metadata(
         seg = ann.get("segmentation")
         if isinstance(seg, list) and sum(1 for p in seg if isinstance(p, (list, tuple)) and len(p) >= 6) > 1:
             multi += 1
-    meta["mean_visible_fraction"] = _num(np.mean(visible)) if visible else None
-    meta["min_visible_fraction"] = _num(np.min(visible)) if visible else None
+    meta["mean_visible_fraction"] = finite_float(np.mean(visible)) if visible else None
+    meta["min_visible_fraction"] = finite_float(np.min(visible)) if visible else None
     meta["multi_polygon_objects"] = multi
     # annotations with at least one problem (degenerate polygon, no geometry, bad RLE/bbox, out of bounds)
     # (the loader already checked the annotations it loaded: reused, not validated again)
@@ -287,6 +280,6 @@ def sample_metadata(
     # ------------------------------------------------------------ coverage
     region = tote_region if tote_region is not None else np.ones((lb.new_h, lb.new_w), bool)
     region_px = int(region.sum())
-    meta["tote_area_share"] = _num(tote_region.sum() / content_px) if tote_region is not None else None
-    meta["background_share"] = _num((region & ~objects_union).sum() / region_px) if region_px else None
+    meta["tote_area_share"] = finite_float(tote_region.sum() / content_px) if tote_region is not None else None
+    meta["background_share"] = finite_float((region & ~objects_union).sum() / region_px) if region_px else None
     return meta

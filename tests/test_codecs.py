@@ -130,3 +130,10 @@ def test_split_names_and_version():
     import armbench_segmentation
 
     assert armbench_segmentation.__version__ == package_version() and package_version()
+
+
+@pytest.mark.parametrize("value,expected", [(1, 1.0), ("2.5", 2.5), (np.float32(0.5), 0.5), (None, None),
+                                            ("abc", None), (float("nan"), None), (float("inf"), None),
+                                            (np.int64(-3), -3.0), ([1], None)])
+def test_finite_float(value, expected):
+    assert codecs.finite_float(value) == expected

@@ -24,13 +24,13 @@ import contextlib
 import html
 import io
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from armbench_segmentation.codecs import finite_float
 from armbench_segmentation.errors import ArmbenchError
 from armbench_segmentation.metrics.sample_evaluation import COUNT_COLUMNS, ERROR_KINDS
 from armbench_segmentation.splits import LABELED_SPLITS
@@ -66,14 +66,6 @@ def load_run(path: str | Path) -> RunData:
     if not isinstance(info, dict) or not isinstance(info.get("dataset_files"), dict):
         raise ArmbenchError(f"{info_path} has no dataset identity (dataset_files); re-run `armbench analyze --out {path}`")
     return RunData(path, info, frame)
-
-
-def _num(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 def _settings_for(info: dict):
@@ -174,8 +166,8 @@ def compare_runs(path_a: str | Path, path_b: str | Path, top: int = 10) -> Compa
     la, lb = joined["loss_a"].astype(float), joined["loss_b"].astype(float)
     delta = lb - la
     ok = np.isfinite(delta.to_numpy())
-    cmp.loss = {"samples": int(ok.sum()), "mean_A": _num(la[ok].mean()), "mean_B": _num(lb[ok].mean()),
-                "mean_change": _num(delta[ok].mean()), "better": int((delta[ok] < 0).sum()),
+    cmp.loss = {"samples": int(ok.sum()), "mean_A": finite_float(la[ok].mean()), "mean_B": finite_float(lb[ok].mean()),
+                "mean_change": finite_float(delta[ok].mean()), "better": int((delta[ok] < 0).sum()),
                 "worse": int((delta[ok] > 0).sum()), "unchanged": int((delta[ok] == 0).sum())}
     for kind in ERROR_KINDS:
         col = COUNT_COLUMNS[kind]
@@ -190,23 +182,23 @@ def compare_runs(path_a: str | Path, path_b: str | Path, top: int = 10) -> Compa
     j = joined.assign(loss_change=delta)[ok]
     j = j.reindex(j["loss_change"].abs().sort_values(ascending=False).index).head(top)
     for _, r in j.iterrows():
-        row = {"split": r["split"], "sample_id": str(r["sample_id"]), "loss_A": _num(r["loss_a"]),
-               "loss_B": _num(r["loss_b"]), "loss_change": _num(r["loss_change"])}
+        row = {"split": r["split"], "sample_id": str(r["sample_id"]), "loss_A": finite_float(r["loss_a"]),
+               "loss_B": finite_float(r["loss_b"]), "loss_change": finite_float(r["loss_change"])}
         for kind in ERROR_KINDS:
             col = COUNT_COLUMNS[kind]
             if f"{col}_a" in r:
-                row[f"{kind}_A"], row[f"{kind}_B"] = _num(r[f"{col}_a"]), _num(r[f"{col}_b"])
+                row[f"{kind}_A"], row[f"{kind}_B"] = finite_float(r[f"{col}_a"]), finite_float(r[f"{col}_b"])
         cmp.changed_most.append(row)
     return cmp
 
 
 def _f(v: Any, digits: int = 3) -> str:
-    v = _num(v)
+    v = finite_float(v)
     return "-" if v is None else f"{v:.{digits}f}"
 
 
 def _d(a: Any, b: Any) -> str:
-    a, b = _num(a), _num(b)
+    a, b = finite_float(a), finite_float(b)
     return "-" if a is None or b is None else f"{b - a:+.3f}"
 
 
@@ -295,7 +287,7 @@ def _clean(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_clean(v) for v in obj]
     if isinstance(obj, (float, np.floating)):
-        return _num(obj)
+        return finite_float(obj)
     if isinstance(obj, np.integer):
         return int(obj)
     return obj

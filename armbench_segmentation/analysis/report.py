@@ -50,7 +50,7 @@ from urllib.parse import quote
 import numpy as np
 import pandas as pd
 
-from armbench_segmentation.codecs import json_default
+from armbench_segmentation.codecs import finite_float, json_default
 from armbench_segmentation.errors import ArmbenchError
 from armbench_segmentation.metrics.sample_evaluation import COUNT_COLUMNS
 from armbench_segmentation.splits import SPLITS
@@ -173,12 +173,12 @@ def build_gallery(frame: pd.DataFrame, kind: str, view_provider: Callable[[str, 
             skipped.append(sid)
             logger.warning("gallery %s: skipping %s (%s)", kind, sid, exc)
             continue
-        count = int(_num(row.get(column)) or 0)
+        count = int(finite_float(row.get(column)) or 0)
         if len(view.counted) != count:
             raise RuntimeError(f"gallery {kind}: sample {sid!r} has {column}={count} but its stored facts involve "
                                f"{len(view.counted)} instances; the store is inconsistent (a bug)")
         data = encode_image(view.image, max_side=max_side, fmt=fmt)
-        loss = _num(row.get("loss"))
+        loss = finite_float(row.get("loss"))
         caption = f"#{rank} {sid}: {count} {kind}-segmented" + (f", loss {loss:.2f}" if loss is not None else "")
         path = None
         if folder is not None:
@@ -223,14 +223,6 @@ def _data_uri(data: bytes, mime: str | None = None) -> str:
 # --------------------------------------------------------------------------------------
 # Dashboard
 # --------------------------------------------------------------------------------------
-
-def _num(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
 
 def _round(values: np.ndarray, digits: int = 4) -> list[float | None]:
     out = []
