@@ -191,8 +191,10 @@ def _computed(stdout: str) -> int:
 def test_sigkill_then_rerun_loses_nothing_and_recomputes_nothing(synth_dataset, tmp_path):
     env = _clean_env(tmp_path)
     Path(env["HOME"]).mkdir(parents=True)
-    # 640-px input and a 3x3 conv of width 48 make inference take ~50 ms: time to kill mid-run
-    model = helpers.build_model(tmp_path / "slow.onnx", size=640, work_channels=48)
+    # 640-px input and a 3x3 conv of width 128 make inference take ~40 ms on one idle core, so the
+    # 18 samples outlast the writer's first commit (0.5 s): time to kill mid-run (width 48 ran the
+    # whole set inside one commit window on an idle machine)
+    model = helpers.build_model(tmp_path / "slow.onnx", size=640, work_channels=128)
     base = ["--dataset", str(synth_dataset), "--model", str(model), "--config", str(_config(tmp_path, 640))]
     total = 18
 
