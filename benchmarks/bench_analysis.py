@@ -242,36 +242,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    from armbench_segmentation.analysis.engine import SyntheticSpec, ensure_synthetic_dataset
-    from armbench_segmentation.analysis.runner import open_run, run_samples, selected_samples
+    from armbench_segmentation.analysis.runner import open_run, run_samples
     from armbench_segmentation.analysis.store import ResultsStore
-    from armbench_segmentation.config import load_settings
-    from armbench_segmentation.data.coco import ArmbenchDataset
     from armbench_segmentation.model.onnx_model import SegmentationModel
 
-    overrides = {"model.path": str(args.model) if args.model else None, "model.batch_size": args.batch_size,
-                 "data.train_size": "all", "data.val_size": "all", "data.unlabeled_size": "all", "model.device": args.device}
-    settings = load_settings(overrides=overrides, env={})
-    if not Path(settings.model.path).is_file():
-        raise SystemExit(f"model {settings.model.path} not found; pass --model PATH")
-    if args.dataset is None:
-        spec = SyntheticSpec(n_train=args.n, n_val=args.n, n_unlabeled=args.n)
-        root = ensure_synthetic_dataset(spec, progress=False)
-        what = f"synthetic {spec.describe()} ({root})"
-    else:
-        root, what = args.dataset, str(args.dataset)
-    settings = settings.replace({"data.path": str(root)})
-    dataset = ArmbenchDataset(root, settings.data)
-    model = SegmentationModel(settings.model.path, settings.model, settings.data.class_names)
-    samples = selected_samples(dataset)[: args.samples]
-    keep = {(s.split, s.sample_id) for s in samples}
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from timed_samples import timed_samples
 
-    class Subset:  # the same dataset restricted to the timed samples
-        def __getattr__(self, name):
-            return getattr(dataset, name)
-
-        def samples(self, split):
-            return [s for s in dataset.samples(split) if (s.split, s.sample_id) in keep]
+    timed = timed_samples(args.model, args.dataset, args.n, args.samples,
+                          {"model.batch_size": args.batch_size, "model.device": args.device})
+    settings, dataset, model, samples, what = timed.settings, timed.dataset, timed.model, timed.samples, timed.description
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"dataset: {what}; {len(samples)} images timed; model {Path(settings.model.path).name} "
@@ -292,10 +272,10 @@ def main(argv: list[str] | None = None) -> int:
         """(images done, wall s, process CPU s, summary) of one runner pass into a fresh store."""
         with tempfile.TemporaryDirectory() as tmp:
             store = ResultsStore(Path(tmp) / "results.sqlite")
-            open_run(store, Subset(), m, st)
+            open_run(store, timed.subset, m, st)
             with profile if profile is not None else contextlib.nullcontext():
                 t0, c0 = time.perf_counter(), time.process_time()
-                summary = run_samples(Subset(), m, store, st, progress=False)
+                summary = run_samples(timed.subset, m, store, st, progress=False)
                 wall, cpu = time.perf_counter() - t0, time.process_time() - c0
             store.close()
         return summary.computed + summary.errors, wall, cpu, summary

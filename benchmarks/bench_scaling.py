@@ -99,38 +99,17 @@ def main(argv: list[str] | None = None) -> int:
     if 1 not in args.workers:
         parser.error("--workers must include 1 (the reference of the efficiency)")
 
-    from armbench_segmentation.analysis.engine import SyntheticSpec, ensure_synthetic_dataset
     from armbench_segmentation.analysis.ray_engine import (RayOptions, connect, disconnect, import_ray,
                                                            run_samples_ray, wants_local_cluster)
-    from armbench_segmentation.analysis.runner import open_run, run_samples, selected_samples
+    from armbench_segmentation.analysis.runner import open_run, run_samples
     from armbench_segmentation.analysis.store import ResultsStore
-    from armbench_segmentation.config import load_settings
-    from armbench_segmentation.data.coco import ArmbenchDataset
-    from armbench_segmentation.model.onnx_model import SegmentationModel
 
-    overrides = {"model.path": str(args.model) if args.model else None, "data.train_size": "all",
-                 "data.val_size": "all", "data.unlabeled_size": "all", "model.device": "cpu"}
-    settings = load_settings(args.config, overrides=overrides, env={})
-    if not Path(settings.model.path).is_file():
-        raise SystemExit(f"model {settings.model.path} not found; pass --model PATH")
-    if args.dataset is None:
-        spec = SyntheticSpec(n_train=args.n, n_val=args.n, n_unlabeled=args.n)
-        root = ensure_synthetic_dataset(spec, progress=False)
-        what = f"synthetic {spec.describe()} ({root})"
-    else:
-        root, what = args.dataset, str(args.dataset)
-    settings = settings.replace({"data.path": str(root)})
-    dataset = ArmbenchDataset(root, settings.data)
-    model = SegmentationModel(settings.model.path, settings.model, settings.data.class_names)
-    samples = selected_samples(dataset)[: args.samples]
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from timed_samples import timed_samples
+
+    timed = timed_samples(args.model, args.dataset, args.n, args.samples, config=args.config)
+    settings, model, samples, what = timed.settings, timed.model, timed.samples, timed.description
     keep = {(s.split, s.sample_id) for s in samples}
-
-    class Subset:  # the same dataset restricted to the timed samples
-        def __getattr__(self, name):
-            return getattr(dataset, name)
-
-        def samples(self, split):
-            return [s for s in dataset.samples(split) if (s.split, s.sample_id) in keep]
 
     print(f"dataset: {what}; {len(samples)} images per configuration; model {Path(settings.model.path).name}; "
           f"{_cores()} CPU cores; load average at start {os.getloadavg()[0]:.1f}")
@@ -150,15 +129,15 @@ def main(argv: list[str] | None = None) -> int:
             rates: dict[str, float] = {}  # this round's steady img/s
             for name in configs:
                 store = ResultsStore(Path(tmp) / f"{name.replace(' ', '')}-{r}.sqlite")
-                open_run(store, Subset(), model, settings)
+                open_run(store, timed.subset, model, settings)
                 clock = CommitClock(with_workers=name != "local")
                 load0 = os.getloadavg()[0]
                 t0 = time.perf_counter()
                 if name == "local":
-                    summary = run_samples(Subset(), model, store, settings, progress=False, on_commit=clock)
+                    summary = run_samples(timed.subset, model, store, settings, progress=False, on_commit=clock)
                 else:
                     n = int(name.split("x")[1])
-                    summary = run_samples_ray(Subset(), model, store, settings, progress=False, on_commit=clock,
+                    summary = run_samples_ray(timed.subset, model, store, settings, progress=False, on_commit=clock,
                                               options=RayOptions(workers=n, threads_per_worker=1))
                 total_s = time.perf_counter() - t0
                 load = (load0 + os.getloadavg()[0]) / 2

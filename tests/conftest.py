@@ -55,6 +55,19 @@ class TinyDataset:
     def write_json(self, split_file: str, data: dict) -> None:
         (self.root / split_file).write_text(json.dumps(data))
 
+    def rename_images(self, rename: dict[str, str]) -> None:
+        """Move images to new file names (old name -> new; a '/' makes a sub-folder) in the
+        images folder and in every split file; names not in ``rename`` stay."""
+        for split_file in ("train.json", "val.json", "test.json"):
+            data = self.json(split_file)
+            for img in data["images"]:
+                new = rename.get(img["file_name"], img["file_name"])
+                target = self.root / "images" / new
+                target.parent.mkdir(parents=True, exist_ok=True)
+                (self.root / "images" / img["file_name"]).rename(target)
+                img["file_name"] = new
+            self.write_json(split_file, data)
+
 
 def rect_poly(x1: float, y1: float, x2: float, y2: float) -> list[float]:
     return [x1, y1, x2, y1, x2, y2, x1, y2]

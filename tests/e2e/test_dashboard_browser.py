@@ -349,15 +349,7 @@ def hostile_run(tmp_path_factory):
     runner_helpers = _load("_hostile_test_runner", tests / "analysis" / "test_runner.py")
     base = tmp_path_factory.mktemp("hostile")
     ds = conftest.build_tiny_dataset(base / "armbench")
-    for split_file in ("train.json", "val.json", "test.json"):
-        data = ds.json(split_file)
-        for img in data["images"]:
-            new = HOSTILE_FILES[img["file_name"]]
-            target = ds.root / "images" / new
-            target.parent.mkdir(parents=True, exist_ok=True)
-            (ds.root / "images" / img["file_name"]).rename(target)
-            img["file_name"] = new
-        ds.write_json(split_file, data)
+    ds.rename_images(HOSTILE_FILES)
     model = runner_helpers.build_model(base / "m.onnx")
     cfg = base / "config.yaml"
     cfg.write_text("data:\n  image_size: 64\n  train_size: all\n  val_size: all\n  unlabeled_size: all\n"

@@ -31,15 +31,7 @@ def make_tiny_run(base: Path, rename: dict[str, str] | None = None) -> Path:
     runner_helpers = _load("_explore_test_runner", TESTS / "analysis" / "test_runner.py")
     ds = conftest.build_tiny_dataset(base / "armbench")
     if rename:
-        for split_file in ("train.json", "val.json", "test.json"):
-            data = ds.json(split_file)
-            for img in data["images"]:
-                new = rename.get(img["file_name"], img["file_name"])
-                target = ds.root / "images" / new
-                target.parent.mkdir(parents=True, exist_ok=True)
-                (ds.root / "images" / img["file_name"]).rename(target)
-                img["file_name"] = new
-            ds.write_json(split_file, data)
+        ds.rename_images(rename)
     model = runner_helpers.build_model(base / "m.onnx")
     cfg = base / "config.yaml"
     cfg.write_text("data:\n  image_size: 64\n  train_size: all\n  val_size: all\n  unlabeled_size: all\n"
