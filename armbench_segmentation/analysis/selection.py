@@ -10,12 +10,19 @@ Labeling picks (:func:`select_for_labeling`), strategies in :data:`LABEL_STRATEG
   space have a high loss (the model fails around there).
 - ``diversity``: k-center greedy core-set (Sener & Savarese 2018) seeded by the labeled set:
   repeatedly pick the unlabeled sample farthest from every labeled sample and earlier pick.
-- ``combined`` (default): uncertainty first, then diversity. The ``pool_factor * budget`` most
-  uncertain candidates (mean percentile rank over every available ``unc_*`` column) are
-  spread out by k-center greedy seeded by the labeled set, so the batch is uncertain *and*
-  not redundant. (BADGE needs last-layer gradients, which an ONNX export does not give; this
-  "filter by uncertainty, then cover" scheme is the gradient-free analogue.) Without any
-  ``unc_*`` column it falls back to ``diversity`` and says so in the provenance.
+- ``combined`` (default): uncertainty first, then diversity. Each uncertainty column
+  (``unc_*`` with direction "worse" in ``analysis.columns``; descriptive counts such as
+  ``unc_num_detections`` are left out) is turned into a percentile rank and weighted by how
+  well it tracks this model's real errors on the run's own labeled samples (Spearman
+  correlation with ``error_rate``, else ``loss``; negative -> 0; equal weights with fewer than
+  8 labeled samples). The ``pool_factor * budget`` most uncertain candidates (at most a
+  quarter of the candidates, never fewer than the budget) are then spread out by
+  uncertainty-weighted k-center greedy seeded by the labeled set: each step takes the largest
+  uncertainty x distance to the labeled data and earlier picks, so the batch is uncertain *and*
+  not redundant, and a compact hard sub-population is not covered by a single pick. (BADGE
+  needs last-layer gradients, which an ONNX export does not give; this is the gradient-free
+  analogue.) Without any ``unc_*`` column it falls back to ``diversity`` and says so in the
+  provenance.
 
 Latent distances use standardized embeddings reduced to <= 50 principal components.
 
@@ -247,7 +254,8 @@ def _loss_neighbourhood(ctx: _Context, budget: int, params: dict) -> _Picks:
 
 
 def k_center_greedy(points: np.ndarray, budget: int, seeds: np.ndarray | None = None,
-                    initial_distance: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    initial_distance: np.ndarray | None = None,
+                    weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Greedy core-set: repeatedly take the point farthest from the seeds and earlier picks.
 
     Args:
@@ -256,9 +264,13 @@ def k_center_greedy(points: np.ndarray, budget: int, seeds: np.ndarray | None = 
         seeds: (m, d) already-covered points (e.g. the labeled set); may be empty.
         initial_distance: (n,) precomputed distance of each point to its nearest seed
             (overrides ``seeds``).
+        weights: (n,) >= 0; when given, each step takes the largest ``weight * distance``
+            (uncertainty-weighted coverage) instead of the largest distance.
     Returns:
         ``(order (k,) int64 indices into points, distance (k,) at the moment each was picked)``.
-        Without seeds the first pick is the point farthest from the candidates' mean.
+        Without seeds the first pick is the point farthest from the candidates' mean (with
+        ``weights``: the largest weight). The criterion of each pick (distance, or weight x
+        distance) never increases along the order: every point's distance only shrinks.
     """
     points = np.asarray(points, dtype=np.float64)
     n = len(points)
@@ -273,17 +285,23 @@ def k_center_greedy(points: np.ndarray, budget: int, seeds: np.ndarray | None = 
         min_d = NearestNeighbors(n_neighbors=1).fit(np.asarray(seeds, np.float64)).kneighbors(points)[0][:, 0]
     else:
         min_d = np.full(n, np.inf)
+    w = None if weights is None else np.clip(np.asarray(weights, np.float64), 0.0, None)
     order = np.empty(budget, np.int64)
     picked_d = np.empty(budget)
+    taken = np.zeros(n, bool)
     for i in range(budget):
-        if np.isinf(min_d).all():
-            j = int(np.argmax(((points - points.mean(axis=0)) ** 2).sum(axis=1)))
+        if np.isinf(min_d[~taken]).all():
+            if w is not None:
+                j = int(np.argmax(np.where(taken, -1.0, w)))
+            else:
+                j = int(np.argmax(np.where(taken, -1.0, ((points - points.mean(axis=0)) ** 2).sum(axis=1))))
         else:
-            j = int(np.argmax(min_d))
+            crit = min_d if w is None else np.where(np.isinf(min_d), np.inf, w * min_d)
+            j = int(np.argmax(np.where(taken, -1.0, crit)))
         order[i], picked_d[i] = j, min_d[j]
+        taken[j] = True
         d = np.sqrt(((points - points[j]) ** 2).sum(axis=1))  # (n,)
         np.minimum(min_d, d, out=min_d)
-        min_d[j] = -1.0  # never again
     return order, picked_d
 
 
@@ -315,33 +333,102 @@ def _greedy_score(ratio: np.ndarray) -> np.ndarray:
     return np.where(np.isinf(r), top, r)
 
 
+# Labeled-sample error columns the combined strategy calibrates its uncertainty against,
+# in order of preference (error_rate does not grow with the number of objects; loss does).
+CALIBRATION_TARGETS = ("error_rate", "loss")
+MIN_CALIBRATION_ROWS = 8
+
+
+def _uncertainty_signals(ctx: _Context) -> list[str]:
+    """The ``unc_*`` columns that are uncertainty ("higher = worse"): the documented
+    descriptive ones (e.g. ``unc_num_detections``, a count) are left out; unknown
+    ``unc_*`` columns are taken at their word."""
+    from armbench_segmentation.analysis.columns import describe
+
+    out = []
+    for c in ctx.unc_columns():
+        col = describe(c)
+        if col is None or col.direction == "worse":
+            out.append(c)
+    return out
+
+
+def _calibrated_weights(ctx: _Context, cols: list[str]) -> tuple[dict[str, float], str]:
+    """How much each uncertainty column tells about this model's real errors, measured on the
+    labeled samples of the same run: Spearman correlation with ``error_rate`` (else ``loss``),
+    negative ones set to 0. Equal weights, said in the note, when fewer than
+    :data:`MIN_CALIBRATION_ROWS` labeled samples have both values or nothing correlates."""
+    labeled = ctx.labeled
+    for target in CALIBRATION_TARGETS:
+        if target not in ctx.frame.columns:
+            continue
+        y = _numeric(ctx.frame, target)[labeled]
+        weights: dict[str, float] = {}
+        n_used = 0
+        for c in cols:
+            x = _numeric(ctx.frame, c)[labeled]
+            ok = np.isfinite(x) & np.isfinite(y)
+            n_used = max(n_used, int(ok.sum()))
+            if ok.sum() < MIN_CALIBRATION_ROWS or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
+                weights[c] = 0.0
+                continue
+            rho = pd.Series(x[ok]).corr(pd.Series(y[ok]), method="spearman")
+            weights[c] = float(max(rho, 0.0)) if np.isfinite(rho) else 0.0
+        if n_used < MIN_CALIBRATION_ROWS:
+            continue
+        if sum(weights.values()) > 0:
+            shown = ", ".join(f"{c} {w:.2f}" for c, w in sorted(weights.items(), key=lambda kv: -kv[1]))
+            return weights, (f"uncertainty = percentiles weighted by their Spearman correlation with {target} "
+                             f"on {n_used} labeled samples of this run: {shown}")
+    return ({c: 1.0 for c in cols},
+            f"uncertainty = mean percentile over {cols} (equal weights: fewer than {MIN_CALIBRATION_ROWS} labeled "
+            f"samples with {' or '.join(CALIBRATION_TARGETS)}, or no column correlates with it)")
+
+
+POOL_SHARE = 0.25  # the uncertainty pool never holds more than this share of the candidates (or the budget)
+
+
+def combined_pool_size(n_candidates: int, budget: int, pool_factor: float) -> int:
+    """How many of the most uncertain candidates the combined strategy spreads its picks over:
+    ``pool_factor x budget``, but at most a quarter of the candidates (never below the
+    budget), so the uncertainty stays a filter when the pool is small next to the budget
+    (48 candidates and a budget of 8 would otherwise let 2/3 of them through)."""
+    cap = max(budget, math.ceil(POOL_SHARE * n_candidates))
+    return int(min(n_candidates, max(budget, min(math.ceil(pool_factor * budget), cap))))
+
+
 def _combined(ctx: _Context, budget: int, params: dict) -> _Picks:
-    cols = ctx.unc_columns()
+    cols = _uncertainty_signals(ctx)
     if not cols:
         picks = _diversity(ctx, budget, params)
         note = "no uncertainty columns (unc_*) for the unlabeled samples: combined fell back to diversity"
         logger.warning(note)
         return _Picks(picks.positions, picks.scores, picks.reasons, picks.extra, picks.notes + (note,))
     pool_factor = float(params.get("pool_factor", 4.0))
-    u = np.mean([_percentile_rank(ctx.uncertainty(c)) for c in cols], axis=0)  # (n_candidates,) in [0, 1]
-    pool_size = int(min(len(u), max(budget, math.ceil(pool_factor * budget))))
+    weights, weight_note = _calibrated_weights(ctx, cols)
+    total = sum(weights.values())
+    u = sum(weights[c] * _percentile_rank(ctx.uncertainty(c)) for c in cols) / total  # (n_candidates,) in [0, 1]
+    pool_size = combined_pool_size(len(u), budget, pool_factor)
     pool = np.lexsort((np.arange(len(u)), -u))[:pool_size]  # most uncertain first
     order_in_pool, dist = k_center_greedy(ctx.z[ctx.candidates[pool]], budget,
-                                          initial_distance=ctx.dist_to_labeled[pool])
+                                          initial_distance=ctx.dist_to_labeled[pool], weights=u[pool])
     order = pool[order_in_pool]
     med = ctx.median_distance()
     d0 = ctx.dist_to_labeled[order] / med
-    # the strongest uncertainty signal of each pick, by its percentile
-    shares = {c: _top_share(ctx.uncertainty(c)) for c in cols}
+    # the strongest (weighted-in) uncertainty signal of each pick, by its percentile
+    shares = {c: _top_share(ctx.uncertainty(c)) for c in cols if weights[c] > 0}
     reasons = []
     for p, r0 in zip(order, d0):
-        best = min(cols, key=lambda c: shares[c][p])
+        best = min(shares, key=lambda c: shares[c][p])
         reasons.append(f"{_unc_phrase(ctx, best, np.array([p]))[0]}, {_distance_phrase(r0)}")
-    notes = (f"pool = {pool_size} most uncertain of {len(u)} (mean percentile over {cols}), then k-center greedy",
-             "score = distance to labeled data and earlier picks / median distance to labeled data (the k-center "
-             "greedy order inside the pool); uncertainty_percentile and distance_ratio are the pool and spread inputs")
-    score = _greedy_score(np.where(np.isfinite(dist), dist / med, dist))
-    return _Picks(order, score, reasons, {"uncertainty_percentile": u[order], "distance_ratio": d0}, notes)
+    notes = (weight_note,
+             f"pool = {pool_size} most uncertain of {len(u)}, then uncertainty-weighted k-center greedy "
+             "(each step takes the largest uncertainty x distance to labeled data and earlier picks)",
+             "score = uncertainty x distance to labeled data and earlier picks / median distance to labeled data "
+             "at pick time (never increases along the rank); uncertainty_percentile and distance_ratio are its inputs")
+    score = _greedy_score(np.where(np.isfinite(dist), u[order] * dist / med, dist))
+    extra = {"uncertainty_percentile": u[order], "distance_ratio": d0}
+    return _Picks(order, score, reasons, extra, notes)
 
 
 LabelStrategy = Callable[[_Context, int, dict], _Picks]

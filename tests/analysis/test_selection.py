@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from armbench_segmentation.analysis.selection import (
-    LABEL_STRATEGIES, k_center_greedy, near_duplicates, select_for_labeling, select_for_pruning, water_fill,
+    LABEL_STRATEGIES, combined_pool_size, k_center_greedy, near_duplicates, select_for_labeling, select_for_pruning, water_fill,
     write_label_picks, write_prune_lists, write_pruned_coco,
 )
 from armbench_segmentation.errors import DatasetError
@@ -92,6 +92,59 @@ def test_combined_picks_are_uncertain_and_falls_back_without_uncertainty():
     bare = frame.drop(columns=[c for c in frame.columns if c.startswith("unc_")])
     res2 = select_for_labeling(bare, emb, budget=5)
     assert any("fell back to diversity" in n for n in res2.provenance["notes"])
+
+
+def test_weighted_k_center_takes_the_largest_weight_times_distance():
+    pts = np.arange(11, dtype=float)[:, None]  # 0..10, labeled point at 5
+    w = np.full(11, 0.1)
+    w[9] = 1.0
+    order, dist = k_center_greedy(pts, 2, seeds=np.array([[5.0]]), weights=w)
+    assert order[0] == 9 and dist[0] == 4  # 1.0 x 4 beats 0.1 x 5 at either end
+    assert order[1] in (0, 10) and dist[1] == 5  # then the ends (0.1 x 5 > 0.1 x 4 ...)
+    order, _ = k_center_greedy(pts, 1, weights=w)  # unseeded: the largest weight first
+    assert order.tolist() == [9]
+
+
+def test_combined_pool_is_a_filter_even_when_candidates_are_few():
+    assert combined_pool_size(10_000, 50, 4) == 200  # pool_factor x budget
+    assert combined_pool_size(48, 8, 4) == 12  # a quarter of the candidates, not 32 of 48
+    assert combined_pool_size(10, 8, 4) == 8  # never below the budget
+    assert combined_pool_size(5, 8, 4) == 5
+
+
+def _calibration_frame(n_labeled, seed=0):
+    """Labeled rows whose error_rate follows unc_margin and runs against unc_score_entropy."""
+    rng = np.random.default_rng(seed)
+    n_unl = 60
+    n = n_labeled + n_unl
+    margin = rng.uniform(size=n)
+    frame = pd.DataFrame({
+        "sample_id": [f"s{i:03d}" for i in range(n)], "split": ["val"] * n_labeled + ["unlabeled"] * n_unl,
+        "unc_margin": margin, "unc_score_entropy": 1.0 - margin + 0.01 * rng.uniform(size=n),
+        "unc_num_detections": rng.integers(1, 60, n).astype(float),  # descriptive: not an uncertainty
+        "error_rate": np.where(np.arange(n) < n_labeled, margin ** 2, np.nan),
+    })
+    return frame, rng.normal(size=(n, 8)).astype(np.float32)
+
+
+def test_combined_weights_each_uncertainty_by_how_it_tracks_the_labeled_errors():
+    frame, emb = _calibration_frame(n_labeled=30)
+    res = select_for_labeling(frame, emb, budget=5, strategy="combined")
+    note = res.provenance["notes"][0]
+    assert "Spearman correlation with error_rate on 30 labeled samples" in note
+    assert "unc_margin 1.00" in note and "unc_score_entropy 0.00" in note and "unc_num_detections" not in note
+    unl = frame[frame["split"] == "unlabeled"]
+    pool = combined_pool_size(len(unl), 5, 4.0)  # 15
+    assert set(res.sample_ids) <= set(unl.nlargest(pool, "unc_margin")["sample_id"])
+    assert all(r.startswith("margin uncertainty") for r in res.picks["reason"])
+    # too few labeled rows to measure anything: equal weights, said so
+    few, emb_few = _calibration_frame(n_labeled=5)
+    res_few = select_for_labeling(few, emb_few, budget=5, strategy="combined")
+    assert "equal weights" in res_few.provenance["notes"][0]
+    # only a descriptive unc_ column: nothing to weight, diversity with a note
+    bare = frame[["sample_id", "split", "unc_num_detections"]]
+    res_bare = select_for_labeling(bare, emb, budget=5, strategy="combined")
+    assert any("fell back to diversity" in n for n in res_bare.provenance["notes"])
 
 
 def test_missing_column_budget_and_unknown_strategy_errors():
