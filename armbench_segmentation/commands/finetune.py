@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from armbench_segmentation.commands._common import check_output_path
@@ -75,7 +76,15 @@ def run(args: argparse.Namespace) -> int:
     from armbench_segmentation.codecs import json_default
     from armbench_segmentation.training.engine import finetune
 
-    result = finetune(config_from_args(args))
+    cfg = config_from_args(args)
+    quiet = args.json or getattr(args, "quiet", False)
+
+    def epoch_done(row: dict) -> None:  # one line per epoch on stderr: a long run is never silent
+        print(f"epoch {row['epoch']}/{row['epochs']}: {row['seconds']:.1f} s, mean loss box {row['box']:.4f} "
+              f"seg {row['seg']:.4f} obj {row['obj']:.4f} cls {row['cls']:.4f}; checkpoint saved (killed, the same "
+              "command resumes from here)", file=sys.stderr, flush=True)
+
+    result = finetune(cfg, on_epoch=None if quiet else epoch_done)
     card = result.card
     if args.json:
         print(json.dumps(card, indent=1, default=json_default))

@@ -28,7 +28,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -143,8 +143,11 @@ def _log_to(path: Path):
         fh.close()
 
 
-def finetune(cfg: FinetuneConfig) -> FinetuneResult:
-    """Train, checkpoint every epoch, export, score on ``cfg.val``, write the model card."""
+def finetune(cfg: FinetuneConfig, on_epoch: Callable[[dict], None] | None = None) -> FinetuneResult:
+    """Train, checkpoint every epoch, export, score on ``cfg.val``, write the model card.
+
+    ``on_epoch`` is called after each epoch's checkpoint with that epoch's history row
+    (``epoch``, ``epochs``, ``seconds``, mean ``box``/``seg``/``obj``/``cls`` losses, ``checkpoint``)."""
     from armbench_segmentation.training import require_train_extra
 
     require_train_extra()
@@ -284,6 +287,8 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
             with atomic_path(last) as tmp:
                 torch.save(state, tmp)
             LOG.info("epoch %d/%d done in %.1f s; checkpoint %s", epoch + 1, cfg.epochs, history[-1]["seconds"], last)
+            if on_epoch is not None:
+                on_epoch({**history[-1], "epochs": cfg.epochs, "checkpoint": str(last)})
             if cfg.max_minutes and (time.perf_counter() - t_start) / 60 > cfg.max_minutes and epoch + 1 < cfg.epochs:
                 LOG.warning("stopping after epoch %d: over --max-minutes %g", epoch + 1, cfg.max_minutes)
                 stopped_early = True

@@ -18,6 +18,10 @@ fine-tune also resumes inside the step, from its store / checkpoint):
                  ``<loop>/model.onnx`` (+ model card)
 6. ``analyze_after``  the same analysis with the new model -> ``<loop>/after/``
 7. ``compare``   ``analysis.compare.compare_runs(before, after)`` -> ``compare.json``, ``compare.html``
+
+With ``train`` (a later round: the previous round's ``train_merged.json``) every step runs on
+``<loop>/dataset/`` (:func:`round_dataset`): that file as the train split and the unlabeled
+split without the images it already holds, so nothing annotated earlier is picked again.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Sequence
 
 from armbench_segmentation.codecs import atomic_write_text, json_default
@@ -88,6 +92,9 @@ def run_loop(settings, options: LoopOptions, say: Callable[[str], None] = print)
     identity = {"dataset": str(root.resolve()), "model": str(Path(settings.model.path).resolve()),
                 "train": str(base_train)}
     state = LoopState(loop / STATE_FILE, identity)
+    if options.train:  # a later round: analyse a view where the earlier rounds' labels are train, not unlabeled
+        view = round_dataset(root, base_train, loop / "dataset")
+        settings = replace(settings, data=replace(settings.data, path=view))
 
     def step(name: str, fn: Callable[[], dict | None]) -> bool:
         if state.done(name):
@@ -172,6 +179,53 @@ def run_loop(settings, options: LoopOptions, say: Callable[[str], None] = print)
         if not step(name, fn):
             break
     return state.data
+
+
+def round_dataset(root: Path, train: Path, view: Path) -> Path:
+    """A dataset folder for a later round: ``train.json`` = ``train`` (the previous round's
+    merged file), ``val.json`` as in ``root``, ``test.json`` = ``root``'s unlabeled split
+    without the images ``train`` already holds (so they are neither analysed as unlabeled nor
+    picked again), ``images`` a link to ``root/images``. Rewritten with the same bytes on a
+    resume. Returns ``view``."""
+    def read(path: Path) -> dict:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ArmbenchError(f"cannot read {path} ({exc}); give a COCO file (e.g. the previous round's "
+                                "LOOP/train_merged.json)") from None
+        if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+            raise ArmbenchError(f"{path} is not a COCO file (no 'images' list)")
+        return data
+
+    def key(name: Any) -> str:
+        return PurePosixPath(str(name).replace("\\", "/")).as_posix()
+
+    labeled = read(train)
+    have = {key(im.get("file_name", "")) for im in labeled["images"]}
+    test = read(root / "test.json")
+    images = [im for im in test["images"] if key(im.get("file_name", "")) not in have]
+    ids = {im.get("id") for im in images}
+    unlabeled = {**test, "images": images,
+                 "annotations": [a for a in test.get("annotations", []) if a.get("image_id") in ids]}
+    view.mkdir(parents=True, exist_ok=True)
+    link = view / "images"
+    if not link.exists():
+        try:
+            link.symlink_to((root / "images").resolve(), target_is_directory=True)
+        except OSError as exc:
+            raise ArmbenchError(f"cannot link {link} to {root / 'images'} ({exc.strerror or exc}); run the round "
+                                "on a file system that allows symbolic links") from None
+    for name, data in (("train.json", labeled), ("test.json", unlabeled)):
+        text = json.dumps(data)
+        if not (view / name).is_file() or (view / name).read_text(encoding="utf-8") != text:
+            atomic_write_text(view / name, text)
+    if (root / "val.json").is_file():
+        text = (root / "val.json").read_text(encoding="utf-8")
+        if not (view / "val.json").is_file() or (view / "val.json").read_text(encoding="utf-8") != text:
+            atomic_write_text(view / "val.json", text)
+    LOG.info("round dataset %s: %d train images, %d of %d unlabeled left", view, len(labeled["images"]),
+             len(images), len(test["images"]))
+    return view
 
 
 def _oracle_annotations(root: Path, loop: Path) -> Path:

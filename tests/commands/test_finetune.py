@@ -97,12 +97,15 @@ def test_killed_finetune_resumes_at_the_next_epoch(tiny, tmp_path):
     assert state["epoch"] == 0  # only epoch 1 finished
     first = json.loads(state["history_json"])
     assert not out.exists()
-    r = subprocess.run(cmd, capture_output=True, text=True, env=_env(tmp_path), timeout=600)
+    r = subprocess.run(cmd[:-1], capture_output=True, text=True, env=_env(tmp_path), timeout=600)  # no --json
     assert r.returncode == 0, r.stderr[-2000:]
-    card = json.loads(r.stdout)
+    card = json.loads(out.with_name("tuned.onnx.card.json").read_text())
     assert card["resumed_at_epoch"] == 2 and card["epochs_completed"] == 2
     assert card["history"][0] == first[0]  # epoch 1 was not trained again
     assert "resumed from" in r.stderr and out.is_file()
+    # one progress line per epoch trained in this call, on stderr; the summary on stdout
+    assert "epoch 2/2: " in r.stderr and "epoch 1/2: " not in r.stderr and "checkpoint saved" in r.stderr
+    assert "(resumed at epoch 2)" in r.stdout
     # a checkpoint of other settings is refused, not silently mixed in
     r = subprocess.run(cmd[:-1] + ["--lr0", "0.05"], capture_output=True, text=True, env=_env(tmp_path), timeout=300)
     assert r.returncode == 1 and "other settings or data" in r.stderr and "--restart" in r.stderr

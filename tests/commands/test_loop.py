@@ -80,3 +80,23 @@ def test_one_round_with_the_oracle_resumes_at_every_step(tmp_path):
     other = subprocess.run(base[:-7] + ["--model", str(loop / "model.onnx"), "--config", str(cfg)],
                            capture_output=True, text=True, env=env, timeout=300)
     assert other.returncode == 1 and "other inputs" in other.stderr
+
+    # round 2 from round 1's labels and model: the images labeled in round 1 are train now, never picked again
+    loop2 = tmp_path / "loop2"
+    round2 = [sys.executable, "-m", "armbench_segmentation.cli", "loop", "--dir", str(loop2), "--dataset", str(data),
+              "--model", str(loop / "model.onnx"), "--train", str(loop / "train_merged.json"), "--config", str(cfg),
+              "--budget", "2", "--no-progress", "--oracle", "--epochs", "1", "--imgsz", "320", "--batch", "2"]
+    r = subprocess.run(round2, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    state2 = json.loads((loop2 / "loop.json").read_text())
+    picks2 = state2["steps"]["analyze"]["picks"]
+    assert len(picks2) == 2 and not set(picks2) & set(picks)
+    unlabeled_stems = {Path(im["file_name"]).stem for im in test["images"]}
+    assert set(picks2) <= unlabeled_stems - set(picks)
+    import pandas as pd
+
+    before2 = pd.read_parquet(loop2 / "before" / "samples.parquet")
+    assert set(before2.loc[before2["split"] == "train", "sample_id"]) == set(stems)  # round 1's merged train file
+    assert set(before2.loc[before2["split"] == "unlabeled", "sample_id"]) == unlabeled_stems - set(picks)
+    merged2 = json.loads((loop2 / "train_merged.json").read_text())
+    assert len(merged2["images"]) == len(merged["images"]) + 2
