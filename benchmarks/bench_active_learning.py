@@ -219,7 +219,7 @@ def run_seed(args, seed: int, results: Results) -> None:
             row = heldout_scores(card)
             n_rare = sum(Path(im["file_name"]).stem in pool_rare_ids for im in labeled["images"])
             results.add({"seed": seed, "round": rnd, "strategy": strategy, "labeled": len(labeled["images"]),
-                         "rare_labeled": n_rare, "picks": picks, "pick_seconds": round(t_pick, 1), **row,
+                         "labeled_instances": len(labeled["annotations"]), "rare_labeled": n_rare, "picks": picks, "pick_seconds": round(t_pick, 1), **row,
                          "seconds": round(time.perf_counter() - t0, 1)})
             LOG.info("seed %d %s round %d: %d labeled (%d dense) AP %.3f AP50 %.3f (%.0f s)", seed, strategy, rnd,
                      len(labeled["images"]), n_rare, row["AP"], row["AP50"], time.perf_counter() - t0)
@@ -254,7 +254,7 @@ def labels_to_reach(curve: dict[int, list[float]], target: float) -> str:
 def report(rows: list[dict], strategies, settings: dict) -> str:
     seeds = sorted({r["seed"] for r in rows})
     lines = [f"seeds finished (any step): {seeds}; settings: {json.dumps(settings)}", ""]
-    for metric in ("AP", "AP50", "rare_object_AP"):
+    for metric in ("AP", "AP50", "object_AP", "rare_object_AP"):
         c = curves(rows, strategies, metric)
         ns = sorted({n for s in c.values() for n in s})
         if not ns:
@@ -276,6 +276,31 @@ def report(rows: list[dict], strategies, settings: dict) -> str:
         lines.append(f"labels to reach random's final AP ({target:.3f} at {final_n} labels):")
         for s in strategies:
             lines.append(f"- {s}: {labels_to_reach(c[s], target)}")
+        lines.append("")
+    if c.get("random"):
+        lines.append("paired difference to random, same seed and round, AP points (mean ± std over seeds; "
+                     "worse-than-random seeds):")
+        by_key = {(r["seed"], r["round"], r["strategy"]): r for r in rows if r["strategy"] != "all"}
+        for s in strategies:
+            if s == "random":
+                continue
+            cells = []
+            for rnd in sorted({k[1] for k in by_key}):
+                d = [100 * (by_key[(sd, rnd, s)]["AP"] - by_key[(sd, rnd, "random")]["AP"]) for sd in seeds
+                     if (sd, rnd, s) in by_key and (sd, rnd, "random") in by_key]
+                if d:
+                    cells.append(f"r{rnd}: {np.mean(d):+.2f} ± {np.std(d):.2f} ({sum(x < 0 for x in d)}/{len(d)})")
+            lines.append(f"- {s}: " + ", ".join(cells))
+        lines.append("")
+    inst = {}
+    for r in rows:
+        if r["strategy"] != "all" and r.get("labeled_instances") is not None:
+            inst.setdefault((r["strategy"], r["round"]), []).append(r["labeled_instances"])
+    if inst:
+        lines.append("annotated instances (the annotators' work, not only images), mean over seeds, by round:")
+        for s in strategies:
+            lines.append(f"- {s}: " + ", ".join(f"r{k[1]}: {np.mean(v):.0f}" for k, v in sorted(inst.items())
+                                                if k[0] == s))
         lines.append("")
     rare = {}
     for r in rows:
@@ -324,6 +349,10 @@ def main(argv=None) -> int:
         for seed in args.seeds:
             run_seed(args, seed, results)
             print(report(results.rows, args.strategies, settings), flush=True)
+    for r in results.rows:  # rows written before labeled_instances was recorded: count the round's train file
+        f = args.out / f"seed{r['seed']}" / str(r["strategy"]) / f"round{r['round']}" / "train.json"
+        if r["strategy"] != "all" and "labeled_instances" not in r and f.is_file():
+            r["labeled_instances"] = len(load(f)["annotations"])
     text = report(results.rows, args.strategies, settings)
     print(text)
     if args.table:

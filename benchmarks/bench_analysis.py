@@ -12,8 +12,11 @@ Prints, in one run:
    decode + letterbox + GT rasterization (prefetch threads), inference, decode, every metric,
    the YOLOv5-seg loss, uncertainty, metadata, original-resolution RLE and the SQLite
    store; and the ratio end-to-end / raw (goal >= 0.9 on CPU). ``--repeat R`` alternates
-   R raw and R end-to-end passes (ratio per round and overall), since the ratio moves with
+   R raw, R end-to-end and R floor passes (ratio per round and overall), since the ratio moves with
    the machine's load; the CPU-bound ratio (raw CPU / end-to-end CPU per image) moves less;
+   The floor pass runs only what any analysis must: the runner's loader (read, JPEG decode,
+   letterbox, GT) in two threads ahead of the model, and inference; floor / raw is the
+   highest ratio reachable on the machine, and end-to-end / floor what the analysis keeps;
 3. memory: process RSS before / peak during / after the first end-to-end run (sampled
    every 20 ms) and ru_maxrss;
 4. where the end-to-end CPU goes (skip with ``--no-profile``): one more end-to-end pass
@@ -299,11 +302,27 @@ def main(argv: list[str] | None = None) -> int:
             m.run(b)
         return time.perf_counter() - t0, time.process_time() - c0
 
-    # rounds alternate raw and end-to-end passes, so a change in the machine's load hits both
-    e2e_runs, raw_runs = [tuple(first)], [raw_pass()]
+    def floor_pass(m=model) -> tuple[float, float]:
+        """What no analysis can avoid: read + decode + letterbox + GT (the runner's loader, in as
+        many threads ahead of the model as the runner uses) and inference, nothing else."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from armbench_segmentation.analysis.runner import _load
+
+        t0, c0 = time.perf_counter(), time.process_time()
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="floor-load") as pool:
+            pending = [pool.submit(_load, dataset, i, s) for i, s in enumerate(samples)]
+            for fut in pending:
+                item = fut.result()
+                m.run(m.to_input(item.loaded.image[None]))
+        return time.perf_counter() - t0, time.process_time() - c0
+
+    # rounds alternate raw, end-to-end and floor passes, so a change in the machine's load hits all
+    e2e_runs, raw_runs, floor_runs = [tuple(first)], [raw_pass()], [floor_pass()]
     for _ in range(args.repeat - 1):
         e2e_runs.append(tuple(end_to_end()[:3]))
         raw_runs.append(raw_pass())
+        floor_runs.append(floor_pass())
     n_raw = len(images) * len(raw_runs)
     raw_s, raw_cpu = sum(w for w, _ in raw_runs), sum(c for _, c in raw_runs)
     done, e2e_s, e2e_cpu = (sum(run[i] for run in e2e_runs) for i in range(3))
@@ -317,6 +336,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CPU time per image (all threads): raw {1000 * raw_cpu / n_raw:.0f} ms, end-to-end "
           f"{1000 * e2e_cpu / done:.0f} ms -> CPU-bound ratio {raw_cpu / n_raw / (e2e_cpu / done):.2f}; "
           f"load average {os.getloadavg()[0]:.1f}")
+    floor_s, floor_cpu = sum(w for w, _ in floor_runs), sum(c for _, c in floor_runs)
+    floor = n_raw / floor_s
+    print(f"floor (read + decode + letterbox + GT, then inference; no analysis): {floor:.2f} img/s -> the "
+          f"highest ratio any analysis reaches here: {floor / raw:.2f} (CPU-bound {raw_cpu / floor_cpu:.2f}; "
+          f"input CPU {1000 * (floor_cpu - raw_cpu) / n_raw:.0f} ms/img); the analysis keeps "
+          f"{(e2e / raw) / (floor / raw):.2f} of it")
     print(f"memory (RSS): {rss_before:.0f} MB before, {rss_peak:.0f} MB peak during, {rss_after:.0f} MB after the "
           f"first run; ru_maxrss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
