@@ -89,10 +89,11 @@ SAMPLE_COLUMNS: dict[str, Column] = {
     "n_pred_tote": _C("Tote predictions", "count", ""),
     "mean_score": _C("mean prediction score; empty without predictions", "[0, 1]", ""),
     # uncertainty (all splits)
-    "unc_num_detections": _C("number of detections (uncertainty family)", "count", ""),
+    "unc_num_detections": _C("number of detections (uncertainty family; a count, not weighed by the labeling "
+                              "picks)", "count", ""),
     "unc_score_entropy": _C("mean binary entropy of the detection scores", "[0, 1] bits", "worse"),
     "unc_mask_entropy": _C("mean over instances of the mean binary entropy of their prototype pixel probabilities "
-                           "inside their box; the labeling picks' main signal", "[0, 1] bits", "worse"),
+                           "inside their box; the entropy strategy's signal", "[0, 1] bits", "worse"),
     "unc_least_confidence": _C("1 - the lowest score", "[0, 1]", "worse"),
     "unc_margin": _C("mean of 1 - |2 score - 1| (1 when scores sit at 0.5)", "[0, 1]", "worse"),
     "unc_overlap_margin": _C("where same-class predictions overlap: mean of 1 - (top score - second score)",
