@@ -132,7 +132,7 @@ SAMPLE_ID_SUFFIX_SEP = "~"
 _SUFFIX_HEX = (8, 16, 32, 64, 128)  # suffix lengths tried in turn when a suffixed id still clashes
 
 
-def _path_key(file_name: str) -> str:
+def file_name_key(file_name: str) -> str:
     """The normalized (posix, ``.``/``..`` folded) form of a file name: what the suffix hashes."""
     return posixpath.normpath(str(file_name).replace("\\", "/"))
 
@@ -151,7 +151,7 @@ def assign_sample_ids(entries: list[tuple[int, str]]) -> list[str]:
     lengthened to 16, 32, ... hex digits only if the id is still taken. Independent of the
     order of ``entries``; every id has at most ``MAX_SAMPLE_ID_LENGTH`` characters.
     """
-    keys = [_path_key(name) for _, name in entries]
+    keys = [file_name_key(name) for _, name in entries]
     groups: dict[str, list[int]] = {}
     for i, (_, name) in enumerate(entries):
         groups.setdefault(sample_id_from_file_name(name), []).append(i)
@@ -541,7 +541,7 @@ class ArmbenchDataset:
                 unsafe.append(f"image id {image_id} file_name {file_name!r}: {exc}")
                 continue
             if image_id in entries:  # keep one entry per id, independent of the file order
-                kept = min(entries[image_id], (file_name, width, height), key=lambda e: _path_key(e[0]))
+                kept = min(entries[image_id], (file_name, width, height), key=lambda e: file_name_key(e[0]))
                 other = file_name if kept[0] != file_name else entries[image_id][0]
                 repeated.append(f"id {image_id}: kept {kept[0]!r}, skipped {other!r}")
                 entries[image_id] = kept

@@ -30,7 +30,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from armbench_segmentation.codecs import atomic_write_text, json_default
@@ -197,13 +197,12 @@ def round_dataset(root: Path, train: Path, view: Path) -> Path:
             raise ArmbenchError(f"{path} is not a COCO file (no 'images' list)")
         return data
 
-    def key(name: Any) -> str:
-        return PurePosixPath(str(name).replace("\\", "/")).as_posix()
+    from armbench_segmentation.data.coco import file_name_key
 
     labeled = read(train)
-    have = {key(im.get("file_name", "")) for im in labeled["images"]}
+    have = {file_name_key(im.get("file_name", "")) for im in labeled["images"]}
     test = read(root / "test.json")
-    images = [im for im in test["images"] if key(im.get("file_name", "")) not in have]
+    images = [im for im in test["images"] if file_name_key(im.get("file_name", "")) not in have]
     ids = {im.get("id") for im in images}
     unlabeled = {**test, "images": images,
                  "annotations": [a for a in test.get("annotations", []) if a.get("image_id") in ids]}
