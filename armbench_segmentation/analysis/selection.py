@@ -79,6 +79,7 @@ UNCERTAINTY_COLUMNS: dict[str, tuple[str, ...]] = {
 READABLE = {
     "unc_mask_entropy": "mask entropy", "unc_score_entropy": "score entropy", "unc_margin": "margin uncertainty",
     "unc_least_confidence": "least confidence", "unc_low_conf_count": "low-confidence detections",
+    "unc_contested_fraction": "contested pixel share", "unc_overlap_margin": "overlap margin",
 }
 
 
