@@ -100,3 +100,33 @@ def test_one_round_with_the_oracle_resumes_at_every_step(tmp_path):
     assert set(before2.loc[before2["split"] == "unlabeled", "sample_id"]) == unlabeled_stems - set(picks)
     merged2 = json.loads((loop2 / "train_merged.json").read_text())
     assert len(merged2["images"]) == len(merged["images"]) + 2
+
+
+def test_round_dataset_leaves_out_what_the_train_file_holds_and_names_a_broken_file(tmp_path):
+    from armbench_segmentation.errors import ArmbenchError
+    from armbench_segmentation.training.loop import round_dataset
+
+    root = tmp_path / "data"
+    (root / "images" / "sub").mkdir(parents=True)
+    cats = [{"id": 1, "name": "Object"}, {"id": 2, "name": "Tote"}]
+    test = {"images": [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "sub\\b.jpg"},
+                       {"id": 3, "file_name": "c.jpg"}],
+            "annotations": [{"id": 10, "image_id": 2, "category_id": 1}, {"id": 11, "image_id": 3, "category_id": 1}],
+            "categories": cats}
+    (root / "test.json").write_text(json.dumps(test))
+    (root / "val.json").write_text(json.dumps({"images": [], "annotations": [], "categories": cats}))
+    train = tmp_path / "merged.json"  # a.jpg and sub/b.jpg (spelt differently) were labeled in round 1
+    train.write_text(json.dumps({"images": [{"id": 1, "file_name": "./a.jpg"}, {"id": 2, "file_name": "sub/b.jpg"}],
+                                 "annotations": [], "categories": cats}))
+    view = round_dataset(root, train, tmp_path / "loop" / "dataset")
+    left = json.loads((view / "test.json").read_text())
+    assert [im["file_name"] for im in left["images"]] == ["c.jpg"]
+    assert [a["id"] for a in left["annotations"]] == [11]
+    assert json.loads((view / "train.json").read_text()) == json.loads(train.read_text())
+    assert (view / "images").resolve() == (root / "images").resolve()
+    mtime = (view / "test.json").stat().st_mtime_ns
+    round_dataset(root, train, view)  # a resume writes nothing new
+    assert (view / "test.json").stat().st_mtime_ns == mtime
+    train.write_text('{"images": [')
+    with pytest.raises(ArmbenchError, match="merged.json.*previous round"):
+        round_dataset(root, train, view)
