@@ -192,12 +192,25 @@ def _worker_init() -> None:
     threadpool_limits(limits=1, user_api="blas")
 
 
+def _usable_cores(cpu_count: int | None = None) -> int:
+    if cpu_count is not None:
+        return int(cpu_count)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def default_process_workers(cpu_count: int | None = None) -> int:
     """Worker processes for per-sample metrics: none on small machines (the GIL-free parts
     already overlap with inference there), else up to 8."""
-    n = cpu_count if cpu_count is not None else (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                                 else os.cpu_count() or 1)
+    n = _usable_cores(cpu_count)
     return 0 if n <= 4 else min(8, n // 2)
+
+
+def default_load_workers(cpu_count: int | None = None) -> int:
+    """Threads decoding images ahead of the model (JPEG decode and resizing release the GIL):
+    2 on small machines, else up to 8, so that a GPU taking batches of 16 is not fed by two
+    decoders (~80 img/s each); at most ``prefetch`` of them are busy at once."""
+    n = _usable_cores(cpu_count)
+    return 2 if n <= 4 else min(8, n // 2)
 
 
 class _Writer(threading.Thread):
@@ -343,7 +356,7 @@ def run_samples(
     max_samples: int | None = None,
     progress: bool = True,
     prefetch: int | None = None,
-    load_workers: int = 2,
+    load_workers: int | None = None,
     process_workers: int | None = 0,
     commit_every: int = 16,
     commit_seconds: float = 0.5,
@@ -357,7 +370,7 @@ def run_samples(
         max_samples: stop after this many samples were taken up by this call (tests,
             partial runs); the summary says ``stopped_early``.
         prefetch: images decoded ahead of the model (default ``2 * batch_size + 2``).
-        load_workers: threads decoding images ahead of the model.
+        load_workers: threads decoding images ahead of the model (None: ``default_load_workers()``).
         process_workers: worker processes computing the per-sample metrics (0: in the
             writer thread; None: ``default_process_workers()``, i.e. 0 on <= 4 cores). Use
             them when inference is much faster than the metrics (CUDA, many cores).
@@ -396,6 +409,8 @@ def run_samples(
     writer = _Writer(store, model, settings, summary, bar, commit_every, commit_seconds, on_commit,
                      pool=proc_pool, pool_size=process_workers)
     writer.start()
+    if load_workers is None:
+        load_workers = default_load_workers()
     pool = ThreadPoolExecutor(max_workers=max(1, load_workers), thread_name_prefix="analysis-load")
     pending: deque[Future] = deque()
     it = iter(todo)

@@ -19,6 +19,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from armbench_segmentation.analysis.runner import (
     dataset_identity,
+    default_load_workers,
+    default_process_workers,
     open_run,
     run_key_for,
     run_samples,
@@ -345,3 +347,12 @@ def test_metrics_run_with_one_blas_thread_and_the_limit_is_restored(setup, monke
     assert summary.errors == 0 and len(seen) == summary.computed > 0
     assert all(set(threads) <= {1} for threads in seen)  # busy-waiting BLAS workers would take the model's cores
     assert blas_threads() == before
+
+
+@pytest.mark.parametrize("cores, loaders, processes", [(1, 2, 0), (2, 2, 0), (4, 2, 0), (8, 4, 4), (16, 8, 8),
+                                                        (64, 8, 8)])
+def test_worker_defaults_follow_the_cores(cores, loaders, processes):
+    """A 2-core machine keeps 2 decode threads and no metric processes; a 16-core GPU machine
+    gets 8 decode threads (batches of 16 need more than two decoders) and 8 metric processes."""
+    assert default_load_workers(cores) == loaders
+    assert default_process_workers(cores) == processes
