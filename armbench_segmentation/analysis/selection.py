@@ -14,8 +14,8 @@ Labeling picks (:func:`select_for_labeling`), strategies in :data:`LABEL_STRATEG
   (``unc_*`` with direction "worse" in ``analysis.columns``; descriptive counts such as
   ``unc_num_detections`` are left out) is turned into a percentile rank and weighted by how
   well it tracks this model's real errors on the run's own labeled samples (Spearman
-  correlation with ``error_rate``, else ``loss``; negative -> 0; equal weights with fewer than
-  8 labeled samples). The ``pool_factor * budget`` most uncertain candidates (at most a
+  correlation with ``error_rate``, else ``loss``, on the val split when it has >= 8 such
+  samples, else on train + val; negative -> 0; equal weights with fewer than 8). The ``pool_factor * budget`` most uncertain candidates (at most a
   quarter of the candidates, never fewer than the budget) are then spread out by
   uncertainty-weighted k-center greedy seeded by the labeled set: each step takes the largest
   uncertainty x distance to the labeled data and earlier picks, so the batch is uncertain *and*
@@ -357,13 +357,21 @@ def _uncertainty_signals(ctx: _Context) -> list[str]:
 def _calibrated_weights(ctx: _Context, cols: list[str]) -> tuple[dict[str, float], str]:
     """How much each uncertainty column tells about this model's real errors, measured on the
     labeled samples of the same run: Spearman correlation with ``error_rate`` (else ``loss``),
-    negative ones set to 0. Equal weights, said in the note, when fewer than
+    negative ones set to 0. The val split is used when it has :data:`MIN_CALIBRATION_ROWS`
+    samples with a value (images the model was not trained on, like the unlabeled ones),
+    else every labeled sample. Equal weights, said in the note, when fewer than
     :data:`MIN_CALIBRATION_ROWS` labeled samples have both values or nothing correlates."""
-    labeled = ctx.labeled
+    split = ctx.frame["split"].astype(str).to_numpy() if "split" in ctx.frame.columns else None
     for target in CALIBRATION_TARGETS:
         if target not in ctx.frame.columns:
             continue
-        y = _numeric(ctx.frame, target)[labeled]
+        y_all = _numeric(ctx.frame, target)
+        labeled, which = ctx.labeled, "labeled"
+        if split is not None:
+            val = ctx.labeled[split[ctx.labeled] == "val"]
+            if np.isfinite(y_all[val]).sum() >= MIN_CALIBRATION_ROWS:
+                labeled, which = val, "val"
+        y = y_all[labeled]
         weights: dict[str, float] = {}
         n_used = 0
         for c in cols:
@@ -380,7 +388,7 @@ def _calibrated_weights(ctx: _Context, cols: list[str]) -> tuple[dict[str, float
         if sum(weights.values()) > 0:
             shown = ", ".join(f"{c} {w:.2f}" for c, w in sorted(weights.items(), key=lambda kv: -kv[1]))
             return weights, (f"uncertainty = percentiles weighted by their Spearman correlation with {target} "
-                             f"on {n_used} labeled samples of this run: {shown}")
+                             f"on {n_used} {which} samples of this run: {shown}")
     return ({c: 1.0 for c in cols},
             f"uncertainty = mean percentile over {cols} (equal weights: fewer than {MIN_CALIBRATION_ROWS} labeled "
             f"samples with {' or '.join(CALIBRATION_TARGETS)}, or no column correlates with it)")

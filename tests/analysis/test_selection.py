@@ -131,12 +131,23 @@ def test_combined_weights_each_uncertainty_by_how_it_tracks_the_labeled_errors()
     frame, emb = _calibration_frame(n_labeled=30)
     res = select_for_labeling(frame, emb, budget=5, strategy="combined")
     note = res.provenance["notes"][0]
-    assert "Spearman correlation with error_rate on 30 labeled samples" in note
+    assert "Spearman correlation with error_rate on 30 val samples" in note
     assert "unc_margin 1.00" in note and "unc_score_entropy 0.00" in note and "unc_num_detections" not in note
     unl = frame[frame["split"] == "unlabeled"]
     pool = combined_pool_size(len(unl), 5, 4.0)  # 15
     assert set(res.sample_ids) <= set(unl.nlargest(pool, "unc_margin")["sample_id"])
     assert all(r.startswith("margin uncertainty") for r in res.picks["reason"])
+    # train rows whose errors track the other column: the val split decides while it has enough rows
+    trained = frame.copy()
+    extra = trained.iloc[:30].assign(split="train", sample_id=[f"t{i:03d}" for i in range(30)],
+                                     error_rate=1.0 - trained["unc_margin"].iloc[:30])
+    both = pd.concat([trained, extra], ignore_index=True)
+    res_both = select_for_labeling(both, np.concatenate([emb, emb[:30]]), budget=5, strategy="combined")
+    assert "on 30 val samples" in res_both.provenance["notes"][0] and "unc_margin 1.00" in res_both.provenance["notes"][0]
+    few_val = both[~((both["split"] == "val") & (both.index >= 5) & (both.index < 30))]
+    res_train = select_for_labeling(few_val, np.concatenate([emb, emb[:30]])[few_val.index], budget=5,
+                                    strategy="combined")
+    assert "on 35 labeled samples" in res_train.provenance["notes"][0]  # 5 val + 30 train
     # too few labeled rows to measure anything: equal weights, said so
     few, emb_few = _calibration_frame(n_labeled=5)
     res_few = select_for_labeling(few, emb_few, budget=5, strategy="combined")
