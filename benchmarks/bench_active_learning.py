@@ -251,6 +251,14 @@ def labels_to_reach(curve: dict[int, list[float]], target: float) -> str:
     return f">{pts[-1][0]}" if pts else "-"
 
 
+def bootstrap_ci(values, n_boot: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile-bootstrap interval of the mean of ``values`` (one value per seed)."""
+    v = np.asarray(values, np.float64)
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, len(v), (n_boot, len(v)))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
 def report(rows: list[dict], strategies, settings: dict) -> str:
     seeds = sorted({r["seed"] for r in rows})
     lines = [f"seeds finished (any step): {seeds}; settings: {json.dumps(settings)}", ""]
@@ -285,11 +293,21 @@ def report(rows: list[dict], strategies, settings: dict) -> str:
             if s == "random":
                 continue
             cells = []
-            for rnd in sorted({k[1] for k in by_key}):
+            rounds = sorted({k[1] for k in by_key})
+            for rnd in rounds:
                 d = [100 * (by_key[(sd, rnd, s)]["AP"] - by_key[(sd, rnd, "random")]["AP"]) for sd in seeds
                      if (sd, rnd, s) in by_key and (sd, rnd, "random") in by_key]
                 if d:
                     cells.append(f"r{rnd}: {np.mean(d):+.2f} ± {np.std(d):.2f} ({sum(x < 0 for x in d)}/{len(d)})")
+            per_seed = []  # each seed's mean difference over its rounds: seeds are the independent units
+            for sd in seeds:
+                d = [100 * (by_key[(sd, rnd, s)]["AP"] - by_key[(sd, rnd, "random")]["AP"]) for rnd in rounds
+                     if (sd, rnd, s) in by_key and (sd, rnd, "random") in by_key]
+                if d:
+                    per_seed.append(float(np.mean(d)))
+            if len(per_seed) >= 2:
+                lo, hi = bootstrap_ci(per_seed)
+                cells.append(f"all rounds: {np.mean(per_seed):+.2f} (95% CI over seeds {lo:+.2f} .. {hi:+.2f})")
             lines.append(f"- {s}: " + ", ".join(cells))
         lines.append("")
     inst = {}
