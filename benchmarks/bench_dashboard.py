@@ -21,7 +21,6 @@ the CPU here (SwiftShader).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import tempfile
@@ -32,14 +31,10 @@ import numpy as np
 import pandas as pd
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 
-
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+import large_run  # noqa: E402  (benchmarks/large_run.py: the 44,253-row run fixture)
+from headless_browser import start_browser  # noqa: E402
 
 
 def _folder_bytes(folder: Path) -> int:
@@ -58,8 +53,7 @@ def main() -> int:
     la = os.getloadavg()
     print(f"{args.n} rows, load average {la[0]:.2f} {la[1]:.2f} {la[2]:.2f} on {os.cpu_count()} CPUs")
     out = Path(args.out or tempfile.mkdtemp(prefix="bench-dashboard-"))
-    large = _load("large_run", HERE / "large_run.py")
-    run = large.make_large_run(out / "run", n=args.n, seed=0)
+    run = large_run.make_large_run(out / "run", n=args.n, seed=0)
     frame = pd.read_parquet(run / "samples.parquet")
     xy = frame[["map_x", "map_y"]].to_numpy(np.float64)
     rng = np.random.default_rng(0)
@@ -69,7 +63,7 @@ def main() -> int:
         return tiles[hash(sample_id) % len(tiles)]
 
     t = time.perf_counter()
-    page = write_report(run, frame, xy, thumbnails=thumbnail, provenance={"note": large.FIXTURE_NOTE})
+    page = write_report(run, frame, xy, thumbnails=thumbnail, provenance={"note": large_run.FIXTURE_NOTE})
     write_s = time.perf_counter() - t
     page_b = page.stat().st_size
     assets_b = _folder_bytes(run / "assets")
@@ -82,8 +76,7 @@ def main() -> int:
     if args.no_browser:
         return 0
 
-    conftest = _load("_e2e_conftest", HERE.parent / "tests" / "e2e" / "conftest.py")
-    driver, profile = conftest.start_browser()
+    driver, profile = start_browser()
     try:
         driver.set_script_timeout(300)
         t = time.perf_counter()

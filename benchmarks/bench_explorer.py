@@ -16,7 +16,6 @@ for one already loaded; each as a ratio to the 1 s goal.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import sys
 import tempfile
@@ -25,6 +24,11 @@ import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import large_run  # noqa: E402  (benchmarks/large_run.py: the 44,253-row run fixture)
+from headless_browser import start_browser  # noqa: E402
+
 GOAL_MS = 1000.0
 
 RECOLOR_JS = """
@@ -32,14 +36,6 @@ const done = arguments[arguments.length - 1]; const name = arguments[0];
 const t0 = performance.now();
 window.armbenchExplorer.recolor(name).then(() => done(performance.now() - t0), e => done(-1));
 """
-
-
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _wait(driver, script: str, timeout: float = 300.0):
@@ -70,8 +66,6 @@ def main() -> None:
 
     from armbench_segmentation.explore.app import spawn
 
-    large_run = _load("_bench_large_run", HERE / "large_run.py")
-    browser_conftest = _load("_bench_browser", HERE.parent / "tests" / "e2e" / "conftest.py")
     out = args.out or Path(tempfile.mkdtemp(prefix="armbench-bench-explorer-"))
     t0 = time.perf_counter()
     large_run.make_large_run(out, n=args.n)
@@ -83,7 +77,7 @@ def main() -> None:
               f"/api/column?name=unc_score_entropy {_server_ms(url + 'api/column?name=unc_score_entropy', args.repeat):.0f} ms "
               f"(median of {args.repeat}, after the first)")
         try:
-            driver, profile = browser_conftest.start_browser()
+            driver, profile = start_browser()
         except BaseException as exc:  # pytest.skip outside pytest: no Chromium here
             raise SystemExit(f"no headless Chromium: {exc}") from None
         try:
