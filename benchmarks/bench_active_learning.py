@@ -34,6 +34,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -360,23 +361,33 @@ def main(argv=None) -> int:
     results = Results(args.out / "results.jsonl")
     settings = {k: getattr(args, k) for k in ("init", "pool", "heldout", "pool_rare", "heldout_rare", "rounds", "k",
                                               "imgsz", "epochs", "batch", "lr0", "width", "height")}
+
+    def make_report() -> str:
+        for r in results.rows:  # rows written before labeled_instances was recorded: count the round's train file
+            f = args.out / f"seed{r['seed']}" / str(r["strategy"]) / f"round{r['round']}" / "train.json"
+            if r["strategy"] != "all" and "labeled_instances" not in r and f.is_file():
+                r["labeled_instances"] = len(load(f)["annotations"])
+        return report(results.rows, args.strategies, settings)
+
+    return run_and_report(args, lambda seed: run_seed(args, seed, results), make_report)
+
+
+def run_and_report(args, run_one_seed: Callable[[int], None], make_report: Callable[[], str]) -> int:
+    """The benchmarks' main loop: unless ``--report-only``, each seed of ``--seeds`` in turn
+    (its finished steps are appended to results.jsonl) with the table so far printed after
+    it; then the table of everything stored, printed and, with ``--table``, written."""
     if not args.report_only:
         from armbench_segmentation.training import require_train_extra
 
         require_train_extra()
         for seed in args.seeds:
-            run_seed(args, seed, results)
-            print(report(results.rows, args.strategies, settings), flush=True)
-    for r in results.rows:  # rows written before labeled_instances was recorded: count the round's train file
-        f = args.out / f"seed{r['seed']}" / str(r["strategy"]) / f"round{r['round']}" / "train.json"
-        if r["strategy"] != "all" and "labeled_instances" not in r and f.is_file():
-            r["labeled_instances"] = len(load(f)["annotations"])
-    text = report(results.rows, args.strategies, settings)
+            run_one_seed(seed)
+            print(make_report(), flush=True)
+    text = make_report()
     print(text)
     if args.table:
         atomic_write_text(args.table, text + "\n")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -28,10 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_active_learning import (  # noqa: E402
-    Results, analyze, dataset_view, finetune, heldout_scores, load, subset, write_json,
+    Results, analyze, dataset_view, finetune, heldout_scores, load, run_and_report, subset, write_json,
 )
-
-from armbench_segmentation.codecs import atomic_write_text  # noqa: E402
 
 ARMS = ("full", "pruned", "random")
 
@@ -125,18 +123,7 @@ def main(argv=None) -> int:
     results = Results(args.out / "results.jsonl")
     settings = {k: getattr(args, k) for k in ("train", "train_rare", "heldout", "heldout_rare", "keep", "imgsz",
                                               "epochs", "batch", "width", "height")}
-    if not args.report_only:
-        from armbench_segmentation.training import require_train_extra
-
-        require_train_extra()
-        for seed in args.seeds:
-            run_seed(args, seed, results)
-            print(report(results.rows, settings), flush=True)
-    text = report(results.rows, settings)
-    print(text)
-    if args.table:
-        atomic_write_text(args.table, text + "\n")
-    return 0
+    return run_and_report(args, lambda seed: run_seed(args, seed, results), lambda: report(results.rows, settings))
 
 
 if __name__ == "__main__":
