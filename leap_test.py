@@ -938,6 +938,10 @@ def compare_instances(dump: Dict[str, Any], instances_csv: Path, sample_rows: Di
             problems.append(f"{split}/{sid}{label}: {name} = {value!r} on the Tensorleap face, "
                             f"{where} = {_csv_value(cell)!r} in {instances_csv.name}")
 
+    def meta_cell(row, sample_row, key):
+        """An instance's metadata value: its own instances.csv column, else the sample's meta_ column."""
+        return (row.get(key), key) if key in row else (sample_row.get(f"meta_{key}"), f"meta_{key}")
+
     for sid, entry in dump["samples"].items():
         split, dumped = entry["split"], entry.get("instances") or []
         if split == "unlabeled":
@@ -954,9 +958,7 @@ def compare_instances(dump: Dict[str, Any], instances_csv: Path, sample_rows: Di
                 label = f" pred#{row['index']}"
                 for name, value in inst.items():
                     if name.startswith("meta."):
-                        key = name[len("meta."):]
-                        cell = row.get(key) if key in row else sample_row.get(f"meta_{key}")
-                        same(split, sid, label, name, value, cell, key if key in row else f"meta_{key}")
+                        same(split, sid, label, name, value, *meta_cell(row, sample_row, name[len("meta."):]))
                     elif name in fp_columns:
                         same(split, sid, label, name, value, row.get(fp_columns[name]), fp_columns[name])
         gt_rows, pred_rows = engine.get((split, sid, "gt"), {}), engine.get((split, sid, "pred"), {})
@@ -970,10 +972,7 @@ def compare_instances(dump: Dict[str, Any], instances_csv: Path, sample_rows: Di
                 if name == "index":
                     continue
                 if name.startswith("meta."):
-                    key = name[len("meta."):]
-                    sample_row = sample_rows.get((split, sid), {})
-                    cell = row.get(key) if key in row else sample_row.get(f"meta_{key}")
-                    where = key if key in row else f"meta_{key}"
+                    cell, where = meta_cell(row, sample_row, name[len("meta."):])
                 elif columns.get(name) == "matched_score":
                     matched = _csv_value(row["matched_index"])
                     cell = "" if matched is None else pred_rows.get(int(matched), {}).get("score")
@@ -983,13 +982,7 @@ def compare_instances(dump: Dict[str, Any], instances_csv: Path, sample_rows: Di
                 else:
                     problems.append(f"{split}/{sid}: instance value {name} has no instances.csv column")
                     continue
-                if cell is None:
-                    problems.append(f"{split}/{sid}#{inst['index']}: {name} -> {where} not found")
-                    continue
-                n_values += 1
-                if not _same(value, _csv_value(cell), tolerance):
-                    problems.append(f"{split}/{sid}#{inst['index']}: {name} = {value!r} on the Tensorleap face, "
-                                    f"{where} = {_csv_value(cell)!r} in {instances_csv.name}")
+                same(split, sid, f"#{inst['index']}", name, value, cell, where)
     return n_values, problems
 
 
